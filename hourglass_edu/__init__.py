@@ -1,0 +1,7 @@
+"""hourglass_edu: a small, tested library for building a character-level Hourglass transformer.
+
+The course notebooks build each piece by hand and then import it from here. See ARCHITECTURE.md
+for which module holds which concept and which notebook teaches it.
+"""
+
+__version__ = "0.1.0"
