@@ -168,7 +168,9 @@ def span_label(chars: Sequence[str], span: range) -> str:
     return "".join(visible_char(chars[t]) for t in span)
 
 
-def pooling_labels(chars: Sequence[str], factors: Sequence[int], shift: bool = True) -> list[list[str]]:
+def pooling_labels(
+    chars: Sequence[str], factors: Sequence[int], shift: bool = True
+) -> list[list[str]]:
     """Tick labels for every level: level 0 is the characters, shortened levels the pooled ones."""
     spans = pooled_spans(len(chars), factors, shift=shift)
     return [[span_label(chars, span) for span in level] for level in spans]
@@ -189,13 +191,15 @@ def pooling_diagram(text: str = "the old pond", factor: int = 3) -> Figure:
     if not text:
         raise ValueError("text must hold at least one character")
     if len(text) > 40:
-        raise ValueError(f"text has {len(text)} characters; use at most 40 so the boxes stay readable")
+        raise ValueError(
+            f"text has {len(text)} characters; use at most 40 so the boxes stay readable"
+        )
     chars = list(text)
     n = len(chars)
     fig = new_figure(max(6.0, 0.42 * n + 2.2), 5.6)
     axes = fig.subplots(2, 1)
     rows = {"characters": 3.0, "pooled\nsequence": 2.0, "shortened": 1.0, "served\npositions": 0.0}
-    for ax, shift in zip(axes, (False, True)):
+    for ax, shift in zip(axes, (False, True), strict=False):
         spans = pooled_spans(n, [factor], shift=shift)[1]
         leaks = 0
         for t, char in enumerate(chars):
@@ -206,12 +210,25 @@ def pooling_diagram(text: str = "the old pond", factor: int = 3) -> Figure:
             sees = spans[t // factor]
             leak = len(sees) > 0 and sees.stop - 1 > t
             leaks += leak
-            _box(ax, t, rows["served\npositions"], 1, str(t), "#FBD5C5" if leak else "#D4EFE5",
-                 edge=LEAK_COLOR if leak else SAFE_COLOR)
+            _box(
+                ax,
+                t,
+                rows["served\npositions"],
+                1,
+                str(t),
+                "#FBD5C5" if leak else "#D4EFE5",
+                edge=LEAK_COLOR if leak else SAFE_COLOR,
+            )
         for position, span in enumerate(spans):
             width = min(factor, n - position * factor)
-            _box(ax, position * factor, rows["shortened"], width, span_label(chars, span),
-                 PALETTE[position % 2 * 4] + "40")
+            _box(
+                ax,
+                position * factor,
+                rows["shortened"],
+                width,
+                span_label(chars, span),
+                PALETTE[position % 2 * 4] + "40",
+            )
             for edge in (position * factor, position * factor + width):
                 ax.plot([edge, edge], [1.9, 2.1 + 0.8], color="#555555", lw=1.2)
         for name, y in rows.items():
@@ -228,10 +245,18 @@ def pooling_diagram(text: str = "the old pond", factor: int = 3) -> Figure:
 
 
 def _box(ax, x: float, y: float, width: float, label: str, face: str, edge: str = "#777777"):
-    ax.add_patch(Rectangle((x + 0.05, y + 0.05), width - 0.1, 0.7, facecolor=face,
-                           edgecolor=edge, lw=1))
-    ax.text(x + width / 2, y + 0.4, label, ha="center", va="center", fontsize=10,
-            family="DejaVu Sans Mono")
+    ax.add_patch(
+        Rectangle((x + 0.05, y + 0.05), width - 0.1, 0.7, facecolor=face, edgecolor=edge, lw=1)
+    )
+    ax.text(
+        x + width / 2,
+        y + 0.4,
+        label,
+        ha="center",
+        va="center",
+        fontsize=10,
+        family="DejaVu Sans Mono",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +294,9 @@ def dependency_matrix(
     """
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     if tokens.dim() != 1 or tokens.numel() < 2:
-        raise ValueError(f"tokens must be a 1-D sequence of at least 2 ids, got shape {tuple(tokens.shape)}")
+        raise ValueError(
+            f"tokens must be a 1-D sequence of at least 2 ids, got shape {tuple(tokens.shape)}"
+        )
     if method not in ("perturbation", "gradient"):
         raise ValueError(f"method must be 'perturbation' or 'gradient', got {method!r}")
     if samples < 1:
@@ -374,23 +401,32 @@ def plot_dependency(
     size = min(5.2, max(3.6, 0.12 * length + 2))
     fig = new_figure(size * count + 0.8, size + 0.6)
     axes = np.atleast_1d(fig.subplots(1, count, squeeze=False)[0])
-    for ax, (title, matrix) in zip(axes, matrices.items()):
+    for ax, (title, matrix) in zip(axes, matrices.items(), strict=False):
         matrix = torch.as_tensor(matrix).detach().float().cpu()
         if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"matrix {title!r} must be square, got shape {tuple(matrix.shape)}")
         peak = float(matrix.max())
-        depends = matrix > tolerance * peak if peak > 0 else torch.zeros_like(matrix, dtype=torch.bool)
+        depends = (
+            matrix > tolerance * peak if peak > 0 else torch.zeros_like(matrix, dtype=torch.bool)
+        )
         future = torch.triu(depends, diagonal=1)
         shown = torch.log10(matrix.clamp_min(max(peak, 1e-30) * 1e-6))
-        image = ax.imshow(shown.numpy(), cmap="magma", vmin=float(shown.min()),
-                          vmax=float(shown.max()) if peak > 0 else 0.0)
+        image = ax.imshow(
+            shown.numpy(),
+            cmap="magma",
+            vmin=float(shown.min()),
+            vmax=float(shown.max()) if peak > 0 else 0.0,
+        )
         outputs, inputs = torch.nonzero(future, as_tuple=True)
-        for t, s in zip(outputs.tolist(), inputs.tolist()):
-            ax.add_patch(Rectangle((s - 0.5, t - 0.5), 1, 1, fill=False, edgecolor=LEAK_COLOR, lw=1.2))
+        for t, s in zip(outputs.tolist(), inputs.tolist(), strict=False):
+            ax.add_patch(
+                Rectangle((s - 0.5, t - 0.5), 1, 1, fill=False, edgecolor=LEAK_COLOR, lw=1.2)
+            )
         ax.plot([-0.5, length - 0.5], [-0.5, length - 0.5], color="white", lw=0.6, ls=":")
         n_future = int(future.sum())
-        ax.set_title(f"{title}\n{n_future} future dependencies",
-                     color=LEAK_COLOR if n_future else "black")
+        ax.set_title(
+            f"{title}\n{n_future} future dependencies", color=LEAK_COLOR if n_future else "black"
+        )
         ax.set_xlabel("input position (changed)")
         ax.set_ylabel("output position")
         _char_ticks(ax, labels, length, axis="both")
@@ -422,7 +458,7 @@ _TIME_KEYS = ("wall_time", "time", "elapsed", "seconds")
 
 
 def _records_of(run) -> list[dict]:
-    """Training records as a list of dicts, from a History-like object, a list, or a dict of lists."""
+    """Training records as dicts, from a History-like object, a list, or a dict of lists."""
     for attribute in ("records", "history"):
         if hasattr(run, attribute) and not isinstance(run, Mapping):
             run = getattr(run, attribute)
@@ -434,9 +470,11 @@ def _records_of(run) -> list[dict]:
         columns = [list(run[key]) for key in keys]
         if len({len(column) for column in columns}) > 1:
             raise ValueError("a dict of lists must hold lists of equal length")
-        return [dict(zip(keys, values)) for values in zip(*columns)]
-    records = [dict(vars(r)) if not isinstance(r, Mapping) and hasattr(r, "__dict__") else dict(r)
-               for r in run]
+        return [dict(zip(keys, values, strict=False)) for values in zip(*columns, strict=False)]
+    records = [
+        dict(vars(r)) if not isinstance(r, Mapping) and hasattr(r, "__dict__") else dict(r)
+        for r in run
+    ]
     return records
 
 
@@ -448,8 +486,11 @@ def _first_key(records: list[dict], options: Sequence[str]) -> str | None:
 
 
 def _series(records, x_key, y_key):
-    pairs = [(r[x_key], r[y_key]) for r in records
-             if r.get(x_key) is not None and r.get(y_key) is not None]
+    pairs = [
+        (r[x_key], r[y_key])
+        for r in records
+        if r.get(x_key) is not None and r.get(y_key) is not None
+    ]
     pairs = [(float(x), float(y)) for x, y in pairs if math.isfinite(float(y))]
     return [x for x, _ in pairs], [y for _, y in pairs]
 
@@ -488,8 +529,10 @@ def plot_training_curves(runs: Mapping[str, object], *, log_steps: bool = False)
         for ax, x_key in ((ax_steps, "step"), (ax_time, time_key)):
             if x_key is None:
                 continue
-            for split, style in (("train", dict(lw=1.0, alpha=0.55)),
-                                 ("val", dict(lw=1.8, marker="o", ms=3.5))):
+            for split, style in (
+                ("train", dict(lw=1.0, alpha=0.55)),
+                ("val", dict(lw=1.8, marker="o", ms=3.5)),
+            ):
                 xs, ys = _series(records, x_key, f"{split}_bpc")
                 if xs:
                     ax.plot(xs, ys, color=colour, label=f"{name} ({split})", **style)
@@ -503,10 +546,446 @@ def plot_training_curves(runs: Mapping[str, object], *, log_steps: bool = False)
     ax_time.set_title("against wall time", loc="left")
     if log_steps:
         ax_steps.set_xscale("log")
-    nats = ax_time.secondary_yaxis("right", functions=(lambda b: b * math.log(2),
-                                                       lambda n: n / math.log(2)))
+    nats = ax_time.secondary_yaxis(
+        "right", functions=(lambda b: b * math.log(2), lambda n: n / math.log(2))
+    )
     nats.set_ylabel("loss (nats per character)")
     for ax in (ax_steps, ax_time):
         ax.grid(alpha=0.3)
     ax_steps.legend(loc="upper right")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Looking inside a model: one captured forward pass
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_levels(structure: str) -> tuple[list[int], list[int], list[int]]:
+    """Relative shortening factors and pre/post block counts per level from `"2@1 8@3 2@1"`.
+
+    The numbers after `@` are total shortening relative to full resolution, nested outside in and
+    mirrored (`"2@1 2@2 4@8 2@2 2@1"`: levels at 1, 2 and 8, so relative factors `[2, 4]`).
+    Returns `(factors, pre_blocks, post_blocks)`; the innermost level's blocks count as pre blocks.
+    """
+    parts = structure.split()
+    try:
+        layers = [(int(n), int(f)) for n, f in (part.split("@") for part in parts)]
+    except ValueError as error:
+        raise ValueError(f"structure must look like '2@1 8@3 2@1', got {structure!r}") from error
+    if len(parts) % 2 == 0 or [f for _, f in layers] != [f for _, f in reversed(layers)]:
+        raise ValueError(f"structure must be symmetric with one innermost level, got {structure!r}")
+    middle = len(layers) // 2
+    totals = [f for _, f in layers[: middle + 1]]
+    if totals[0] != 1 or any(b % a or b <= a for a, b in zip(totals, totals[1:], strict=False)):
+        raise ValueError(
+            f"shortening totals must start at 1 and each divide the next: {structure!r}"
+        )
+    factors = [b // a for a, b in zip(totals, totals[1:], strict=False)]
+    pre = [n for n, _ in layers[: middle + 1]]
+    post = [n for n, _ in reversed(layers[middle + 1 :])] + [0]
+    return factors, pre, post
+
+
+def model_levels(model) -> tuple[list[int], list[int], list[int], bool]:
+    """`(factors, pre_blocks, post_blocks, shift)` for an HourglassLM, read from its config."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "structure"):
+        raise ValueError("expected an HourglassLM (a model with .config.structure)")
+    factors, pre, post = parse_levels(config.structure)
+    shift = bool(getattr(config, "shift", True))
+    return factors, pre, post, shift
+
+
+def token_chars(tokenizer, ids: Sequence[int]) -> list[str]:
+    """One display character per token id (`EOT_GLYPH` for the end-of-text token)."""
+    chars = []
+    for token in ids:
+        if token == tokenizer.eot_id:
+            chars.append(EOT_GLYPH)
+        else:
+            chars.append(tokenizer.decode([int(token)]))
+    return chars
+
+
+@dataclass
+class Inspection:
+    """One forward pass of an HourglassLM on a text, with every capture point recorded.
+
+    Attributes:
+        text: the text as given; the model sees `<eot>` + text (the start of a document).
+        tokens: `(length,)` token ids, `<eot>` first.
+        chars: one display character per token.
+        factors, pre_blocks, post_blocks, shift: the model's level layout.
+        spans: `spans[level][position]`: the level-0 positions whose characters it holds.
+        labels: `labels[level][position]`: those characters, for tick labels.
+        cache: capture name -> tensor with the batch dimension removed (float, CPU).
+        logits: `(length, vocab)`.
+    """
+
+    text: str
+    tokens: torch.Tensor
+    chars: list[str]
+    factors: list[int]
+    pre_blocks: list[int]
+    post_blocks: list[int]
+    shift: bool
+    spans: list[list[range]]
+    labels: list[list[str]]
+    cache: dict[str, torch.Tensor] = field(repr=False)
+    logits: torch.Tensor = field(repr=False)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.factors) + 1
+
+    def blocks(self, level: int) -> int:
+        """Number of transformer blocks at a level (pre blocks first, then post blocks)."""
+        self._check_level(level)
+        return self.pre_blocks[level] + self.post_blocks[level]
+
+    def heads(self) -> int:
+        for name, value in self.cache.items():
+            if name.endswith(".attn"):
+                return value.shape[0]
+        raise ValueError("no attention weights were captured (use attention_impl='explicit'?)")
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.cache:
+            known = ", ".join(sorted(self.cache)[:12])
+            raise ValueError(f"no capture named {name!r}; known names include: {known} ...")
+        return self.cache[name]
+
+    def hidden(self, level: int, point: str = "output") -> torch.Tensor:
+        """`(length_at_level, dim)` hidden states: point is 'input', 'output' or 'block{j}'."""
+        self._check_level(level)
+        return self.get(f"level{level}.{point}")
+
+    def residual(self, level: int) -> torch.Tensor:
+        """What a level keeps for the residual before shortening: its last pre block's output."""
+        pre = self.pre_blocks[level]
+        return self.hidden(level, f"block{pre - 1}" if pre else "input")
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level < self.n_levels:
+            raise ValueError(f"level must be in 0..{self.n_levels - 1}, got {level}")
+
+
+@torch.no_grad()
+def inspect_text(model, tokenizer, text: str) -> Inspection:
+    """Run `model.run_with_cache` on `<eot>` + text and collect what the figures need."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("text must be a non-empty string")
+    factors, pre, post, shift = model_levels(model)
+    try:
+        ids = [tokenizer.eot_id, *tokenizer.encode(text)]
+    except ValueError as error:
+        raise ValueError(
+            f"the text has characters the model's vocabulary lacks: {error}"
+        ) from error
+    limit = getattr(model.config, "max_length", None)
+    if limit is not None and len(ids) > limit:
+        raise ValueError(f"text is {len(ids) - 1} characters; the model takes at most {limit - 1}")
+    tokens = torch.tensor(ids, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, cache = model.run_with_cache(tokens[None].to(_device_of(model)))
+    finally:
+        model.train(was_training)
+    cache = {name: value[0].detach().float().cpu() for name, value in cache.items()}
+    chars = token_chars(tokenizer, ids)
+    spans = pooled_spans(len(ids), factors, shift=shift)
+    for level, level_spans in enumerate(spans):
+        captured = cache.get(f"level{level}.input")
+        if captured is not None and captured.shape[0] != len(level_spans):
+            raise RuntimeError(
+                f"level {level} has {captured.shape[0]} positions but the labels expect "
+                f"{len(level_spans)}: the model's shortening differs from pooled_spans"
+            )
+    labels = [[span_label(chars, span) for span in level] for level in spans]
+    return Inspection(
+        text,
+        tokens,
+        chars,
+        factors,
+        pre,
+        post,
+        shift,
+        spans,
+        labels,
+        cache,
+        logits[0].detach().float().cpu(),
+    )
+
+
+def _level_title(look: Inspection, level: int) -> str:
+    total = math.prod(look.factors[:level])
+    return "level 0 (full resolution)" if level == 0 else f"level {level} (shortened {total}x)"
+
+
+def _panel_size(length: int) -> float:
+    return min(6.0, max(2.4, 0.11 * length + 1.0))
+
+
+@styled
+def plot_attention(
+    look: Inspection,
+    level: int | None = None,
+    block: int | None = None,
+    head: int | str | None = None,
+) -> Figure:
+    """Attention weights as heatmaps: one row per (level, block), one column per head.
+
+    Args:
+        look: from `inspect_text` (the model must use `attention_impl="explicit"`).
+        level, block: restrict to one level and/or one block (None: all that were captured).
+        head: one head index, `"mean"` (average over heads), or None for every head.
+
+    Rows are queries, columns keys; both are labelled by the characters each position holds (at
+    shortened levels, the characters it pools, after the k-1 shift).
+    """
+    levels = range(look.n_levels) if level is None else [level]
+    rows = []
+    for lv in levels:
+        look._check_level(lv)
+        blocks = range(look.blocks(lv)) if block is None else [block]
+        for bj in blocks:
+            if not 0 <= bj < look.blocks(lv):
+                raise ValueError(f"level {lv} has blocks 0..{look.blocks(lv) - 1}, got {block}")
+            name = f"level{lv}.block{bj}.attn"
+            if name in look.cache:
+                rows.append((lv, bj, look.cache[name]))
+    if not rows:
+        raise ValueError(
+            "no attention weights captured for that choice; build the model with "
+            "attention_impl='explicit' so run_with_cache records them"
+        )
+    n_heads = rows[0][2].shape[0]
+    if head is None:
+        heads = list(range(n_heads))
+    elif head == "mean":
+        heads = ["mean"]
+    elif isinstance(head, int) and 0 <= head < n_heads:
+        heads = [head]
+    else:
+        raise ValueError(f"head must be in 0..{n_heads - 1}, 'mean' or None, got {head!r}")
+    size = _panel_size(max(r[2].shape[-1] for r in rows))
+    if len(rows) == 1 and len(heads) == 1:
+        size = max(size, 5.0)
+    fig = new_figure(size * len(heads) + 1.0, size * len(rows) + 0.4)
+    axes = fig.subplots(len(rows), len(heads), squeeze=False)
+    for r, (lv, bj, weights) in enumerate(rows):
+        labels = look.labels[lv]
+        for c, hd in enumerate(heads):
+            ax = axes[r, c]
+            matrix = weights.mean(0) if hd == "mean" else weights[hd]
+            image = ax.imshow(
+                matrix.numpy(), cmap=ATTENTION_CMAP, vmin=0.0, vmax=1.0, interpolation="nearest"
+            )
+            _char_ticks(ax, labels, matrix.shape[0], axis="both", max_ticks=60)
+            head_name = "mean of heads" if hd == "mean" else f"head {hd}"
+            ax.set_title(f"level {lv} · block {bj} · {head_name}", fontsize=10)
+            if c == 0:
+                ax.set_ylabel("query")
+            if r == len(rows) - 1:
+                ax.set_xlabel("key")
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    return fig
+
+
+@styled
+def plot_activation_norms(look: Inspection, points: Sequence[str] = ("input", "output")) -> Figure:
+    """Per-position norm of each level's input and output along the text, one panel per level."""
+    fig = new_figure(10.5, 2.3 * look.n_levels + 0.4)
+    axes = fig.subplots(look.n_levels, 1, squeeze=False)[:, 0]
+    for level, ax in enumerate(axes):
+        length = len(look.labels[level])
+        for index, point in enumerate(points):
+            norms = look.hidden(level, point).norm(dim=-1)
+            ax.plot(
+                range(length),
+                norms.numpy(),
+                marker="o",
+                ms=3,
+                lw=1.4,
+                color=PALETTE[index % len(PALETTE)],
+                label=point,
+            )
+        ax.set_title(_level_title(look, level), loc="left")
+        ax.set_ylabel("norm")
+        ax.set_xlim(-0.5, length - 0.5)
+        ax.grid(alpha=0.3)
+        _char_ticks(ax, look.labels[level], length, axis="x")
+    axes[0].legend(loc="upper right", ncols=len(points))
+    axes[-1].set_xlabel("position (labelled by the characters it holds)")
+    return fig
+
+
+@styled
+def plot_level_activations(look: Inspection, level: int, point: str = "output") -> Figure:
+    """One level's hidden states for the text: a heatmap (dimension x position) and the norms."""
+    hidden = look.hidden(level, point)  # (length, dim)
+    length, dim = hidden.shape
+    fig = new_figure(max(6.5, min(11.0, 0.16 * length + 2.5)), 5.2)
+    ax_map, ax_norm = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    limit = float(hidden.abs().quantile(0.99)) or 1.0
+    image = ax_map.imshow(
+        hidden.T.numpy(),
+        aspect="auto",
+        cmap=SIGNED_CMAP,
+        vmin=-limit,
+        vmax=limit,
+        interpolation="nearest",
+    )
+    ax_map.set_ylabel("hidden dimension")
+    ax_map.set_title(f"{_level_title(look, level)} · {point} · {dim} dimensions", loc="left")
+    fig.colorbar(image, ax=ax_map, shrink=0.9, label="value")
+    ax_norm.plot(range(length), hidden.norm(dim=-1).numpy(), marker="o", ms=3, color=PALETTE[0])
+    ax_norm.set_ylabel("norm")
+    ax_norm.grid(alpha=0.3)
+    ax_norm.set_xlabel("position (labelled by the characters it holds)")
+    _char_ticks(ax_norm, look.labels[level], length, axis="x")
+    return fig
+
+
+def principal_components(points: torch.Tensor, count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project `(n, dim)` points onto their top principal components (exact, via SVD).
+
+    Returns `(projected (n, count), explained variance fraction (count,))`. Signs are fixed so
+    that each component's largest loading is positive, which makes the picture reproducible.
+    """
+    if points.dim() != 2 or points.shape[0] < 2:
+        raise ValueError(f"need at least 2 points of shape (n, dim), got {tuple(points.shape)}")
+    centred = points.double() - points.double().mean(0)
+    _, singular, directions = torch.linalg.svd(centred, full_matrices=False)
+    directions = directions[:count]  # (count, dim)
+    largest = directions.abs().argmax(dim=1)
+    signs = torch.sign(directions[torch.arange(len(directions)), largest])
+    directions = directions * signs[:, None]
+    variance = singular.pow(2)
+    explained = variance[:count] / variance.sum().clamp_min(1e-30)
+    projected = centred @ directions.T
+    if projected.shape[1] < count:  # fewer points/dims than components: pad with zeros
+        pad = count - projected.shape[1]
+        projected = torch.cat([projected, projected.new_zeros(len(projected), pad)], 1)
+        explained = torch.cat([explained, explained.new_zeros(pad)])
+    return projected.float(), explained.float()
+
+
+@styled
+def plot_pca(look: Inspection, point: str = "output", annotate: int = 60) -> Figure:
+    """Each level's hidden states projected to 2-D (PCA), coloured by character class.
+
+    A position at a shortened level is coloured by the newest character it pools (the one whose
+    prediction it serves first). Points are annotated with their characters when a level has at
+    most `annotate` positions.
+    """
+    fig = new_figure(4.0 * look.n_levels + 0.6, 4.3)
+    axes = fig.subplots(1, look.n_levels, squeeze=False)[0]
+    colours = dict(
+        zip(CHAR_CLASSES, (PALETTE[0], PALETTE[1], PALETTE[5], PALETTE[2], "#999999"), strict=False)
+    )
+    for level, ax in enumerate(axes):
+        hidden = look.hidden(level, point)
+        projected, explained = principal_components(hidden)
+        classes = [
+            char_class(look.chars[span.stop - 1]) if len(span) else "other"
+            for span in look.spans[level]
+        ]
+        for name in CHAR_CLASSES:
+            chosen = [i for i, c in enumerate(classes) if c == name]
+            if chosen:
+                ax.scatter(
+                    projected[chosen, 0].numpy(),
+                    projected[chosen, 1].numpy(),
+                    s=22,
+                    color=colours[name],
+                    label=name,
+                    alpha=0.8,
+                    edgecolors="none",
+                )
+        if len(classes) <= annotate:
+            for i, label in enumerate(look.labels[level]):
+                ax.annotate(
+                    label,
+                    (float(projected[i, 0]), float(projected[i, 1])),
+                    fontsize=7,
+                    xytext=(3, 2),
+                    textcoords="offset points",
+                    family="DejaVu Sans Mono",
+                )
+        ax.set_title(_level_title(look, level), loc="left")
+        ax.set_xlabel(f"PC 1 ({100 * float(explained[0]):.0f}% of variance)")
+        ax.set_ylabel(f"PC 2 ({100 * float(explained[1]):.0f}% of variance)")
+        ax.grid(alpha=0.3)
+    handles, names = [], []
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=False):
+            if name not in names:
+                handles.append(handle)
+                names.append(name)
+    fig.legend(handles, names, loc="outside lower center", ncols=len(names))
+    return fig
+
+
+@styled
+def plot_residual_similarity(look: Inspection) -> Figure:
+    """How what a shortened level returns compares with the full-resolution residual it joins.
+
+    For each shortened level i, along the positions of level i-1: the cosine similarity between
+    `level{i}.upsampled` (the shortened level's output, brought back to length) and the residual
+    level i-1 kept before shortening, and the ratio of their norms. Cosine near 0 with a sizeable
+    ratio means the shortened level adds new information rather than echoing the residual.
+    """
+    if look.n_levels < 2:
+        raise ValueError("the model has no shortened level")
+    fig = new_figure(10.5, 2.6 * (look.n_levels - 1) + 0.5)
+    axes = fig.subplots(look.n_levels - 1, 1, squeeze=False)[:, 0]
+    for ax, level in zip(axes, range(1, look.n_levels), strict=False):
+        upsampled = look.get(f"level{level}.upsampled")
+        residual = look.residual(level - 1)
+        if upsampled.shape != residual.shape:
+            raise RuntimeError(
+                f"level{level}.upsampled has shape {tuple(upsampled.shape)} but the "
+                f"residual has {tuple(residual.shape)}"
+            )
+        cosine = torch.nn.functional.cosine_similarity(upsampled, residual, dim=-1)
+        ratio = upsampled.norm(dim=-1) / residual.norm(dim=-1).clamp_min(1e-12)
+        length = len(cosine)
+        ax.axhline(0.0, color="#888888", lw=0.8)
+        ax.plot(
+            range(length),
+            cosine.numpy(),
+            marker="o",
+            ms=3,
+            color=PALETTE[0],
+            label="cosine(upsampled, residual)",
+        )
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel("cosine")
+        twin = ax.twinx()
+        twin.plot(
+            range(length),
+            ratio.numpy(),
+            lw=1.2,
+            ls="--",
+            color=PALETTE[1],
+            label="norm ratio |upsampled| / |residual|",
+        )
+        twin.set_ylabel("norm ratio")
+        twin.spines["right"].set_visible(True)
+        twin.set_ylim(bottom=0)
+        factor = look.factors[level - 1]
+        for edge in range(0, length, factor):
+            ax.axvline(edge - 0.5, color="#DDDDDD", lw=0.6, zorder=0)
+        ax.set_xlim(-0.5, length - 0.5)
+        ax.set_title(
+            f"level {level} returned into level {level - 1} (groups of {factor})", loc="left"
+        )
+        _char_ticks(ax, look.labels[level - 1], length, axis="x")
+        lines = ax.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", ncols=2)
+    axes[-1].set_xlabel("position (labelled by the characters it holds)")
     return fig
