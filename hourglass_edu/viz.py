@@ -19,6 +19,7 @@ positions (positions before the start hold the shift fill and contribute no char
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -67,10 +68,13 @@ LEAK_COLOR = "#D55E00"
 SAFE_COLOR = "#009E73"
 
 #: How characters that would be invisible on an axis are drawn.
-VISIBLE_GLYPHS = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}
+VISIBLE_GLYPHS = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
 #: Drawn for the end-of-text token and for the fill the k-1 shift inserts.
 EOT_GLYPH = "◆"
 FILL_GLYPH = "∅"
+
+#: Tick labels use a monospaced font, falling back to a wider one for rare glyphs.
+MONO = ["DejaVu Sans Mono", "DejaVu Sans"]
 
 #: Character classes used to colour PCA scatter plots.
 CHAR_CLASSES = ("letter", "space", "punctuation", "newline", "other")
@@ -255,7 +259,7 @@ def _box(ax, x: float, y: float, width: float, label: str, face: str, edge: str 
         ha="center",
         va="center",
         fontsize=10,
-        family="DejaVu Sans Mono",
+        family=MONO,
     )
 
 
@@ -327,8 +331,8 @@ def _device_of(model) -> torch.device:
 @torch.no_grad()
 def _perturbation_dependency(model, tokens, vocab_size, samples, generator, batch_size):
     length = tokens.numel()
-    base = model(tokens[None]).float()[0]  # (length, vocab)
-    vocab_size = vocab_size or base.shape[-1]
+    if vocab_size is None:
+        vocab_size = model(tokens[None]).shape[-1]
     if vocab_size < 2:
         raise ValueError("perturbation needs a vocabulary of at least 2 tokens")
     # Every (position, sample) pair becomes one sequence with that one token replaced; the offset in
@@ -339,9 +343,13 @@ def _perturbation_dependency(model, tokens, vocab_size, samples, generator, batc
     rows = torch.arange(positions.numel())
     batch[rows, positions] = (batch[rows, positions] + offsets) % vocab_size
     changes = []
-    for chunk in batch.split(batch_size):
-        logits = model(chunk.to(tokens.device)).float()
-        changes.append((logits - base).abs().amax(dim=-1).cpu())  # (chunk, length)
+    for chunk in batch.split(max(1, batch_size - 1)):
+        # The unchanged sequence rides along as row 0 of every chunk: the same kernels then
+        # compute it and its perturbed copies, so an output that truly does not depend on the
+        # changed token comes out bit-identical (a separate batch-of-one run can differ in the
+        # last bits, which would blur the exact zeros of the causal triangle).
+        logits = model(torch.cat([tokens.cpu()[None], chunk]).to(tokens.device)).float()
+        changes.append((logits[1:] - logits[:1]).abs().amax(dim=-1).cpu())  # (chunk, length)
     change = torch.cat(changes)  # (length * samples, length): [perturbed input, output]
     per_input = change.view(length, samples, length).amax(dim=1)
     return per_input.T.contiguous()  # [output, input]
@@ -442,11 +450,11 @@ def _char_ticks(ax, labels: Sequence[str] | None, length: int, axis: str = "both
         raise ValueError(f"got {len(labels)} labels for {length} positions")
     step = max(1, math.ceil(length / max_ticks))
     ticks = list(range(0, length, step))
-    names = [labels[i] for i in ticks]
+    names = [visible_char(labels[i]) for i in ticks]
     if axis in ("x", "both"):
-        ax.set_xticks(ticks, names, rotation=90, family="DejaVu Sans Mono")
+        ax.set_xticks(ticks, names, rotation=90, family=MONO)
     if axis in ("y", "both"):
-        ax.set_yticks(ticks, names, family="DejaVu Sans Mono")
+        ax.set_yticks(ticks, names, family=MONO)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,40 +569,32 @@ def plot_training_curves(runs: Mapping[str, object], *, log_steps: bool = False)
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_levels(structure: str) -> tuple[list[int], list[int], list[int]]:
-    """Relative shortening factors and pre/post block counts per level from `"2@1 8@3 2@1"`.
-
-    The numbers after `@` are total shortening relative to full resolution, nested outside in and
-    mirrored (`"2@1 2@2 4@8 2@2 2@1"`: levels at 1, 2 and 8, so relative factors `[2, 4]`).
-    Returns `(factors, pre_blocks, post_blocks)`; the innermost level's blocks count as pre blocks.
-    """
-    parts = structure.split()
-    try:
-        layers = [(int(n), int(f)) for n, f in (part.split("@") for part in parts)]
-    except ValueError as error:
-        raise ValueError(f"structure must look like '2@1 8@3 2@1', got {structure!r}") from error
-    if len(parts) % 2 == 0 or [f for _, f in layers] != [f for _, f in reversed(layers)]:
-        raise ValueError(f"structure must be symmetric with one innermost level, got {structure!r}")
-    middle = len(layers) // 2
-    totals = [f for _, f in layers[: middle + 1]]
-    if totals[0] != 1 or any(b % a or b <= a for a, b in zip(totals, totals[1:], strict=False)):
-        raise ValueError(
-            f"shortening totals must start at 1 and each divide the next: {structure!r}"
-        )
-    factors = [b // a for a, b in zip(totals, totals[1:], strict=False)]
-    pre = [n for n, _ in layers[: middle + 1]]
-    post = [n for n, _ in reversed(layers[middle + 1 :])] + [0]
-    return factors, pre, post
-
-
 def model_levels(model) -> tuple[list[int], list[int], list[int], bool]:
-    """`(factors, pre_blocks, post_blocks, shift)` for an HourglassLM, read from its config."""
+    """`(factors, pre_blocks, post_blocks, shift)` of an HourglassLM, read from its config.
+
+    `factors[i]` is how much level i+1 shortens level i; `shift` is False only for a model built
+    with `unsafe_disable_shift=True` (the leak demonstration).
+    """
     config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "structure"):
-        raise ValueError("expected an HourglassLM (a model with .config.structure)")
-    factors, pre, post = parse_levels(config.structure)
-    shift = bool(getattr(config, "shift", True))
+    levels = getattr(config, "levels", None)
+    if levels is None:
+        raise ValueError("expected an HourglassLM (a model whose .config has .levels)")
+    factors = [spec.factor for spec in levels[:-1]]
+    pre = [spec.pre_layers for spec in levels]
+    post = [spec.post_layers for spec in levels]
+    shift = not getattr(config, "unsafe_disable_shift", False)
     return factors, pre, post, shift
+
+
+def without_shift(model):
+    """A copy of an HourglassLM with the same weights but the k-1 shift switched off.
+
+    For teaching only: the copy leaks the future (see `dependency_matrix` / `plot_dependency`).
+    """
+    config = dataclasses.replace(model.config, unsafe_disable_shift=True)
+    leaky = type(model)(config)
+    leaky.load_state_dict(model.state_dict())
+    return leaky.to(_device_of(model)).train(model.training)
 
 
 def token_chars(tokenizer, ids: Sequence[int]) -> list[str]:
@@ -913,7 +913,7 @@ def plot_pca(look: Inspection, point: str = "output", annotate: int = 60) -> Fig
                     fontsize=7,
                     xytext=(3, 2),
                     textcoords="offset points",
-                    family="DejaVu Sans Mono",
+                    family=MONO,
                 )
         ax.set_title(_level_title(look, level), loc="left")
         ax.set_xlabel(f"PC 1 ({100 * float(explained[0]):.0f}% of variance)")
@@ -933,59 +933,43 @@ def plot_pca(look: Inspection, point: str = "output", annotate: int = 60) -> Fig
 def plot_residual_similarity(look: Inspection) -> Figure:
     """How what a shortened level returns compares with the full-resolution residual it joins.
 
-    For each shortened level i, along the positions of level i-1: the cosine similarity between
-    `level{i}.upsampled` (the shortened level's output, brought back to length) and the residual
-    level i-1 kept before shortening, and the ratio of their norms. Cosine near 0 with a sizeable
-    ratio means the shortened level adds new information rather than echoing the residual.
+    For each level i that has an inner level, along the positions of level i: the cosine
+    similarity between the returned signal (`level{i}.upsampled` minus the residual, i.e. what the
+    shortened path adds, brought back to length) and the residual level i kept before shortening,
+    and the ratio of their norms. A cosine near 0 with a sizeable ratio means the shortened level
+    adds something new rather than echoing the residual.
     """
     if look.n_levels < 2:
-        raise ValueError("the model has no shortened level")
-    fig = new_figure(10.5, 2.6 * (look.n_levels - 1) + 0.5)
-    axes = fig.subplots(look.n_levels - 1, 1, squeeze=False)[:, 0]
-    for ax, level in zip(axes, range(1, look.n_levels), strict=False):
-        upsampled = look.get(f"level{level}.upsampled")
-        residual = look.residual(level - 1)
-        if upsampled.shape != residual.shape:
-            raise RuntimeError(
-                f"level{level}.upsampled has shape {tuple(upsampled.shape)} but the "
-                f"residual has {tuple(residual.shape)}"
-            )
-        cosine = torch.nn.functional.cosine_similarity(upsampled, residual, dim=-1)
-        ratio = upsampled.norm(dim=-1) / residual.norm(dim=-1).clamp_min(1e-12)
+        raise ValueError("the model has no shortened level (structure like '12@1')")
+    outer_levels = range(look.n_levels - 1)
+    fig = new_figure(10.5, 2.6 * len(outer_levels) + 0.5)
+    axes = fig.subplots(len(outer_levels), 1, squeeze=False)[:, 0]
+    for ax, level in zip(axes, outer_levels, strict=True):
+        residual = look.residual(level)  # (n_level, dim)
+        returned = look.get(f"level{level}.upsampled") - residual
+        cosine = torch.nn.functional.cosine_similarity(returned, residual, dim=-1)
+        ratio = returned.norm(dim=-1) / residual.norm(dim=-1).clamp_min(1e-12)
         length = len(cosine)
         ax.axhline(0.0, color="#888888", lw=0.8)
-        ax.plot(
-            range(length),
-            cosine.numpy(),
-            marker="o",
-            ms=3,
-            color=PALETTE[0],
-            label="cosine(upsampled, residual)",
-        )
+        ax.plot(range(length), cosine.numpy(), marker="o", ms=3, color=PALETTE[0],
+                label="cosine(returned, residual)")  # fmt: skip
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel("cosine")
         twin = ax.twinx()
-        twin.plot(
-            range(length),
-            ratio.numpy(),
-            lw=1.2,
-            ls="--",
-            color=PALETTE[1],
-            label="norm ratio |upsampled| / |residual|",
-        )
+        twin.plot(range(length), ratio.numpy(), lw=1.2, ls="--", color=PALETTE[1],
+                  label="|returned| / |residual|")  # fmt: skip
         twin.set_ylabel("norm ratio")
         twin.spines["right"].set_visible(True)
         twin.set_ylim(bottom=0)
-        factor = look.factors[level - 1]
+        factor = look.factors[level]
         for edge in range(0, length, factor):
             ax.axvline(edge - 0.5, color="#DDDDDD", lw=0.6, zorder=0)
         ax.set_xlim(-0.5, length - 0.5)
-        ax.set_title(
-            f"level {level} returned into level {level - 1} (groups of {factor})", loc="left"
-        )
-        _char_ticks(ax, look.labels[level - 1], length, axis="x")
-        lines = ax.get_legend_handles_labels()
-        more = twin.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right", ncols=2)
+        ax.set_title(f"level {level + 1} returned into level {level} (groups of {factor})",
+                     loc="left")  # fmt: skip
+        _char_ticks(ax, look.labels[level], length, axis="x")
+        lines, names = ax.get_legend_handles_labels()
+        more_lines, more_names = twin.get_legend_handles_labels()
+        ax.legend(lines + more_lines, names + more_names, loc="lower right", ncols=2)
     axes[-1].set_xlabel("position (labelled by the characters it holds)")
     return fig
