@@ -364,23 +364,23 @@ def _gradient_dependency(model, tokens, generator):
     captured = {}
 
     def keep_output(module, inputs, output):
-        output.retain_grad()
         captured["embedded"] = output
 
     handle = embeddings[0].register_forward_hook(keep_output)
+    length = tokens.numel()
     try:
         with torch.enable_grad():
-            logits = model(tokens[None])[0].float()  # (length, vocab)
-            embedded = captured["embedded"]
+            # One copy of the sequence per output position: row t backpropagates only from output
+            # t, so a single backward pass gives the whole Jacobian's row norms (rows of a batch
+            # never mix in a language model).
+            logits = model(tokens[None].expand(length, -1)).float()  # (length, length, vocab)
             direction = torch.randn(logits.shape[-1], generator=generator).to(logits.device)
-            length = tokens.numel()
-            rows = []
-            for t in range(length):
-                (grad,) = torch.autograd.grad(logits[t] @ direction, embedded, retain_graph=True)
-                rows.append(grad[0].float().norm(dim=-1).cpu())  # (length,)
+            rows = torch.arange(length, device=logits.device)
+            chosen = logits[rows, rows] @ direction  # (length,): output t of copy t
+            (grad,) = torch.autograd.grad(chosen.sum(), captured["embedded"])
     finally:
         handle.remove()
-    return torch.stack(rows)
+    return grad.float().norm(dim=-1).cpu()  # (output copy t, input s, dim) -> (t, s)
 
 
 @styled
