@@ -1,6 +1,6 @@
 """Make the README's pictures of the inside of a trained hourglass (one PNG per figure kind).
 
-    python benchmarks/make_figures.py                  # train two small models (2 x 5 min
+    python benchmarks/make_figures.py                  # train two small models (2 x 6 min
                                                        # on a CPU), then draw into docs/figures/
     python benchmarks/make_figures.py --quick          # smoke run: seconds, figures in a temp dir
     python benchmarks/make_figures.py --load runs/figures/hourglass.pt   # reuse a checkpoint
@@ -41,7 +41,7 @@ PLAIN = "8@1"
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default="haiku", help="haiku, lovecraft, or a path")
-    parser.add_argument("--minutes", type=float, default=5.0, help="training minutes per model")
+    parser.add_argument("--minutes", type=float, default=6.0, help="training minutes per model")
     parser.add_argument("--out", type=Path, default=None, help="default: docs/figures")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "figures",
                         help="where the checkpoints go")  # fmt: skip
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="hourglass checkpoint to draw from instead of training")  # fmt: skip
     parser.add_argument("--preset", default=None,
                         help="train with this library preset (cpu, gpu) instead of the small "
-                        "figures model (d_model 96, 4 heads, windows of 128)")  # fmt: skip
+                        "figures model (d_model 64, 4 heads, windows of 96)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, seconds")
     return parser.parse_args(argv)
 
@@ -67,9 +67,9 @@ def train_run(name: str, structure: str, data, args) -> tuple[torch.nn.Module, H
     else:
         # Small enough to learn something in a few minutes on a busy 2-core CPU.
         preset = get_preset("cpu")
-        model = build_model(preset, data.tokenizer.vocab_size, structure=structure, d_model=96,
+        model = build_model(preset, data.tokenizer.vocab_size, structure=structure, d_model=64,
                             n_heads=4, max_length=128)  # fmt: skip
-        config = preset.train.replace(minutes=args.minutes, steps=None, block_size=128,
+        config = preset.train.replace(minutes=args.minutes, steps=None, block_size=96,
                                       batch_size=16, lr=3e-3, warmup_steps=20, eval_every=50,
                                       eval_batches=5, log_every=5)  # fmt: skip
     path = args.runs / f"{name}.pt"
