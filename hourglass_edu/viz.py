@@ -364,23 +364,23 @@ def _gradient_dependency(model, tokens, generator):
     captured = {}
 
     def keep_output(module, inputs, output):
-        output.retain_grad()
         captured["embedded"] = output
 
     handle = embeddings[0].register_forward_hook(keep_output)
+    length = tokens.numel()
     try:
         with torch.enable_grad():
-            logits = model(tokens[None])[0].float()  # (length, vocab)
-            embedded = captured["embedded"]
+            # One copy of the sequence per output position: row t backpropagates only from output
+            # t, so a single backward pass gives the whole Jacobian's row norms (rows of a batch
+            # never mix in a language model).
+            logits = model(tokens[None].expand(length, -1)).float()  # (length, length, vocab)
             direction = torch.randn(logits.shape[-1], generator=generator).to(logits.device)
-            length = tokens.numel()
-            rows = []
-            for t in range(length):
-                (grad,) = torch.autograd.grad(logits[t] @ direction, embedded, retain_graph=True)
-                rows.append(grad[0].float().norm(dim=-1).cpu())  # (length,)
+            rows = torch.arange(length, device=logits.device)
+            chosen = logits[rows, rows] @ direction  # (length,): output t of copy t
+            (grad,) = torch.autograd.grad(chosen.sum(), captured["embedded"])
     finally:
         handle.remove()
-    return torch.stack(rows)
+    return grad.float().norm(dim=-1).cpu()  # (output copy t, input s, dim) -> (t, s)
 
 
 @styled
@@ -734,6 +734,8 @@ def plot_attention(
     level: int | None = None,
     block: int | None = None,
     head: int | str | None = None,
+    *,
+    max_panels: int = 48,
 ) -> Figure:
     """Attention weights as heatmaps: one row per (level, block), one column per head.
 
@@ -741,6 +743,7 @@ def plot_attention(
         look: from `inspect_text` (the model must use `attention_impl="explicit"`).
         level, block: restrict to one level and/or one block (None: all that were captured).
         head: one head index, `"mean"` (average over heads), or None for every head.
+        max_panels: refuse grids larger than this (a big model has hundreds of maps).
 
     Rows are queries, columns keys; both are labelled by the characters each position holds (at
     shortened levels, the characters it pools, after the k-1 shift).
@@ -770,6 +773,11 @@ def plot_attention(
         heads = [head]
     else:
         raise ValueError(f"head must be in 0..{n_heads - 1}, 'mean' or None, got {head!r}")
+    if len(rows) * len(heads) > max_panels:
+        raise ValueError(
+            f"that is {len(rows) * len(heads)} heatmaps (more than max_panels={max_panels}); "
+            "choose a level, a block or a head"
+        )
     size = _panel_size(max(r[2].shape[-1] for r in rows))
     if len(rows) == 1 and len(heads) == 1:
         size = max(size, 5.0)

@@ -27,6 +27,9 @@ import ipywidgets as widgets
 from hourglass_edu import viz
 from hourglass_edu.generate import stream
 
+#: Resolution of the explorers' pictures: sharp on a laptop, quick to redraw.
+WIDGET_DPI = 80
+
 #: How often (seconds) the streaming thread sends the text to the browser.
 STREAM_REFRESH_SECONDS = 0.05
 
@@ -50,8 +53,11 @@ class GenerationDemo(widgets.VBox):
     `running` says whether a generation is under way; `wait(timeout)` blocks until it ends.
     """
 
-    def __init__(self, model, tokenizer, prompt: str = "", *, max_length: int = 2000):
+    def __init__(
+        self, model, tokenizer, prompt: str = "", *, max_length: int = 2000, use_cache: bool = True
+    ):
         self.model = model
+        self.use_cache = use_cache
         self.tokenizer = tokenizer
         self._stop_requested = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,6 +151,7 @@ class GenerationDemo(widgets.VBox):
                     top_k=int(self.top_k.value) or None,
                     top_p=float(self.top_p.value) if self.top_p.value < 1 else None,
                     seed=int(self.seed.value), stop_at_end=bool(self.stop_at_end.value),
+                    use_cache=self.use_cache,
                 )  # fmt: skip
             except ValueError as error:
                 self.status.value = _error_html(str(error))
@@ -165,7 +172,7 @@ class GenerationDemo(widgets.VBox):
         try:
             for piece in pieces:
                 text += piece
-                count += len(piece)
+                count += 1  # one piece per generated token
                 if self._stop_requested.is_set():
                     outcome = "stopped"
                     break
@@ -191,10 +198,14 @@ class GenerationDemo(widgets.VBox):
 
 
 def generation_demo(
-    model, tokenizer, prompt: str = "", *, max_length: int = 2000
+    model, tokenizer, prompt: str = "", *, max_length: int = 2000, use_cache: bool = True
 ) -> GenerationDemo:
-    """The generation app: type a prompt, set the sampling controls, press Generate."""
-    return GenerationDemo(model, tokenizer, prompt, max_length=max_length)
+    """The generation app: type a prompt, set the sampling controls, press Generate.
+
+    max_length: the largest value of the Length slider. use_cache: decode with per-level caches
+    (fast); False recomputes the whole window for every character (works for any model).
+    """
+    return GenerationDemo(model, tokenizer, prompt, max_length=max_length, use_cache=use_cache)
 
 
 class _ExplorerBase(widgets.VBox):
@@ -266,7 +277,7 @@ class _ExplorerBase(widgets.VBox):
         if self.inspection is None:
             return
         try:
-            self.image.value = viz.figure_to_png(self.figure())
+            self.image.value = viz.figure_to_png(self.figure(), dpi=WIDGET_DPI)
         except ValueError as error:
             self.status.value = _error_html(str(error))
 
