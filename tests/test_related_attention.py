@@ -87,7 +87,12 @@ def test_long_short_sees_window_and_finished_segments_only(length, window, segme
     q, k, v = random_qkv(length)
     projection = torch.randn(2, 8, rank, dtype=torch.float64)
     out, weights = long_short_attention(
-        q, k, v, window=window, projection=projection, segment_size=segment_size,
+        q,
+        k,
+        v,
+        window=window,
+        projection=projection,
+        segment_size=segment_size,
         return_weights=True,
     )
     # The dense weights are a faithful account of the output (no norms here) ...
@@ -176,7 +181,7 @@ def test_attention_functions_reject_mismatched_shapes():
 
 
 def h_attention_reference(q, k, v, block_size, causal):
-    """Slow, obvious version: list each query's keys (exact and pooled), one logsumexp in float64."""
+    """Slow and obvious: list each query's keys (exact and pooled); one logsumexp in float64."""
     q, k, v = q.double(), k.double(), v.double()
     batch, heads, length, head_dim = q.shape
     out = torch.zeros_like(q)
@@ -203,8 +208,11 @@ def h_attention_reference(q, k, v, block_size, causal):
                         biases.append(math.log(len(group)))
             level += 1
         logits = torch.stack(
-            [(q[:, :, i] * key).sum(-1) / math.sqrt(head_dim) + bias
-             for key, bias in zip(keys, biases)], dim=-1,
+            [
+                (q[:, :, i] * key).sum(-1) / math.sqrt(head_dim) + bias
+                for key, bias in zip(keys, biases, strict=True)
+            ],
+            dim=-1,
         )
         weights = (logits - logits.logsumexp(-1, keepdim=True)).exp()
         out[:, :, i] = torch.einsum("bhk,kbhd->bhd", weights, torch.stack(values))
@@ -227,7 +235,9 @@ def test_h_attention_with_one_block_covering_sequence_is_exact_attention(length,
     q, k, v = random_qkv(length)
     exact = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     for block_size in (length, length + 5):
-        torch.testing.assert_close(h_attention(q, k, v, block_size=block_size, causal=causal), exact)
+        torch.testing.assert_close(
+            h_attention(q, k, v, block_size=block_size, causal=causal), exact
+        )
 
 
 @settings(max_examples=20)

@@ -121,7 +121,7 @@ def h_attention(
     own = rearrange(_pad_length(pieces[0], b), "b h (n r) c -> b h n r c", r=b)
     out = torch.einsum("bhnrc,bhncd->bhnrd", own.to(v.dtype), v_blocks)
     out = rearrange(out, "b h n r d -> b h (n r) d")[:, :, :length]
-    for level, (piece, sibling_v) in enumerate(zip(pieces[1:], sibling_values)):
+    for level, (piece, sibling_v) in enumerate(zip(pieces[1:], sibling_values, strict=True)):
         span = b * 2**level
         piece = rearrange(_pad_length(piece, 2 * span), "b h (p t r) c -> b h p t r c", t=2, r=span)
         level_out = torch.einsum("bhptrc,bhptcd->bhptrd", piece.to(v.dtype), sibling_v)
@@ -149,7 +149,9 @@ def _dense_weights(pieces: tuple[Tensor, ...], length: int, b: int) -> Tensor:
         # A pooled key's weight is shared evenly by the real positions of its group.
         count = (length - group_start).clamp(0, factor).clamp(min=1)
         for offset in range(factor):
-            dense.scatter_add_(3, (group_start + offset).expand(batch, heads, -1, -1), piece / count)
+            dense.scatter_add_(
+                3, (group_start + offset).expand(batch, heads, -1, -1), piece / count
+            )
     return dense[..., :length]
 
 
@@ -177,7 +179,9 @@ class HAttention(nn.Module):
 
     def forward(self, x: Tensor, position_fn=None, keep_weights: bool = False) -> Tensor:
         """x: `(batch, length, d_model)` -> `(batch, length, d_model)`."""
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads)
+        q, k, v = rearrange(
+            self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads
+        )
         if position_fn is not None:
             q, k = position_fn(q, k)
         result = h_attention(

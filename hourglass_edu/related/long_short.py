@@ -85,7 +85,7 @@ def local_window_scores(q: Tensor, k: Tensor, window: int) -> Tensor:
 
 
 def _local_values(v: Tensor, window: int) -> Tensor:
-    """Values laid out like `local_window_scores`'s keys: `(batch, heads, blocks, 2*window, dim)`."""
+    """Values laid out like the window keys: `(batch, heads, blocks, 2 * window, dim)`."""
     v_blocks = rearrange(_pad_length(v, window), "b h (n w) d -> b h n w d", w=window)
     v_previous = F.pad(v_blocks, (0, 0, 0, 0, 1, 0))[:, :, :-1]
     return torch.cat([v_previous, v_blocks], dim=3)
@@ -285,7 +285,9 @@ class LongShortAttention(nn.Module):
 
     def forward(self, x: Tensor, position_fn=None, keep_weights: bool = False) -> Tensor:
         """x: `(batch, length, d_model)` -> `(batch, length, d_model)`."""
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads)
+        q, k, v = rearrange(
+            self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads
+        )
         if position_fn is not None:
             q, k = position_fn(q, k)
         result = long_short_attention(
