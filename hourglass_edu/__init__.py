@@ -5,3 +5,5 @@ for which module holds which concept and which notebook teaches it.
 """
 
 __version__ = "0.1.0"
+
+from hourglass_edu.hourglass import HourglassConfig, HourglassLM  # noqa: E402, F401
