@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hourglass_edu.attention import MultiHeadAttention
+from hourglass_edu.blocks import RotaryEmbedding
 from hourglass_edu.related.h_transformer import HAttention, h_attention
 from hourglass_edu.related.long_short import (
     LongShortAttention,
@@ -58,13 +60,19 @@ def test_long_short_with_window_covering_sequence_and_no_projection_is_full_caus
     torch.testing.assert_close(out, causal_sdpa(q, k, v))
 
 
-def test_long_short_module_without_projection_equals_causal_multihead_attention():
+def test_long_short_module_without_projection_equals_library_attention():
     torch.manual_seed(0)
-    layer = LongShortAttention(16, 2, window=64, segment_size=None, rank=None, dual_norm=False)
+    rotary = RotaryEmbedding(8)
+    layer = LongShortAttention(
+        16, 2, window=64, segment_size=None, rank=None, dual_norm=False, rotary=rotary
+    )
+    library = MultiHeadAttention(16, 2, rotary=rotary)
+    library.load_state_dict(layer.state_dict())
     x = torch.randn(2, 23, 16)
-    q, k, v = layer.qkv(x).view(2, 23, 3, 2, 8).permute(2, 0, 3, 1, 4)
-    expected = layer.out(causal_sdpa(q, k, v).transpose(1, 2).reshape(2, 23, 16))
-    torch.testing.assert_close(layer(x), expected)
+    out, weights = layer(x, causal=True, need_weights=True)
+    expected, expected_weights = library(x, causal=True, need_weights=True)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(weights, expected_weights)
 
 
 def expected_long_short_support(length, window, segment_size):
@@ -120,7 +128,7 @@ def test_long_short_changing_position_j_never_moves_outputs_before_j(
     j = changed.draw(st.integers(0, length - 1))
     x_changed = x.clone()
     x_changed[:, j] += torch.randn(16, dtype=torch.float64)
-    before, after = layer(x), layer(x_changed)
+    before, after = layer(x, causal=True)[0], layer(x_changed, causal=True)[0]
     torch.testing.assert_close(before[:, :j], after[:, :j], rtol=0, atol=0)
     assert not torch.allclose(before[:, j], after[:, j])
 
@@ -130,7 +138,7 @@ def test_long_short_gradients_reach_exactly_window_and_finished_segments():
     length, window, segment_size = 21, 4, 5
     layer = LongShortAttention(16, 2, window=window, segment_size=segment_size, rank=3).double()
     x = torch.randn(1, length, 16, dtype=torch.float64, requires_grad=True)
-    out = layer(x)
+    out, _ = layer(x, causal=True)
     reached = torch.zeros(length, length, dtype=torch.bool)
     for i in range(length):
         (grad,) = torch.autograd.grad(out[0, i].sum(), x, retain_graph=True)
@@ -142,9 +150,9 @@ def test_long_short_runs_under_bf16_autocast_and_stays_close_to_fp32():
     torch.manual_seed(3)
     layer = LongShortAttention(32, 4, window=8, segment_size=8, rank=2)
     x = torch.randn(2, 50, 32)
-    reference = layer(x)
+    reference, _ = layer(x, causal=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = layer(x)
+        out, _ = layer(x, causal=True)
         out.float().sum().backward()
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
@@ -155,6 +163,7 @@ def test_long_short_runs_under_bf16_autocast_and_stays_close_to_fp32():
     "kwargs, message",
     [
         (dict(d_model=16, n_heads=3, window=4, segment_size=4, rank=1), "multiple of n_heads"),
+        (dict(d_model=16, n_heads=2, window=4, segment_size=4, rank=-1), "rank must be >= 1"),
         (dict(d_model=16, n_heads=2, window=0, segment_size=4, rank=1), "window must be >= 1"),
         (dict(d_model=16, n_heads=2, window=4, segment_size=4, rank=0), "rank must be >= 1"),
         (dict(d_model=16, n_heads=2, window=4, segment_size=None, rank=2), "segment_size"),
@@ -306,9 +315,9 @@ def test_h_attention_module_runs_under_bf16_autocast():
     torch.manual_seed(5)
     layer = HAttention(32, 4, block_size=4)
     x = torch.randn(2, 45, 32)
-    reference = layer(x)
+    reference, _ = layer(x, causal=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = layer(x)
+        out, _ = layer(x, causal=True)
         out.float().sum().backward()
     torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
@@ -319,3 +328,17 @@ def test_h_attention_module_rejects_bad_configuration():
         HAttention(10, 4, block_size=4)
     with pytest.raises(ValueError, match="block_size"):
         HAttention(16, 4, block_size=0)
+
+
+def test_plugged_attention_rejects_cross_attention_and_masks():
+    x, other = torch.randn(1, 8, 16), torch.randn(1, 5, 16)
+    for layer in (
+        LongShortAttention(16, 2, window=4, segment_size=4, rank=1),
+        HAttention(16, 2, block_size=4),
+    ):
+        with pytest.raises(ValueError, match="same length"):
+            layer(x, other, causal=True)
+        with pytest.raises(ValueError, match="mask"):
+            layer(x, mask=torch.ones(8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="causal=True"):
+        LongShortAttention(16, 2, window=4, segment_size=4, rank=1)(x, causal=False)

@@ -36,6 +36,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from hourglass_edu.attention import MultiHeadAttention
 from hourglass_edu.related.long_short import _check_qkv, _pad_length, _upcast
 
 
@@ -155,38 +156,34 @@ def _dense_weights(pieces: tuple[Tensor, ...], length: int, b: int) -> Tensor:
     return dense[..., :length]
 
 
-class HAttention(nn.Module):
-    """Multi-head hierarchical attention over `(batch, length, d_model)`.
+class HAttention(MultiHeadAttention):
+    """Multi-head hierarchical self-attention, a drop-in for ``MultiHeadAttention``.
 
-    `position_fn(q, k)`, if given, applies positions (e.g. rotary) to `(b, h, l, d)` q and k before
-    pooling.
+    Reuses the library's projections and rotary positions (applied before pooling) and replaces
+    only ``attend``: ``causal=True`` gives the causal form, ``causal=False`` the two-sided one.
+    Attention-weight dropout is not applied (the block's residual dropout still is).
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, block_size: int, causal: bool = True):
-        super().__init__()
+    def __init__(self, d_model: int, n_heads: int, *, block_size: int,
+                 rotary: nn.Module | None = None):
         if n_heads < 1 or d_model % n_heads != 0:
             raise ValueError(
                 f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})"
             )
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
-        self.n_heads = n_heads
+        super().__init__(d_model, n_heads, rotary=rotary, impl="explicit")
         self.block_size = block_size
-        self.causal = causal
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
-        self.last_weights: Tensor | None = None
 
-    def forward(self, x: Tensor, position_fn=None, keep_weights: bool = False) -> Tensor:
-        """x: `(batch, length, d_model)` -> `(batch, length, d_model)`."""
-        q, k, v = rearrange(
-            self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads
-        )
-        if position_fn is not None:
-            q, k = position_fn(q, k)
-        result = h_attention(
-            q, k, v, block_size=self.block_size, causal=self.causal, return_weights=keep_weights
-        )
-        if keep_weights:
-            result, self.last_weights = result[0], result[1].detach()
-        return self.out(rearrange(result, "b h l d -> b l (h d)"))
+    def attend(self, q, k, v, *, mask=None, causal=False, need_weights=False):
+        """q, k, v ``(batch, heads, length, head_dim)`` -> ``(output (batch, length, d_model),
+        weights (batch, heads, length, length) or None)``."""
+        if mask is not None:
+            raise ValueError("hierarchical attention takes no explicit mask: use causal=True/False")
+        if q.shape[-2] != k.shape[-2]:
+            raise ValueError("hierarchical attention is self-attention: queries and keys must "
+                             f"have the same length, got {q.shape[-2]} and {k.shape[-2]}")
+        result = h_attention(q, k, v, block_size=self.block_size, causal=causal,
+                             return_weights=need_weights)
+        out, weights = result if need_weights else (result, None)
+        return self.out_proj(rearrange(out, "b h l d -> b l (h d)")), weights

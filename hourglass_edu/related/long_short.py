@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from hourglass_edu.attention import MultiHeadAttention
+
 NormFn = Callable[[Tensor], Tensor]
 
 
@@ -248,12 +250,15 @@ class DualLayerNorm(nn.Module):
         self.summary = nn.LayerNorm(head_dim)
 
 
-class LongShortAttention(nn.Module):
-    """Multi-head causal Long-Short attention over `(batch, length, d_model)`.
+class LongShortAttention(MultiHeadAttention):
+    """Multi-head causal Long-Short self-attention, a drop-in for ``MultiHeadAttention``.
 
-    window: exact keys per query; segment_size, rank: each finished segment of `segment_size`
-    positions is summarised by `rank` keys/values (rank=None switches the long-range branch off).
-    `position_fn(q, k)`, if given, applies positions (e.g. rotary) to `(b, h, l, d)` q and k.
+    Reuses the library's projections and rotary positions (``queries``, ``keys_values``,
+    ``out_proj``) and replaces only ``attend``. window: exact keys per query; each finished
+    segment of ``segment_size`` positions is summarised by ``rank`` keys/values (``rank=None``
+    switches the long-range branch off: plain sliding-window attention). ``dual_norm``: the DualLN
+    pair (off gives exactly the library's attention when the window covers the sequence).
+    Attention-weight dropout is not applied (the block's residual dropout still is).
     """
 
     def __init__(
@@ -265,31 +270,25 @@ class LongShortAttention(nn.Module):
         segment_size: int | None,
         rank: int | None,
         dual_norm: bool = True,
+        rotary: nn.Module | None = None,
     ):
-        super().__init__()
         check_long_short_arguments(d_model, n_heads, window, segment_size, rank)
-        self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
+        super().__init__(d_model, n_heads, rotary=rotary, impl="explicit")
         self.window = window
         self.segment_size = segment_size
         self.rank = rank
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
         self.projection = (
             nn.Parameter(torch.randn(n_heads, self.head_dim, rank) / math.sqrt(self.head_dim))
             if rank is not None
             else None
         )
         self.norms = DualLayerNorm(self.head_dim) if dual_norm else None
-        self.last_weights: Tensor | None = None
 
-    def forward(self, x: Tensor, position_fn=None, keep_weights: bool = False) -> Tensor:
-        """x: `(batch, length, d_model)` -> `(batch, length, d_model)`."""
-        q, k, v = rearrange(
-            self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads
-        )
-        if position_fn is not None:
-            q, k = position_fn(q, k)
+    def attend(self, q, k, v, *, mask=None, causal=False, need_weights=False):
+        """q, k, v ``(batch, heads, length, head_dim)`` -> ``(output (batch, length, d_model),
+        weights (batch, heads, length, length) or None)``; weights spread summaries onto
+        positions (see ``long_short_attention``)."""
+        _require_causal_self_attention(q, k, mask, causal, "Long-Short")
         result = long_short_attention(
             q,
             k,
@@ -299,11 +298,19 @@ class LongShortAttention(nn.Module):
             segment_size=self.segment_size,
             local_norm=self.norms.local if self.norms is not None else None,
             global_norm=self.norms.summary if self.norms is not None else None,
-            return_weights=keep_weights,
+            return_weights=need_weights,
         )
-        if keep_weights:
-            result, self.last_weights = result[0], result[1].detach()
-        return self.out(rearrange(result, "b h l d -> b l (h d)"))
+        out, weights = result if need_weights else (result, None)
+        return self.out_proj(rearrange(out, "b h l d -> b l (h d)")), weights
+
+
+def _require_causal_self_attention(q, k, mask, causal, name) -> None:
+    if mask is not None or not causal:
+        raise ValueError(f"{name} attention here is causal self-attention: call it with "
+                         "causal=True and no mask")
+    if q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"{name} attention is self-attention: queries and keys must have the "
+                         f"same length, got {q.shape[-2]} and {k.shape[-2]}")
 
 
 def check_long_short_arguments(
