@@ -31,12 +31,15 @@ Shapes: q, k, v are `(batch, heads, length, head_dim)`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
+from hourglass_edu.blocks import TransformerBlock
+from hourglass_edu.related.common import RelatedConfig, RelatedLM
 from hourglass_edu.related.long_short import _check_qkv, _pad_length, _upcast
 
 
@@ -164,8 +167,9 @@ class HAttention(MultiHeadAttention):
     Attention-weight dropout is not applied (the block's residual dropout still is).
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, block_size: int,
-                 rotary: nn.Module | None = None):
+    def __init__(
+        self, d_model: int, n_heads: int, *, block_size: int, rotary: nn.Module | None = None
+    ):
         if n_heads < 1 or d_model % n_heads != 0:
             raise ValueError(
                 f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})"
@@ -181,9 +185,74 @@ class HAttention(MultiHeadAttention):
         if mask is not None:
             raise ValueError("hierarchical attention takes no explicit mask: use causal=True/False")
         if q.shape[-2] != k.shape[-2]:
-            raise ValueError("hierarchical attention is self-attention: queries and keys must "
-                             f"have the same length, got {q.shape[-2]} and {k.shape[-2]}")
-        result = h_attention(q, k, v, block_size=self.block_size, causal=causal,
-                             return_weights=need_weights)
+            raise ValueError(
+                "hierarchical attention is self-attention: queries and keys must "
+                f"have the same length, got {q.shape[-2]} and {k.shape[-2]}"
+            )
+        result = h_attention(
+            q, k, v, block_size=self.block_size, causal=causal, return_weights=need_weights
+        )
         out, weights = result if need_weights else (result, None)
         return self.out_proj(rearrange(out, "b h l d -> b l (h d)")), weights
+
+
+@dataclass
+class HTransformerConfig(RelatedConfig):
+    """Everything that defines an ``HTransformerLM`` (causal hierarchical attention).
+
+    block_size: positions per finest block, seen exactly; also the number of pooled keys per
+    level. Each query attends to block_size * (1 + levels) keys, levels = ceil(log2(length /
+    block_size)).
+    """
+
+    vocab_size: int
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 6
+    block_size: int = 16
+    d_ff: int | None = None
+    dropout: float = 0.0
+    max_length: int = 1024
+    rotary_base: float = 10000.0
+
+    def __post_init__(self):
+        self._check_common()
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int):
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+
+
+class HTransformerLM(RelatedLM):
+    """Character LM: ``n_layers`` pre-norm blocks with causal hierarchical attention.
+
+    Capture names: ``embedding``, ``block{j}``, ``block{j}.attn`` (weights ``(batch, heads,
+    length, length)``, pooled weights spread evenly over their groups), ``final_norm``.
+    """
+
+    config_class = HTransformerConfig
+
+    def __init__(self, config: HTransformerConfig):
+        super().__init__(config)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                config.d_model,
+                config.n_heads,
+                config.feed_forward_width,
+                dropout=config.dropout,
+                attention=HAttention(
+                    config.d_model,
+                    config.n_heads,
+                    block_size=config.block_size,
+                    rotary=self.rotary,
+                ),
+            )
+            for _ in range(config.n_layers)
+        )
+        self._init_weights()
+
+    def body(self, x: Tensor, capture: dict | None) -> Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        for j, block in enumerate(self.blocks):
+            x = block(x, positions, capture=capture, name=f"block{j}")
+        return x

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
+from hourglass_edu.blocks import TransformerBlock
+from hourglass_edu.related.common import RelatedConfig, RelatedLM
 
 NormFn = Callable[[Tensor], Tensor]
 
@@ -306,11 +309,14 @@ class LongShortAttention(MultiHeadAttention):
 
 def _require_causal_self_attention(q, k, mask, causal, name) -> None:
     if mask is not None or not causal:
-        raise ValueError(f"{name} attention here is causal self-attention: call it with "
-                         "causal=True and no mask")
+        raise ValueError(
+            f"{name} attention here is causal self-attention: call it with causal=True and no mask"
+        )
     if q.shape[-2] != k.shape[-2]:
-        raise ValueError(f"{name} attention is self-attention: queries and keys must have the "
-                         f"same length, got {q.shape[-2]} and {k.shape[-2]}")
+        raise ValueError(
+            f"{name} attention is self-attention: queries and keys must have the "
+            f"same length, got {q.shape[-2]} and {k.shape[-2]}"
+        )
 
 
 def check_long_short_arguments(
@@ -329,3 +335,74 @@ def check_long_short_arguments(
             )
         if segment_size is None or segment_size < 1:
             raise ValueError(f"segment_size must be >= 1 when rank is set, got {segment_size}")
+
+
+@dataclass
+class LongShortConfig(RelatedConfig):
+    """Everything that defines a ``LongShortLM``.
+
+    window: exact keys per query (itself included); segment_size, rank: each finished segment is
+    summarised by ``rank`` keys/values (``rank=None``: sliding-window attention only);
+    dual_norm: separate LayerNorms on window and summary keys/values.
+    """
+
+    vocab_size: int
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 6
+    window: int = 32
+    segment_size: int | None = 32
+    rank: int | None = 4
+    dual_norm: bool = True
+    d_ff: int | None = None
+    dropout: float = 0.0
+    max_length: int = 1024
+    rotary_base: float = 10000.0
+
+    def __post_init__(self):
+        self._check_common()
+        check_long_short_arguments(
+            self.d_model, self.n_heads, self.window, self.segment_size, self.rank
+        )
+
+
+class LongShortLM(RelatedLM):
+    """Character LM: ``n_layers`` pre-norm blocks with causal Long-Short attention.
+
+    Capture names: ``embedding``, ``block{j}`` (block output), ``block{j}.attn`` (weights
+    ``(batch, heads, length, length)``, summaries spread onto positions), ``final_norm``.
+    """
+
+    config_class = LongShortConfig
+
+    def __init__(self, config: LongShortConfig):
+        super().__init__(config)
+
+        def attention():
+            return LongShortAttention(
+                config.d_model,
+                config.n_heads,
+                window=config.window,
+                segment_size=config.segment_size,
+                rank=config.rank,
+                dual_norm=config.dual_norm,
+                rotary=self.rotary,
+            )
+
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                config.d_model,
+                config.n_heads,
+                config.feed_forward_width,
+                dropout=config.dropout,
+                attention=attention(),
+            )
+            for _ in range(config.n_layers)
+        )
+        self._init_weights()
+
+    def body(self, x: Tensor, capture: dict | None) -> Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        for j, block in enumerate(self.blocks):
+            x = block(x, positions, capture=capture, name=f"block{j}")
+        return x
