@@ -191,3 +191,19 @@ def test_bad_configurations_say_what_to_change(make, message):
 def test_too_long_input_is_a_clear_error():
     with pytest.raises(ValueError, match="max_length"):
         MODELS["h_transformer"](torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_works_and_the_cache_request_falls_back_to_recomputing(name):
+    from hourglass_edu import CharTokenizer
+    from hourglass_edu.generate import generate
+
+    tokenizer = CharTokenizer.from_documents(["abcdefghij", "klm"])
+    torch.manual_seed(0)
+    config = type(MODELS[name].config).from_dict(
+        {**MODELS[name].config.to_dict(), "vocab_size": tokenizer.vocab_size}
+    )
+    model = type(MODELS[name])(config).eval()
+    cached = generate(model, tokenizer, "abc", 12, seed=3, use_cache=True, stop_at_end=False)
+    uncached = generate(model, tokenizer, "abc", 12, seed=3, use_cache=False, stop_at_end=False)
+    assert cached == uncached and cached
