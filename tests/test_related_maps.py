@@ -32,8 +32,15 @@ def qkv(length):
 def test_long_short_map_support_is_the_measured_support(length, window, segment_size, rank):
     q, k, v = qkv(length)
     projection = torch.randn(1, 4, rank, dtype=torch.float64)
-    _, weights = long_short_attention(q, k, v, window=window, projection=projection,
-                                      segment_size=segment_size, return_weights=True)
+    _, weights = long_short_attention(
+        q,
+        k,
+        v,
+        window=window,
+        projection=projection,
+        segment_size=segment_size,
+        return_weights=True,
+    )
     resolution = long_short_map(length, window, segment_size, rank)
     assert torch.equal(resolution > 0, weights[0, 0] > 0)
     assert set(resolution.unique().tolist()) <= {0.0, 1.0, segment_size / rank}
@@ -57,8 +64,14 @@ def test_h_attention_map_matches_pooled_weights(length, block_size, causal):
 
 def test_simple_hierarchical_map_support_is_the_measured_one_layer_receptive_field():
     torch.manual_seed(0)
-    config = SimpleHierarchicalConfig(vocab_size=5, d_model=16, n_heads=2, n_layers=1,
-                                      compressions=(1, 2, 4), windows=(3, 2, None))
+    config = SimpleHierarchicalConfig(
+        vocab_size=5,
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        compressions=(1, 2, 4),
+        windows=(3, 2, None),
+    )
     model = SimpleHierarchicalLM(config).double()
     length = 26
     embedded = torch.randn(1, length, 16, dtype=torch.float64, requires_grad=True)
@@ -76,3 +89,26 @@ def test_sliding_window_map_and_plot():
     assert resolution.sum() == 11
     figure = plot_resolution_maps({"window": resolution, "long-short": long_short_map(6, 2, 2, 1)})
     assert len(figure.axes) == 3  # two maps and the colour bar
+
+
+def test_comparison_helpers_build_measure_and_tabulate():
+    from hourglass_edu.related.compare import (
+        MODEL_NAMES,
+        build_comparison_models,
+        markdown_table,
+        measure_cost,
+    )
+
+    models = build_comparison_models(7, d_model=16, n_heads=2, n_layers=2, max_length=64, window=4)
+    assert tuple(models) == MODEL_NAMES
+    rows = measure_cost(
+        {"long_short": models["long_short"]}, [16, 64], repeats=1, precision="fp32", device="cpu"
+    )
+    assert [row["length"] for row in rows] == [16, 64]
+    assert rows[1]["saved_mb"] > rows[0]["saved_mb"] > 0 and rows[0]["peak_mb"] is None
+    table = markdown_table(rows, [("model", "model", "{}"), ("peak_mb", "peak", "{:.1f}")])
+    assert table.splitlines()[2] == "| long_short | - |"
+    with pytest.raises(ValueError, match="unknown model names"):
+        build_comparison_models(7, names=["transformer", "reformer"])
+    with pytest.raises(ValueError, match="n_layers must be >= 2"):
+        build_comparison_models(7, n_layers=1)

@@ -113,5 +113,8 @@ def plot_resolution_maps(
         axis.set_xlabel("key position")
         axis.set_ylabel("query position")
     bar = figure.colorbar(image, ax=list(axes), shrink=0.8)
+    ticks = [2**power for power in range(int(math.log2(top)) + 1)]
+    bar.set_ticks(ticks, labels=[str(tick) for tick in ticks])
+    bar.minorticks_off()
     bar.set_label("positions per vector seen (1 = exact)")
     return figure
