@@ -61,7 +61,7 @@ def test_changing_token_j_never_moves_logits_before_j(name, data):
 def test_prefix_consistency(name, data):
     """The last logits of every prefix equal the logits at that position in the full run."""
     model = MODELS[name]
-    length = data.draw(st.integers(1, 30))
+    length = data.draw(st.integers(1, 20))
     generator = torch.Generator().manual_seed(data.draw(st.integers(0, 1000)))
     tokens = torch.randint(0, VOCAB, (2, length), generator=generator)
     with torch.no_grad():
@@ -99,9 +99,9 @@ def test_trains_under_bf16_autocast(name):
     torch.manual_seed(0)
     model = tiny_models()[name]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    tokens = torch.randint(0, VOCAB, (4, 33))
+    tokens = torch.randint(0, VOCAB, (4, 25))
     losses = []
-    for _ in range(8):
+    for _ in range(5):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(tokens[:, :-1])
         loss = torch.nn.functional.cross_entropy(
