@@ -40,7 +40,7 @@ Beyond ``config.max_length`` the decoder raises, like the model; `generate` slid
 from __future__ import annotations
 
 import torch
-from einops import rearrange, reduce, repeat
+from einops import reduce, repeat
 
 from hourglass_edu.attention import funnel_down_mask, funnel_up_mask
 from hourglass_edu.blocks import TransformerBlock
@@ -266,4 +266,6 @@ class IncrementalDecoder:
         self.reset()
         return self.extend(tokens)
 
-    step = extend
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append a few more tokens (usually one) ``(batch, new)``; returns their logits."""
+        return self.extend(tokens)
