@@ -10,7 +10,7 @@ hourglass ("1@1 4@3 1@1"), Long-Short, H-Transformer-1D and the simple hierarchi
 2. Cost: one training step (forward + backward, batch 1) per model at several sequence lengths:
    milliseconds per step and the activations autograd saves for the backward pass.
 
-    python benchmarks/bench_related.py            # full: about 9 minutes on a quiet 2-core CPU
+    python benchmarks/bench_related.py            # full: about 7 minutes on a quiet 2-core CPU
     python benchmarks/bench_related.py --quick    # smoke test: tiny sizes, well under a minute
 
 Needs the corpus (HOURGLASS_EDU_DATA or a download). Writes the tables to
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--corpus", default="haiku")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="training minutes per model (default 1.25; --quick: 10 steps)")
+                        help="training minutes per model (default 1.0; --quick: 10 steps)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None)
@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     else:
         size = dict(d_model=128, n_heads=4, n_layers=4, window=32)
         block_size, batch_size, lengths = 256, 16, [256, 512, 1024, 2048]
-        budget = dict(steps=None, minutes=args.minutes or 1.25)
-        eval_batches = 20
+        budget = dict(steps=None, minutes=args.minutes or 1.0)
+        eval_batches = 10
     if args.minutes is not None:
         budget = dict(steps=None, minutes=args.minutes)
 
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     data = prepare_data(args.corpus)
     vocab = data.tokenizer.vocab_size
     config = TrainConfig(**budget, batch_size=batch_size, block_size=block_size, lr=2e-3,
-                         warmup_steps=5 if args.quick else 50, eval_every=5 if args.quick else 100,
-                         eval_batches=2 if args.quick else 10, log_every=5 if args.quick else 10,
+                         warmup_steps=5 if args.quick else 50, eval_every=5 if args.quick else 200,
+                         eval_batches=2 if args.quick else 4, log_every=5 if args.quick else 10,
                          device=args.device, progress=False)
     models = build_comparison_models(vocab, max_length=block_size, **size)
     results = train_comparison(models, data, config, eval_batches=eval_batches)
