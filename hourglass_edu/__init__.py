@@ -7,3 +7,4 @@ for which module holds which concept and which notebook teaches it.
 __version__ = "0.1.0"
 
 from hourglass_edu.data import CharTokenizer, load_corpus, prepare_data  # noqa: E402, F401  (public API)
+from hourglass_edu.hourglass import HourglassConfig, HourglassLM  # noqa: E402, F401

@@ -1,0 +1,241 @@
+"""Multi-head attention: the explicit path, the fused path, and the masks an hourglass needs.
+
+Attention, one head, written out: ``scores = q @ k.T / sqrt(head_dim)``; positions a query may not
+see get ``-inf``; ``weights = softmax(scores)`` over the keys; ``output = weights @ v``.
+
+Two implementations compute exactly this:
+
+* ``explicit_attention`` writes every step in torch and can return the weights
+  ``(batch, heads, query, key)``: the one to read, and the one ``run_with_cache`` uses.
+* ``fused_attention`` calls ``torch.nn.functional.scaled_dot_product_attention`` (SDPA), which
+  picks a fused kernel (flash / memory-efficient attention on GPU, a blocked kernel on CPU) and
+  never materialises the weights: the default, faster and lighter.
+
+Masks are boolean ``(query, key)`` tensors, ``True`` where the query may attend (SDPA's
+convention). Besides the ordinary causal mask, an hourglass needs two "funnel" masks for attention
+between resolutions (shortening factor ``k``):
+
+* ``funnel_down_mask``: short position ``i`` attends to full-resolution positions of the
+  *shifted* sequence ``s < (i + 1) * k``. Shifted position ``s`` holds original token ``s - (k-1)``,
+  so short ``i`` sees originals ``<= i * k``: the first full position that will read short ``i``
+  (after upsampling) is ``i * k``, so nothing it sees lies in that position's future.
+* ``funnel_up_mask``: full position ``j`` attends to short positions ``m <= j // k``. Short ``m``
+  holds originals up to ``m * k <= j``.
+
+``MultiHeadAttention`` keeps the three steps separate (``queries``, ``keys_values``, ``attend``)
+so that a decoder with a key/value cache can call them one at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+ATTENTION_IMPLS = ("fused", "explicit")
+
+
+def causal_mask(query_length: int, key_length: int | None = None, *, device=None) -> torch.Tensor:
+    """Boolean ``(query, key)`` mask, ``True`` where key ``<=`` query.
+
+    With ``key_length > query_length`` the queries are the *last* ``query_length`` positions (as
+    when new tokens attend to a cache of earlier keys).
+    """
+    key_length = query_length if key_length is None else key_length
+    offset = key_length - query_length
+    query_index = torch.arange(query_length, device=device)[:, None] + offset
+    key_index = torch.arange(key_length, device=device)[None, :]
+    return key_index <= query_index
+
+
+def funnel_down_mask(short_length: int, full_length: int, factor: int, *, device=None):
+    """Mask for attention shortening: short query ``i`` sees shifted full keys ``s < (i+1)*factor``.
+
+    Returns a boolean ``(short_length, full_length)`` tensor.
+    """
+    short_index = torch.arange(short_length, device=device)[:, None]
+    full_index = torch.arange(full_length, device=device)[None, :]
+    return full_index < (short_index + 1) * factor
+
+
+def funnel_up_mask(full_length: int, short_length: int, factor: int, *, device=None):
+    """Mask for attention upsampling: full query ``j`` sees short keys ``m <= j // factor``.
+
+    Returns a boolean ``(full_length, short_length)`` tensor.
+    """
+    full_index = torch.arange(full_length, device=device)[:, None]
+    short_index = torch.arange(short_length, device=device)[None, :]
+    return short_index <= torch.div(full_index, factor, rounding_mode="floor")
+
+
+def explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written step by step.
+
+    q: ``(batch, heads, query, head_dim)``; k, v: ``(batch, heads, key, head_dim)``;
+    mask: boolean ``(query, key)`` (or broadcastable to the scores), ``True`` = may attend.
+    Returns ``(output (batch, heads, query, head_dim), weights (batch, heads, query, key))``.
+    The weights are returned before dropout, so they always sum to one over the keys.
+    """
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    # softmax in fp32 even under bf16 autocast: exp() of large scores needs the range.
+    weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    attended = F.dropout(weights, p=dropout, training=training) if dropout > 0 else weights
+    output = torch.einsum("bhqk,bhkd->bhqd", attended, v)
+    return output, weights
+
+
+def fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    is_causal: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """The same computation through ``F.scaled_dot_product_attention`` (no weights returned).
+
+    ``is_causal=True`` (only when query and key lengths are equal) lets SDPA skip the masked half
+    without building a mask tensor.
+    """
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout if training else 0.0
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate query and key/value inputs (self- or cross-attention).
+
+    Three steps, each usable alone (a cached decoder calls them separately):
+
+    * ``queries(x, positions)`` -> ``(batch, heads, length, head_dim)``
+    * ``keys_values(x, positions)`` -> ``(k, v)``, each ``(batch, heads, length, head_dim)``
+    * ``attend(q, k, v, mask=..., causal=..., need_weights=...)`` -> ``(output (batch, length, d),
+      weights or None)``
+
+    ``rotary`` (a ``RotaryEmbedding`` or ``None``) rotates queries and keys by their integer
+    positions, given explicitly so that queries and keys may live on different resolutions.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        dropout: float = 0.0,
+        rotary: nn.Module | None = None,
+        impl: str = "fused",
+    ):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(
+                f"d_model={d_model} is not divisible by n_heads={n_heads}: choose n_heads that "
+                f"divides d_model (e.g. {[h for h in (1, 2, 4, 8) if d_model % h == 0]})"
+            )
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention impl {impl!r}: use one of {ATTENTION_IMPLS}")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.dropout = dropout
+        self.impl = impl
+        self.rotary = rotary
+        self.query_proj = nn.Linear(d_model, d_model)
+        self.key_value_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.out_proj.is_residual_output = True  # scaled at init (see HourglassLM._init_weights)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(
+            x, "batch length (heads dim) -> batch heads length dim", heads=self.n_heads
+        )
+
+    def queries(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``(batch, length, d_model)``, positions ``(length,)`` -> ``(b, heads, length, dh)``."""
+        q = self._split_heads(self.query_proj(x))
+        if self.rotary is not None:
+            q = self.rotary(q, positions)
+        return q
+
+    def keys_values(self, x: torch.Tensor, positions: torch.Tensor | None = None):
+        """x ``(batch, length, d_model)`` -> ``(k, v)``, each ``(batch, heads, length, dh)``."""
+        k, v = self.key_value_proj(x).chunk(2, dim=-1)
+        k, v = self._split_heads(k), self._split_heads(v)
+        if self.rotary is not None:
+            k = self.rotary(k, positions)
+        return k, v
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend and project back: returns ``(output (batch, query, d_model), weights or None)``.
+
+        ``causal=True`` means the plain causal mask (queries are the last positions of the keys);
+        ``mask`` is an explicit boolean ``(query, key)`` mask. Weights come from the explicit
+        path, used when ``need_weights`` or ``impl == "explicit"``.
+        """
+        if causal and mask is not None:
+            raise ValueError("pass either causal=True or an explicit mask, not both")
+        query_length, key_length = q.shape[-2], k.shape[-2]
+        weights = None
+        if need_weights or self.impl == "explicit":
+            if causal:
+                mask = causal_mask(query_length, key_length, device=q.device)
+            out, weights = explicit_attention(
+                q, k, v, mask, dropout=self.dropout, training=self.training
+            )
+        else:
+            use_is_causal = causal and query_length == key_length
+            if causal and not use_is_causal:
+                mask = causal_mask(query_length, key_length, device=q.device)
+            out = fused_attention(
+                q, k, v, mask, is_causal=use_is_causal, dropout=self.dropout, training=self.training
+            )
+        out = rearrange(out, "batch heads length dim -> batch length (heads dim)")
+        return self.out_proj(out), (weights if need_weights else None)
+
+    def forward(
+        self,
+        x_query: torch.Tensor,
+        x_key_value: torch.Tensor | None = None,
+        *,
+        query_positions: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Self-attention (``x_key_value=None``) or cross-attention.
+
+        x_query: ``(batch, query, d_model)``; x_key_value: ``(batch, key, d_model)``;
+        positions: ``(query,)`` / ``(key,)`` integer tensors (default ``arange``).
+        Returns ``(output (batch, query, d_model), weights (batch, heads, query, key) or None)``.
+        """
+        if x_key_value is None:
+            x_key_value = x_query
+            if key_positions is None:
+                key_positions = query_positions
+        q = self.queries(x_query, query_positions)
+        k, v = self.keys_values(x_key_value, key_positions)
+        return self.attend(q, k, v, mask=mask, causal=causal, need_weights=need_weights)

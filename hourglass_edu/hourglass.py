@@ -1,0 +1,449 @@
+"""The Hourglass language model (Nawrot et al. 2021): config, structure notation, levels, LM.
+
+Structure notation
+------------------
+``"2@1 8@3 2@1"``: 2 blocks at full resolution, 8 blocks on a sequence shortened 3x, 2 blocks at
+full resolution. Parts are ``LAYERS@FACTOR``; factors are cumulative from the outside in and must
+read the same backwards (``"2@1 2@2 4@8 2@2 2@1"``: the middle level shortens its outer
+neighbour by 8 / 2 = 4). The outermost factor is 1, each factor divides the next one inwards and
+is at least twice it. The layer counts before and after a level may differ (``"3@1 8@3 1@1"``).
+``"12@1"`` is a plain transformer.
+
+Levels
+------
+``level0`` works at full resolution (outermost), ``level1`` on the first shortened sequence, and
+so on. ``HourglassLevel.forward`` runs, in order: pre blocks; pad to a multiple of ``k`` and
+shift right by ``k - 1`` (the residual is kept unshifted); shorten; the inner level (recursion);
+upsample, crop and add the residual; post blocks. See ``resampling.py`` for why in this order.
+
+Capture names (``HourglassLM.run_with_cache``)
+-----------------------------------------------
+All tensors are detached. ``n_i`` is the length at level ``i`` (``n_0`` = number of tokens,
+``n_{i+1} = ceil(n_i / k_i)``), ``d`` = ``d_model``, ``h`` = ``n_heads``.
+
+* ``level{i}.input`` ``(batch, n_i, d)`` and ``level{i}.output`` ``(batch, n_i, d)``
+* ``level{i}.block{j}`` ``(batch, n_i, d)``: output of block ``j``; blocks are numbered within
+  a level, pre blocks first, then post blocks (the innermost level has only pre blocks)
+* ``level{i}.block{j}.attn`` ``(batch, h, n_i, n_i)``: attention weights (query, key)
+* ``level{i}.shortened`` ``(batch, n_{i+1}, d)``: output of shortening (= ``level{i+1}.input``)
+* ``level{i}.upsampled`` ``(batch, n_i, d)``: upsampled inner output plus the residual, i.e. what
+  the post blocks receive
+* ``level{i}.down_attn`` ``(batch, h, n_{i+1}, ceil(n_i / k_i) * k_i)`` and ``level{i}.up_attn``
+  ``(batch, h, n_i, n_{i+1})``: weights of attention shortening / upsampling (when used)
+* ``embedding`` ``(batch, n_0, d)`` and ``final_norm`` ``(batch, n_0, d)`` (extensions)
+
+Capturing costs nothing when unused: the capture dict is ``None`` in ``forward`` and every record
+is skipped; attention weights come from the explicit attention path only inside
+``run_with_cache``.
+
+FLOP counting rule (``HourglassLM.flops_per_token``)
+----------------------------------------------------
+Forward pass only (a training step costs about 3x), 2 FLOPs per multiply-add, counting the
+matrix products: weight matrices (biases, norms, softmax, activations, averaging and the
+embedding lookup are ignored) and attention's two products, 4 * d FLOPs per (query, visible key)
+pair, counting only the keys the mask lets a query see (causal: ``n (n+1) / 2`` pairs). Every
+level's total is divided by the number of tokens, so levels are comparable and add up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hourglass_edu.attention import ATTENTION_IMPLS
+from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
+from hourglass_edu.resampling import (
+    SHIFT_FILLS,
+    SHORTENINGS,
+    UPSAMPLINGS,
+    ShiftRight,
+    make_shortening,
+    make_upsampling,
+    pad_to_multiple,
+)
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """One level of a parsed structure.
+
+    ``pre_layers`` / ``post_layers``: blocks before / after the inner level (the innermost level
+    has only ``pre_layers``); ``total_factor``: shortening relative to the tokens; ``factor``:
+    how much the *next* level shortens this one (``None`` for the innermost level).
+    """
+
+    pre_layers: int
+    post_layers: int
+    total_factor: int
+    factor: int | None
+
+
+_PART = re.compile(r"^(\d+)@(\d+)$")
+_EXAMPLE = "e.g. '2@1 8@3 2@1' or '2@1 2@2 4@8 2@2 2@1'"
+
+
+def parse_structure(structure: str) -> list[LevelSpec]:
+    """Parse the paper's notation into levels, outermost first. Raises ValueError if malformed."""
+    if not isinstance(structure, str) or not structure.strip():
+        raise ValueError(f"structure must be a non-empty string like {_EXAMPLE}, got {structure!r}")
+    parts = structure.split()
+    layers, factors = [], []
+    for part in parts:
+        match = _PART.match(part)
+        if match is None:
+            raise ValueError(
+                f"cannot read {part!r} in structure {structure!r}: each part must be "
+                f"LAYERS@FACTOR with whole numbers, {_EXAMPLE}"
+            )
+        layers.append(int(match.group(1)))
+        factors.append(int(match.group(2)))
+    if len(parts) % 2 == 0:
+        raise ValueError(
+            f"structure {structure!r} has {len(parts)} parts; it needs an odd number: the levels "
+            f"going in, the innermost level, the same levels coming out ({_EXAMPLE})"
+        )
+    if factors != factors[::-1]:
+        raise ValueError(
+            f"structure {structure!r} is not palindromic: factors {factors} must read the same "
+            f"backwards, because every level that shortens must upsample again ({_EXAMPLE})"
+        )
+    if factors[0] != 1:
+        raise ValueError(
+            f"structure {structure!r} starts at factor {factors[0]}: the outermost level must be "
+            "at full resolution (factor 1), so the model predicts every token"
+        )
+    middle = len(parts) // 2
+    for outer, inner in zip(factors[:middle], factors[1 : middle + 1], strict=True):
+        if inner % outer != 0:
+            raise ValueError(
+                f"structure {structure!r}: factor {inner} is not a multiple of the enclosing "
+                f"factor {outer}; each level must shorten its outer neighbour by a whole number "
+                f"(try {outer * max(2, round(inner / outer))})"
+            )
+        if inner // outer < 2:
+            raise ValueError(
+                f"structure {structure!r}: going from factor {outer} to {inner} shortens by "
+                f"{inner // outer}; a shortening factor inside a level must be at least 2 "
+                "(merge equal neighbours into one part, e.g. '12@1' for a plain transformer)"
+            )
+    if layers[middle] < 1:
+        raise ValueError(
+            f"structure {structure!r}: the innermost level has 0 layers; give it at least 1"
+        )
+    levels = []
+    for index in range(middle + 1):
+        is_innermost = index == middle
+        levels.append(
+            LevelSpec(
+                pre_layers=layers[index],
+                post_layers=0 if is_innermost else layers[len(parts) - 1 - index],
+                total_factor=factors[index],
+                factor=None if is_innermost else factors[index + 1] // factors[index],
+            )
+        )
+    return levels
+
+
+@dataclass
+class HourglassConfig:
+    """Everything that defines an ``HourglassLM`` (saved next to the weights as JSON).
+
+    * ``structure``: the paper's notation (see module docstring).
+    * ``shortening``: ``"avg"`` | ``"linear"`` | ``"attention"``;
+      ``upsampling``: ``"repeat"`` | ``"linear"`` | ``"attention"``.
+    * ``shift_fill``: what the ``k - 1`` shift prepends: ``"zeros"`` or ``"learned"`` vectors.
+    * ``d_ff``: feed-forward width (``None`` -> ``4 * d_model``).
+    * ``max_length``: longest sequence accepted (rotary positions have no hard limit; this is
+      the length the model is meant for, and a clear error beyond it).
+    * ``attention_impl``: ``"fused"`` (SDPA, default) or ``"explicit"`` (step by step).
+    * ``tie_embeddings``: share the token embedding with the output head (default False: a
+      character vocabulary is small, so tying saves little, and untied is the simpler picture).
+    * ``unsafe_disable_shift``: FOR TEACHING ONLY. Skips the ``k - 1`` shift so the model can see
+      the future (the leak demo and the negative-control test). Never train with it.
+    """
+
+    vocab_size: int
+    d_model: int = 256
+    n_heads: int = 4
+    structure: str = "2@1 8@3 2@1"
+    shortening: str = "avg"
+    upsampling: str = "repeat"
+    shift_fill: str = "zeros"
+    d_ff: int | None = None
+    dropout: float = 0.0
+    max_length: int = 1024
+    attention_impl: str = "fused"
+    tie_embeddings: bool = False
+    rotary_base: float = 10000.0
+    unsafe_disable_shift: bool = False
+
+    def __post_init__(self):
+        def positive_int(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("vocab_size", "d_model", "n_heads", "max_length"):
+            positive_int(name)
+        if self.d_ff is not None:
+            positive_int("d_ff")
+        if self.d_model % self.n_heads != 0:
+            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:8]
+            raise ValueError(
+                f"n_heads={self.n_heads} does not divide d_model={self.d_model}: choose n_heads "
+                f"from {divisors} or change d_model"
+            )
+        if (self.d_model // self.n_heads) % 2 != 0:
+            raise ValueError(
+                f"head dimension d_model / n_heads = {self.d_model // self.n_heads} is odd; "
+                "rotary positions rotate pairs of features: make it even"
+            )
+        for name, allowed in (("shortening", SHORTENINGS), ("upsampling", UPSAMPLINGS),
+                              ("shift_fill", SHIFT_FILLS), ("attention_impl", ATTENTION_IMPLS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}"
+                )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.rotary_base > 1.0:
+            raise ValueError(f"rotary_base must be > 1, got {self.rotary_base!r}")
+        parse_structure(self.structure)  # raises with a message saying what to change
+
+    @property
+    def levels(self) -> list[LevelSpec]:
+        return parse_structure(self.structure)
+
+    @property
+    def feed_forward_width(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HourglassConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown HourglassConfig keys {unknown}: known keys are {sorted(known)}"
+            )
+        return cls(**data)
+
+
+class HourglassLevel(nn.Module):
+    """One resolution of the hourglass, holding the next (shorter) one as ``inner``.
+
+    Steps, in order (each a separate attribute, so a cached decoder can run them one by one):
+    ``pre_blocks`` -> keep residual -> ``pad_to_multiple`` -> ``shift`` -> ``shorten`` ->
+    ``inner`` -> ``upsample`` (crop, add residual) -> ``post_blocks``. The innermost level has only
+    ``pre_blocks`` (``inner``, ``shift``, ``shorten``, ``upsample`` are ``None``).
+
+    ``forward(x, capture=None)``: x ``(batch, n, d_model)`` -> ``(batch, n, d_model)``.
+    Positions inside the level are ``arange(n)`` (level-local; see blocks.py).
+    """
+
+    def __init__(self, config: HourglassConfig, index: int, rotary: RotaryEmbedding):
+        super().__init__()
+        spec = config.levels[index]
+        self.index = index
+        self.name = f"level{index}"
+        self.factor = spec.factor
+        self.total_factor = spec.total_factor
+        self.disable_shift = config.unsafe_disable_shift
+        width = config.feed_forward_width
+
+        def block():
+            return TransformerBlock(config.d_model, config.n_heads, width, dropout=config.dropout,
+                                    rotary=rotary, attention_impl=config.attention_impl)
+
+        self.pre_blocks = nn.ModuleList(block() for _ in range(spec.pre_layers))
+        self.post_blocks = nn.ModuleList(block() for _ in range(spec.post_layers))
+        if spec.factor is None:
+            self.shift = self.shorten = self.inner = self.upsample = None
+        else:
+            resampling_args = dict(dropout=config.dropout, rotary=rotary,
+                                   attention_impl=config.attention_impl)
+            self.shift = ShiftRight(spec.factor, config.d_model, config.shift_fill)
+            self.shorten = make_shortening(config.shortening, config.d_model, config.n_heads,
+                                           width, spec.factor, **resampling_args)
+            self.inner = HourglassLevel(config, index + 1, rotary)
+            self.upsample = make_upsampling(config.upsampling, config.d_model, config.n_heads,
+                                            width, spec.factor, **resampling_args)
+
+    def forward(self, x: torch.Tensor, capture: dict | None = None) -> torch.Tensor:
+        name = self.name
+        record(capture, f"{name}.input", x)
+        positions = torch.arange(x.shape[1], device=x.device)
+        for j, block in enumerate(self.pre_blocks):
+            x = block(x, positions, capture=capture, name=f"{name}.block{j}")
+        if self.inner is not None:
+            residual = x
+            padded = pad_to_multiple(x, self.factor)
+            shifted = padded if self.disable_shift else self.shift(padded)
+            short = self.shorten(shifted, capture=capture, name=name)
+            record(capture, f"{name}.shortened", short)
+            short = self.inner(short, capture)
+            x = self.upsample(short, residual, capture=capture, name=name)
+            record(capture, f"{name}.upsampled", x)
+            for j, block in enumerate(self.post_blocks, start=len(self.pre_blocks)):
+                x = block(x, positions, capture=capture, name=f"{name}.block{j}")
+        record(capture, f"{name}.output", x)
+        return x
+
+
+class HourglassLM(nn.Module):
+    """Character-level Hourglass language model.
+
+    ``model(tokens)``: tokens ``(batch, length)`` long, ``1 <= length <= config.max_length``
+    -> logits ``(batch, length, vocab_size)``; logits at position ``t`` predict token ``t + 1``
+    and depend only on tokens ``<= t`` (tested).
+
+    Init: GPT-2 style: weights ~ N(0, 0.02), biases 0, and the output projection of every
+    residual branch (attention out-projection, feed-forward contraction) scaled by
+    ``1 / sqrt(2 * number_of_residual_blocks)`` so the residual stream's variance does not grow
+    with depth.
+    """
+
+    def __init__(self, config: HourglassConfig):
+        super().__init__()
+        if not isinstance(config, HourglassConfig):
+            raise ValueError("HourglassLM needs an HourglassConfig (use HourglassConfig.from_dict "
+                             "for a saved dict)")
+        self.config = config
+        head_dim = config.d_model // config.n_heads
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.rotary = RotaryEmbedding(head_dim, config.rotary_base)
+        self.hourglass = HourglassLevel(config, 0, self.rotary)
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self._init_weights()
+        if config.tie_embeddings:
+            self.head.weight = self.embedding.weight
+
+    @property
+    def levels(self) -> list[HourglassLevel]:
+        """The levels, outermost (``level0``) first."""
+        levels, level = [], self.hourglass
+        while level is not None:
+            levels.append(level)
+            level = level.inner
+        return levels
+
+    def _init_weights(self) -> None:
+        residual_outputs = [m for m in self.modules() if getattr(m, "is_residual_output", False)]
+        # two residual outputs (attention, feed-forward) per block
+        n_blocks = max(1, len(residual_outputs) // 2)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                std = 0.02
+                if getattr(module, "is_residual_output", False):
+                    std = 0.02 / math.sqrt(2 * n_blocks)
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        """Raise ValueError unless tokens is a ``(batch, length)`` integer tensor that fits."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens)
+            raise ValueError(f"tokens must be a (batch, length) tensor, got {shape}; "
+                             "add a batch axis with tokens[None] for one sequence")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be integer ids (torch.long), got {tokens.dtype}")
+        length = tokens.shape[1]
+        if length < 1:
+            raise ValueError("tokens has length 0: feed at least one token (e.g. <eot>)")
+        if length > self.config.max_length:
+            raise ValueError(
+                f"sequence length {length} exceeds config.max_length={self.config.max_length}: "
+                "feed shorter sequences (crop to the last max_length tokens) or build the model "
+                "with a larger max_length"
+            )
+
+    def _run(self, tokens: torch.Tensor, capture: dict | None) -> torch.Tensor:
+        self.check_tokens(tokens)
+        x = self.embedding_dropout(self.embedding(tokens))
+        record(capture, "embedding", x)
+        x = self.hourglass(x, capture)
+        x = self.final_norm(x)
+        record(capture, "final_norm", x)
+        return self.head(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens, None)
+
+    def run_with_cache(self, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward pass that also returns every named activation (see the module docstring).
+
+        Returns ``(logits (batch, length, vocab), cache)``, cache a dict name -> detached tensor.
+        Attention weights are computed by the explicit path here (same numbers as the fused one,
+        to float rounding).
+        """
+        capture: dict[str, torch.Tensor] = {}
+        logits = self._run(tokens, capture)
+        return logits, capture
+
+    def num_parameters(self, include_embedding: bool = True) -> int:
+        """Number of trainable parameters (tied weights counted once)."""
+        seen, total = set(), 0
+        for parameter in self.parameters():
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            total += parameter.numel()
+        if not include_embedding:
+            total -= self.embedding.weight.numel()
+        return total
+
+    def level_lengths(self, length: int) -> list[int]:
+        """Sequence length at each level for ``length`` tokens: ``n_{i+1} = ceil(n_i / k_i)``."""
+        lengths = [length]
+        for level in self.levels[:-1]:
+            lengths.append(-(-lengths[-1] // level.factor))
+        return lengths
+
+    def flops_per_token(self, length: int) -> dict[str, float]:
+        """Estimated forward FLOPs per token at sequence ``length``: ``{"level0": ..., ...,
+        "head": ..., "total": ...}``. A level includes its blocks and its own shortening and
+        upsampling. Counting rule in the module docstring."""
+        if not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be a positive integer, got {length!r}")
+        config = self.config
+        d, d_ff = config.d_model, config.feed_forward_width
+        per_vector_block = 2 * (4 * d * d) + 2 * (2 * d * d_ff)  # q, kv, out + feed-forward
+        lengths = self.level_lengths(length)
+        flops: dict[str, float] = {}
+        for level, n in zip(self.levels, lengths, strict=True):
+            n_blocks = len(level.pre_blocks) + len(level.post_blocks)
+            level_flops = n_blocks * (n * per_vector_block + 4 * d * n * (n + 1) / 2)
+            if level.inner is not None:
+                k = level.factor
+                n_short = -(-n // k)
+                m = n_short * k
+                if config.shortening == "linear":
+                    level_flops += n_short * 2 * (k * d) * d
+                elif config.shortening == "attention":
+                    level_flops += n_short * (2 * (2 * d * d) + 2 * (2 * d * d_ff))  # q, out, ff
+                    level_flops += m * 2 * (2 * d * d)  # keys and values of the shifted sequence
+                    level_flops += 4 * d * k * n_short * (n_short + 1) / 2  # funnel pairs
+                if config.upsampling == "linear":
+                    level_flops += n_short * 2 * d * (k * d)
+                elif config.upsampling == "attention":
+                    level_flops += n * (2 * (2 * d * d) + 2 * (2 * d * d_ff))
+                    level_flops += n_short * 2 * (2 * d * d)
+                    visible = sum(j // k + 1 for j in range(n))
+                    level_flops += 4 * d * visible
+            flops[level.name] = level_flops / length
+        flops["head"] = 2 * d * config.vocab_size
+        flops["total"] = sum(flops.values())
+        return flops

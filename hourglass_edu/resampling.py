@@ -1,0 +1,231 @@
+"""Changing resolution without seeing the future: pad, shift, shorten, upsample.
+
+One hourglass level with shortening factor ``k`` turns a sequence of ``n`` vectors into
+``ceil(n / k)`` and back. The order of the steps is the lesson:
+
+1. ``pad_to_multiple``: append zeros up to ``m = ceil(n / k) * k`` vectors.
+2. ``shift_right`` by ``k - 1``: prepend ``k - 1`` fill vectors (zeros or learned), drop the last
+   ``k - 1``. Group ``i`` (positions ``i*k .. i*k + k - 1``) now holds original positions
+   ``i*k - k + 1 .. i*k``; the first position that will read group ``i`` after upsampling is
+   ``i*k``, so the group holds nothing from its future. Without the shift, position ``i*k`` would
+   read tokens up to ``i*k + k - 1``: a leak.
+   Padding *before* shifting matters: the padding is exactly what the shift drops, so every group
+   holds real tokens only and a group is the same whether the sequence ends inside it or goes on
+   (shift first, pad after, and the last group of a short prefix would hold padding where the
+   full sequence holds real past tokens -- causal, but the prefix's prediction would differ).
+3. Shorten each group of ``k`` to one vector: ``AvgShortening`` (mean), ``LinearShortening``
+   (concatenate the ``k`` vectors, project ``k*d -> d``), ``AttentionShortening`` (the mean
+   queries the shifted sequence through a funnel mask, then a feed-forward; both residual).
+4. (the inner levels run on the short sequence)
+5. Upsample back to ``m`` and crop to ``n``, adding the residual saved before the shift:
+   ``RepeatUpsampling`` (each short vector ``k`` times), ``LinearUpsampling`` (project
+   ``d -> k*d`` and unfold), ``AttentionUpsampling`` (repeat, add the residual, then each full
+   position queries the short sequence through a funnel mask, then a feed-forward).
+
+Shapes: full sequences ``(batch, length, d_model)``, short ones ``(batch, length / k, d_model)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce, repeat
+from torch import nn
+
+from hourglass_edu.attention import MultiHeadAttention, funnel_down_mask, funnel_up_mask
+from hourglass_edu.blocks import FeedForward, RotaryEmbedding, record
+
+SHORTENINGS = ("avg", "linear", "attention")
+UPSAMPLINGS = ("repeat", "linear", "attention")
+SHIFT_FILLS = ("zeros", "learned")
+
+
+def pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Append zero vectors so the length is a multiple of ``factor``: ``(b, n, d) -> (b, m, d)``."""
+    missing = -x.shape[1] % factor
+    return F.pad(x, (0, 0, 0, missing)) if missing else x
+
+
+def shift_right(x: torch.Tensor, amount: int, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Prepend ``amount`` vectors (``fill (amount, d)``, zeros if None); drop the last ``amount``.
+
+    ``(batch, length, d) -> (batch, length, d)``; output position ``s`` holds input ``s - amount``.
+    """
+    if amount == 0:
+        return x
+    batch, length, dim = x.shape
+    if fill is None:
+        front = x.new_zeros(batch, amount, dim)
+    else:
+        front = repeat(fill.to(x.dtype), "amount dim -> batch amount dim", batch=batch)
+    return torch.cat((front, x), dim=1)[:, :length]
+
+
+class ShiftRight(nn.Module):
+    """Shift right by ``factor - 1`` with zeros or with ``factor - 1`` learned vectors."""
+
+    def __init__(self, factor: int, d_model: int, fill: str = "zeros"):
+        super().__init__()
+        if fill not in SHIFT_FILLS:
+            raise ValueError(f"unknown shift_fill {fill!r}: use one of {SHIFT_FILLS}")
+        self.amount = factor - 1
+        self.fill_kind = fill
+        self.fill = (
+            nn.Parameter(torch.randn(self.amount, d_model) * 0.02) if fill == "learned" else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shift_right(x, self.amount, self.fill)
+
+
+class AvgShortening(nn.Module):
+    """Mean of each group of ``factor``: ``(b, m, d) -> (b, m / factor, d)`` (m a multiple)."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, shifted: torch.Tensor, **_) -> torch.Tensor:
+        return reduce(shifted, "b (short k) d -> b short d", "mean", k=self.factor)
+
+
+class LinearShortening(nn.Module):
+    """Concatenate each group of ``factor`` vectors and project ``factor*d -> d``."""
+
+    def __init__(self, d_model: int, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.proj = nn.Linear(factor * d_model, d_model)
+
+    def forward(self, shifted: torch.Tensor, **_) -> torch.Tensor:
+        groups = rearrange(shifted, "b (short k) d -> b short (k d)", k=self.factor)
+        return self.proj(groups)
+
+
+class AttentionShortening(nn.Module):
+    """Attention downsampling: ``pooled = mean of each group``, then (both residual, pre-norm)
+    ``pooled + attention(query=LN(pooled), keys/values=LN(shifted), funnel_down_mask)`` and a
+    feed-forward. Short query ``i`` (at fine position ``i*k``) sees shifted keys ``s < (i+1)*k``
+    (at fine positions ``s - (k-1)``, the tokens they hold). Captures ``{name}.down_attn``.
+    """
+
+    def __init__(self, d_model, n_heads, d_ff, factor, *, dropout=0.0, rotary=None,
+                 attention_impl="fused"):
+        super().__init__()
+        self.factor = factor
+        self.query_norm = nn.LayerNorm(d_model)
+        self.key_value_norm = nn.LayerNorm(d_model)
+        self.attn = MultiHeadAttention(
+            d_model, n_heads, dropout=dropout, rotary=rotary, impl=attention_impl
+        )
+        self.attn_dropout = nn.Dropout(dropout)
+        self.ff_norm = nn.LayerNorm(d_model)
+        self.ff = FeedForward(d_model, d_ff, dropout)
+
+    def forward(self, shifted: torch.Tensor, *, capture: dict | None = None, name: str = ""):
+        k = self.factor
+        pooled = reduce(shifted, "b (short k) d -> b short d", "mean", k=k)
+        short_length, full_length = pooled.shape[1], shifted.shape[1]
+        device = shifted.device
+        attended, weights = self.attn(
+            self.query_norm(pooled),
+            self.key_value_norm(shifted),
+            query_positions=torch.arange(short_length, device=device) * k,
+            key_positions=torch.arange(full_length, device=device) - (k - 1),
+            mask=funnel_down_mask(short_length, full_length, k, device=device),
+            need_weights=capture is not None,
+        )
+        record(capture, f"{name}.down_attn", weights)
+        short = pooled + self.attn_dropout(attended)
+        return short + self.ff(self.ff_norm(short))
+
+
+class RepeatUpsampling(nn.Module):
+    """Repeat each short vector ``factor`` times, crop to the residual's length, add it."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, short: torch.Tensor, residual: torch.Tensor, **_) -> torch.Tensor:
+        upsampled = repeat(short, "b short d -> b (short k) d", k=self.factor)
+        return residual + upsampled[:, : residual.shape[1]]
+
+
+class LinearUpsampling(nn.Module):
+    """Project each short vector ``d -> factor*d``, unfold into ``factor`` vectors, crop, add."""
+
+    def __init__(self, d_model: int, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.proj = nn.Linear(d_model, factor * d_model)
+
+    def forward(self, short: torch.Tensor, residual: torch.Tensor, **_) -> torch.Tensor:
+        upsampled = rearrange(self.proj(short), "b short (k d) -> b (short k) d", k=self.factor)
+        return residual + upsampled[:, : residual.shape[1]]
+
+
+class AttentionUpsampling(nn.Module):
+    """Attention upsampling: ``x = residual + repeat(short)`` (cropped), then (residual,
+    pre-norm) ``x + attention(query=LN(x), keys/values=LN(short), funnel_up_mask)`` and a
+    feed-forward. Full query ``j`` sees short keys ``m <= j // k`` (at fine positions ``m*k``).
+    Captures ``{name}.up_attn``.
+    """
+
+    def __init__(self, d_model, n_heads, d_ff, factor, *, dropout=0.0, rotary=None,
+                 attention_impl="fused"):
+        super().__init__()
+        self.factor = factor
+        self.query_norm = nn.LayerNorm(d_model)
+        self.key_value_norm = nn.LayerNorm(d_model)
+        self.attn = MultiHeadAttention(
+            d_model, n_heads, dropout=dropout, rotary=rotary, impl=attention_impl
+        )
+        self.attn_dropout = nn.Dropout(dropout)
+        self.ff_norm = nn.LayerNorm(d_model)
+        self.ff = FeedForward(d_model, d_ff, dropout)
+
+    def forward(self, short, residual, *, capture: dict | None = None, name: str = ""):
+        k = self.factor
+        full_length, short_length = residual.shape[1], short.shape[1]
+        device = short.device
+        x = residual + repeat(short, "b short d -> b (short k) d", k=k)[:, :full_length]
+        attended, weights = self.attn(
+            self.query_norm(x),
+            self.key_value_norm(short),
+            query_positions=torch.arange(full_length, device=device),
+            key_positions=torch.arange(short_length, device=device) * k,
+            mask=funnel_up_mask(full_length, short_length, k, device=device),
+            need_weights=capture is not None,
+        )
+        record(capture, f"{name}.up_attn", weights)
+        x = x + self.attn_dropout(attended)
+        return x + self.ff(self.ff_norm(x))
+
+
+def make_shortening(kind: str, d_model: int, n_heads: int, d_ff: int, factor: int, *,
+                    dropout: float = 0.0, rotary: RotaryEmbedding | None = None,
+                    attention_impl: str = "fused") -> nn.Module:
+    """Build the shortening module named ``kind`` (one of ``SHORTENINGS``)."""
+    if kind == "avg":
+        return AvgShortening(factor)
+    if kind == "linear":
+        return LinearShortening(d_model, factor)
+    if kind == "attention":
+        return AttentionShortening(d_model, n_heads, d_ff, factor, dropout=dropout,
+                                   rotary=rotary, attention_impl=attention_impl)
+    raise ValueError(f"unknown shortening {kind!r}: use one of {SHORTENINGS}")
+
+
+def make_upsampling(kind: str, d_model: int, n_heads: int, d_ff: int, factor: int, *,
+                    dropout: float = 0.0, rotary: RotaryEmbedding | None = None,
+                    attention_impl: str = "fused") -> nn.Module:
+    """Build the upsampling module named ``kind`` (one of ``UPSAMPLINGS``)."""
+    if kind == "repeat":
+        return RepeatUpsampling(factor)
+    if kind == "linear":
+        return LinearUpsampling(d_model, factor)
+    if kind == "attention":
+        return AttentionUpsampling(d_model, n_heads, d_ff, factor, dropout=dropout,
+                                   rotary=rotary, attention_impl=attention_impl)
+    raise ValueError(f"unknown upsampling {kind!r}: use one of {UPSAMPLINGS}")

@@ -1,0 +1,305 @@
+"""The model library against references: attention paths, resampling, masks, config, captures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hourglass_edu import HourglassConfig, HourglassLM
+from hourglass_edu.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    funnel_down_mask,
+    funnel_up_mask,
+)
+from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock
+from hourglass_edu.hourglass import parse_structure
+from hourglass_edu.resampling import (
+    AvgShortening,
+    RepeatUpsampling,
+    ShiftRight,
+    pad_to_multiple,
+)
+
+TINY = dict(vocab_size=11, d_model=16, n_heads=2, d_ff=32, max_length=64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_model(seed=0, **overrides) -> HourglassLM:
+    torch.manual_seed(seed)
+    return HourglassLM(HourglassConfig(**{**TINY, **overrides})).eval()
+
+
+def tokens(batch=2, length=23, seed=1):
+    return torch.randint(0, TINY["vocab_size"], (batch, length),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+# --- attention ------------------------------------------------------------------------------
+
+def test_explicit_and_fused_attention_agree_on_every_mask():
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(16, 2, rotary=RotaryEmbedding(8))
+    x_long, x_short = torch.randn(3, 12, 16), torch.randn(3, 4, 16)
+    cases = [
+        dict(x_query=x_long, causal=True),
+        dict(x_query=x_short, x_key_value=x_long, mask=funnel_down_mask(4, 12, 3)),
+        dict(x_query=x_long, x_key_value=x_short, mask=funnel_up_mask(12, 4, 3)),
+        dict(x_query=x_long[:, -2:], x_key_value=x_long, causal=True),  # queries at the end
+    ]
+    for case in cases:
+        attention.impl = "fused"
+        fused, no_weights = attention(**case)
+        attention.impl = "explicit"
+        explicit, _ = attention(**case)
+        _, weights = attention(**case, need_weights=True)
+        assert no_weights is None
+        torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+
+
+@pytest.mark.parametrize("resampling", ["avg-repeat", "attention-attention", "linear-linear"])
+def test_explicit_and_fused_models_agree(resampling):
+    shortening, upsampling = resampling.split("-")
+    settings = dict(structure="1@1 1@2 1@6 1@2 1@1", shortening=shortening, upsampling=upsampling)
+    fused = tiny_model(**settings)
+    explicit = tiny_model(**settings, attention_impl="explicit")
+    explicit.load_state_dict(fused.state_dict())
+    x = tokens()
+    torch.testing.assert_close(explicit(x), fused(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_positions_are_true_distances():
+    # Rotary scores depend only on position differences: shifting both sides changes nothing.
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(16, 2, rotary=RotaryEmbedding(8))
+    q_in, kv_in = torch.randn(1, 4, 16), torch.randn(1, 12, 16)
+    mask = funnel_down_mask(4, 12, 3)
+    q_pos, k_pos = torch.arange(4) * 3, torch.arange(12) - 2
+    out, _ = attention(q_in, kv_in, query_positions=q_pos, key_positions=k_pos, mask=mask)
+    moved, _ = attention(q_in, kv_in, query_positions=q_pos + 50, key_positions=k_pos + 50,
+                         mask=mask)
+    torch.testing.assert_close(out, moved, atol=1e-5, rtol=1e-4)
+
+
+def brute_force_down_mask(short_length, full_length, k):
+    # Short i is first read by full position i*k; shifted key s holds original token s-(k-1).
+    return torch.tensor([[(s - (k - 1)) <= i * k for s in range(full_length)]
+                         for i in range(short_length)])
+
+
+def brute_force_up_mask(full_length, short_length, k):
+    # Short m holds tokens up to m*k; full query j may use it iff m*k <= j.
+    return torch.tensor([[m * k <= j for m in range(short_length)] for j in range(full_length)])
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("short_length", [1, 4, 7])
+def test_funnel_masks_match_brute_force(k, short_length):
+    full_length = short_length * k
+    assert torch.equal(funnel_down_mask(short_length, full_length, k),
+                       brute_force_down_mask(short_length, full_length, k))
+    for n in (full_length, full_length - k + 1):  # the up mask also serves cropped lengths
+        assert torch.equal(funnel_up_mask(n, short_length, k),
+                           brute_force_up_mask(n, short_length, k))
+    assert torch.equal(causal_mask(3, 5), torch.tensor([[j <= i + 2 for j in range(5)]
+                                                          for i in range(3)]))
+
+
+# --- resampling -----------------------------------------------------------------------------
+
+def test_avg_shortening_is_group_means():
+    x = torch.randn(2, 12, 5)
+    expected = torch.stack([x[:, i * 3:(i + 1) * 3].mean(dim=1) for i in range(4)], dim=1)
+    torch.testing.assert_close(AvgShortening(3)(x), expected)
+
+
+def test_repeat_upsampling_is_repeat_interleave_cropped_plus_residual():
+    short, residual = torch.randn(2, 4, 5), torch.randn(2, 10, 5)
+    expected = residual + short.repeat_interleave(3, dim=1)[:, :10]
+    torch.testing.assert_close(RepeatUpsampling(3)(short, residual), expected)
+
+
+@pytest.mark.parametrize("fill", ["zeros", "learned"])
+def test_pad_then_shift_puts_the_right_tokens_in_each_group(fill):
+    k, n = 3, 7
+    x = torch.arange(1, n + 1, dtype=torch.float32)[None, :, None].expand(1, n, 2).clone()
+    shift = ShiftRight(k, 2, fill)
+    shifted = shift(pad_to_multiple(x, k))  # length 9 = 3 groups
+    assert shifted.shape == (1, 9, 2)
+    # position s holds original token s - (k-1) (values are token index + 1); first k-1 = fill
+    expected_front = torch.zeros(2, 2) if fill == "zeros" else shift.fill.detach()
+    torch.testing.assert_close(shifted[0, : k - 1], expected_front)
+    torch.testing.assert_close(shifted[0, k - 1:, 0], torch.arange(1, 8, dtype=torch.float32))
+    # group i ends with token i*k, the first position that reads the group: no padding inside
+    assert [shifted[0, (i + 1) * k - 1, 0].item() - 1 for i in range(3)] == [0, 3, 6]
+
+
+# --- structure and config -------------------------------------------------------------------
+
+def test_parse_nested_structure():
+    levels = parse_structure("2@1 2@2 4@8 2@2 3@1")
+    assert [(lv.pre_layers, lv.post_layers, lv.total_factor, lv.factor) for lv in levels] == [
+        (2, 3, 1, 2), (2, 2, 2, 4), (4, 0, 8, None)]
+    assert [(lv.pre_layers, lv.factor) for lv in parse_structure("12@1")] == [(12, None)]
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (dict(n_heads=3), "does not divide d_model"),
+    (dict(structure="2@1 4@1 2@1"), "at least 2"),
+    (dict(structure="2@1 8@3 2@2"), "not palindromic"),
+    (dict(structure="2@1 2@2 4@5 2@2 2@1"), "not a multiple"),
+    (dict(structure="2@1 8@3"), "odd number"),
+    (dict(structure="2x1 8@3 2@1"), "LAYERS@FACTOR"),
+    (dict(structure="2@2"), "factor 1"),
+    (dict(structure="2@1 0@3 2@1"), "innermost level has 0 layers"),
+    (dict(structure=""), "non-empty"),
+    (dict(shortening="max"), "unknown shortening 'max': use one of avg, linear, attention"),
+    (dict(upsampling="nearest"), "unknown upsampling"),
+    (dict(shift_fill="ones"), "unknown shift_fill"),
+    (dict(attention_impl="flash"), "unknown attention_impl"),
+    (dict(dropout=1.5), "dropout"),
+    (dict(d_model=12, n_heads=4), "odd"),
+    (dict(vocab_size=0), "vocab_size must be a positive integer"),
+])
+def test_bad_configs_say_what_to_change(overrides, words):
+    with pytest.raises(ValueError, match=words):
+        HourglassConfig(**{**TINY, **overrides})
+
+
+def test_config_round_trips_through_json():
+    config = HourglassConfig(**TINY, structure="1@1 2@4 1@1", shortening="attention",
+                             shift_fill="learned", tie_embeddings=True)
+    restored = HourglassConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    with pytest.raises(ValueError, match="unknown HourglassConfig keys"):
+        HourglassConfig.from_dict({**config.to_dict(), "n_layers": 3})
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="exceeds config.max_length=64"):
+        model(tokens(length=65))
+    with pytest.raises(ValueError, match=r"\(batch, length\)"):
+        model(tokens()[0])
+    with pytest.raises(ValueError, match="integer"):
+        model(tokens().float())
+    with pytest.raises(ValueError, match="length 0"):
+        model(tokens(length=0))
+
+
+# --- the model as a whole -------------------------------------------------------------------
+
+def test_12_at_1_is_a_plain_transformer_from_the_same_blocks():
+    model = tiny_model(structure="12@1", dropout=0.0)
+    config = model.config
+    rotary = RotaryEmbedding(config.d_model // config.n_heads)
+    blocks = torch.nn.ModuleList(
+        TransformerBlock(config.d_model, config.n_heads, config.feed_forward_width, rotary=rotary)
+        for _ in range(12))
+    blocks.load_state_dict(model.hourglass.pre_blocks.state_dict())
+    x = tokens()
+    hidden = model.embedding(x)
+    for block in blocks:
+        hidden = block(hidden)
+    plain_logits = model.head(model.final_norm(hidden))
+    assert len(model.levels) == 1 and model.hourglass.inner is None
+    torch.testing.assert_close(model(x), plain_logits, atol=1e-6, rtol=1e-6)
+
+
+def test_run_with_cache_names_shapes_and_logits():
+    model = tiny_model(structure="1@1 1@2 1@6 1@2 2@1", shortening="attention",
+                       upsampling="attention")
+    x = tokens(batch=2, length=23)
+    logits, cache = model.run_with_cache(x)
+    torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=1e-5)
+    n0, n1, n2, d, h = 23, 12, 4, 16, 2
+    expected = {
+        "embedding": (2, n0, d), "final_norm": (2, n0, d),
+        "level0.input": (2, n0, d), "level0.output": (2, n0, d),
+        "level0.block0": (2, n0, d), "level0.block0.attn": (2, h, n0, n0),
+        "level0.block1": (2, n0, d), "level0.block2": (2, n0, d),
+        "level0.block2.attn": (2, h, n0, n0),
+        "level0.down_attn": (2, h, n1, 24), "level0.shortened": (2, n1, d),
+        "level0.up_attn": (2, h, n0, n1), "level0.upsampled": (2, n0, d),
+        "level1.input": (2, n1, d), "level1.output": (2, n1, d),
+        "level1.block0": (2, n1, d), "level1.block1": (2, n1, d),
+        "level1.block1.attn": (2, h, n1, n1),
+        "level1.down_attn": (2, h, n2, n1), "level1.shortened": (2, n2, d),
+        "level1.up_attn": (2, h, n1, n2), "level1.upsampled": (2, n1, d),
+        "level2.input": (2, n2, d), "level2.output": (2, n2, d),
+        "level2.block0": (2, n2, d), "level2.block0.attn": (2, h, n2, n2),
+    }
+    for name, shape in expected.items():
+        assert tuple(cache[name].shape) == shape, name
+    assert set(cache) >= set(expected)
+    assert not any(value.requires_grad for value in cache.values())
+    torch.testing.assert_close(cache["level1.input"], cache["level0.shortened"])
+    torch.testing.assert_close(cache["level0.output"], cache["level0.block2"])
+    # weights respect the masks: block attention causal, resampling attention funnel-shaped
+    assert cache["level0.block0.attn"][..., ~causal_mask(n0)].abs().max() == 0
+    assert cache["level0.down_attn"][..., ~funnel_down_mask(n1, 24, 2)].abs().max() == 0
+    assert cache["level0.up_attn"][..., ~funnel_up_mask(n0, n1, 2)].abs().max() == 0
+
+
+def test_bf16_autocast_runs_and_is_close_to_fp32():
+    model = tiny_model(structure="1@1 1@3 1@1", shortening="attention", upsampling="attention")
+    x = tokens()
+    reference = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0.05)
+    # and a training step works under autocast
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1).float(), x.flatten())
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("combo", ["avg-repeat", "linear-linear", "attention-attention"])
+def test_every_parameter_gets_a_gradient(combo):
+    shortening, upsampling = combo.split("-")
+    model = tiny_model(structure="1@1 1@2 1@4 1@2 1@1", shortening=shortening,
+                       upsampling=upsampling, shift_fill="learned")
+    x = tokens()
+    model(x).square().mean().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or
+               p.grad.abs().max() == 0]
+    assert missing == []
+
+
+def test_tied_embeddings_share_one_matrix():
+    tied, untied = tiny_model(tie_embeddings=True), tiny_model()
+    assert tied.head.weight is tied.embedding.weight
+    assert untied.num_parameters() - tied.num_parameters() == 11 * 16
+
+
+def test_flops_per_token_follow_the_counting_rule():
+    d, d_ff, vocab, n = 16, 32, 11, 24
+    plain = tiny_model(structure="2@1")
+    flops = plain.flops_per_token(n)
+    per_block = 8 * d * d + 4 * d * d_ff + 4 * d * (n + 1) / 2
+    assert flops["level0"] == pytest.approx(2 * per_block)
+    assert flops["head"] == 2 * d * vocab
+    assert flops["total"] == pytest.approx(flops["level0"] + flops["head"])
+    hourglass = tiny_model(structure="1@1 4@3 1@1")
+    split = hourglass.flops_per_token(n)
+    # 4 blocks on n/3 vectors cost per token a third of what they cost at full resolution
+    # (plus a ninth of the attention part); no resampling FLOPs for avg/repeat
+    inner = 4 * (8 * d * d + 4 * d * d_ff) / 3 + 4 * 4 * d * (8 * 9 / 2) / n
+    assert split["level1"] == pytest.approx(inner)
+    assert split["total"] < tiny_model(structure="6@1").flops_per_token(n)["total"]
+    assert set(tiny_model(structure="1@1 1@2 1@4 1@2 1@1", shortening="attention",
+                          upsampling="linear").flops_per_token(n)) == {
+        "level0", "level1", "level2", "head", "total"}
