@@ -1,9 +1,10 @@
-"""The course notebooks: committed clean, set up for Colab, and executable top to bottom.
+"""The course notebooks: committed clean, set up for Colab, executable top to bottom.
 
 Every notebook in notebooks/ is executed with HOURGLASS_EDU_SMOKE=1 (its parameters cell shrinks
 to CI size) in a fresh kernel, and fails on any error. The structural checks keep the course
 consistent: no committed outputs, an "Open in Colab" badge, a Colab install cell that uses the
-repository URL from pyproject.toml (kept in one place), a `parameters` cell, and exercises at the end.
+repository URL from pyproject.toml (kept in one place), a `parameters` cell, and exercises at
+the end.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("HOURGLASS_EDU_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     # The kernel imports the package from this checkout even when it is not installed.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    python_path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", python_path)
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         notebook,
