@@ -9,7 +9,9 @@ screenshot, console log and outputs of each page it used are saved under test-ar
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from jupyterlab_harness import (
     INSTALL_HINT,
     JupyterLabServer,
     NotebookPage,
+    descendants,
     find_chromium,
 )
 
@@ -55,8 +58,34 @@ def lab_root(tmp_path_factory) -> Path:
     return root
 
 
+BROWSER_PROCESS = re.compile(r"chrom|jupyter|ipykernel|playwright|node")
+
+
+def _stray_processes() -> list[str]:
+    strays = []
+    for pid, _started in descendants(os.getpid()):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if BROWSER_PROCESS.search(command):
+            strays.append(f"{pid}: {command[:200]}")
+    return strays
+
+
 @pytest.fixture(scope="session")
-def chromium():
+def no_stray_processes():
+    """Torn down last: fails if a browser, server or kernel process outlived its fixture."""
+    yield
+    deadline = time.monotonic() + 10
+    while _stray_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    strays = _stray_processes()
+    assert not strays, "browser tests left processes behind:\n" + "\n".join(strays)
+
+
+@pytest.fixture(scope="session")
+def chromium(no_stray_processes):
     """A headless Chromium driven by Playwright (skips, or fails under CI, without one)."""
     try:
         from playwright.sync_api import sync_playwright

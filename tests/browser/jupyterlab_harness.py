@@ -94,7 +94,7 @@ def free_port() -> int:
 
 
 def _process_start_time(pid: int) -> int | None:
-    """Start time of a process (clock ticks since boot), None if it is gone; tells reused pids apart."""
+    """Start time (ticks since boot) of a living process, else None; tells reused pids apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -107,8 +107,10 @@ def _process_start_time(pid: int) -> int | None:
 
 
 def descendants(root_pid: int) -> list[tuple[int, int]]:
-    """(pid, start time) of every living descendant of root_pid (Linux /proc)."""
+    """(pid, start time) of every living descendant of root_pid (Linux /proc; elsewhere none)."""
     children: dict[int, list[int]] = {}
+    if not Path("/proc/self/stat").is_file():
+        return []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -221,7 +223,9 @@ class JupyterLabServer:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.25)
         self.stop()
-        raise RuntimeError(f"jupyter lab did not answer within {timeout_s:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"jupyter lab did not answer within {timeout_s:.0f} s; its log:\n{self.log_tail()}"
+        )
 
     def log_tail(self, characters: int = 4000) -> str:
         try:
@@ -259,7 +263,7 @@ class JupyterLabServer:
             try:  # the clean way: the server shuts its kernels down, then itself
                 self.api("POST", "/api/shutdown", timeout_s=5)
                 self.process.wait(timeout=15)
-            except (urllib.error.URLError, ConnectionError, TimeoutError, subprocess.TimeoutExpired):
+            except (OSError, subprocess.TimeoutExpired):  # URLError and timeouts are OSErrors
                 pass
         for sig, grace_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
             if self.process.poll() is None:
@@ -353,9 +357,9 @@ class NotebookPage:
         page = context.new_page()
         opened = cls(page, server, notebook_path)
         page.on("console", opened._on_console)
-        page.on("pageerror", lambda error: opened.console.append(
-            ConsoleEntry("pageerror", f"{error.name}: {error.message}\n{error.stack or ''}")))  # fmt: skip
-        workspace = "hg-" + re.sub(r"[^A-Za-z0-9]+", "-", notebook_path) + "-" + secrets.token_hex(3)
+        page.on("pageerror", opened._on_page_error)
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", notebook_path)
+        workspace = f"hg-{slug}-{secrets.token_hex(3)}"
         page.goto(
             f"{server.url}/lab/workspaces/{workspace}/tree/{notebook_path}?token={server.token}",
             timeout=timeout_s * 1000,
@@ -366,6 +370,11 @@ class NotebookPage:
         )  # fmt: skip
         server.remember_children()
         return opened
+
+    def _on_page_error(self, error) -> None:
+        self.console.append(
+            ConsoleEntry("pageerror", f"{error.name}: {error.message}\n{error.stack or ''}")
+        )
 
     def _on_console(self, message) -> None:
         location = message.location or {}
@@ -378,7 +387,7 @@ class NotebookPage:
         return self.page.evaluate(NOTEBOOK_STATE_JS)
 
     def wait_for(self, predicate, timeout_s: float, what: str, poll_s: float = 0.25) -> dict:
-        """Poll the notebook state until predicate(state) holds; TimeoutError says what was awaited."""
+        """Poll the notebook state until predicate(state) holds; TimeoutError says what for."""
         deadline = time.monotonic() + timeout_s
         while True:
             state = self.state()
@@ -431,7 +440,8 @@ class NotebookPage:
                         found.append(f"{label}: traceback or error on stderr:\n{text[-1500:]}")
             for failure in WIDGET_FAILURE_TEXT:
                 if failure in cell["renderedText"]:
-                    found.append(f"{label}: a widget failed to render: {cell['renderedText'][:300]}")
+                    shown = cell["renderedText"][:300]
+                    found.append(f"{label}: a widget failed to render: {shown}")
         found += [f"console: {entry}" for entry in self.console_errors()]
         return found
 
@@ -471,13 +481,21 @@ class NotebookPage:
             self.server.shutdown_kernels_of(self.notebook_path)
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _summary(state: dict) -> dict:
     if not state.get("ready"):
         return state
     return {
         "kernel": state["kernelStatus"],
         "cells": [
-            (c["index"], c["executionCount"], c["running"], [o.get("output_type") for o in c["outputs"]])
+            (
+                c["index"],
+                c["executionCount"],
+                c["running"],
+                [o["output_type"] for o in c["outputs"]],
+            )
             for c in state["cells"]
         ],
     }
@@ -488,11 +506,11 @@ def _outputs_as_text(state: dict) -> str:
         return json.dumps(state)
     lines = [f"kernel: {state['kernelStatus']}"]
     for cell in state["cells"]:
-        lines.append(f"--- cell {cell['index']} [{cell['executionCount']}] running={cell['running']}")
+        lines.append(f"--- cell {cell['index']} [{cell['executionCount']}]")
         lines.append(cell["source"])
         lines.append(">>> rendered output:")
         lines.append(cell["renderedText"])
         for output in cell["outputs"]:
             if output.get("output_type") == "error":
-                lines.append("\n".join(output.get("traceback", [])))
+                lines.append(ANSI_ESCAPE.sub("", "\n".join(output.get("traceback", []))))
     return "\n".join(lines) + "\n"
