@@ -1,0 +1,144 @@
+"""Make the README's pictures of the inside of a trained hourglass (one PNG per figure kind).
+
+    python benchmarks/make_figures.py                  # train two small models (about 2 x 4 min
+                                                       # on a CPU), then draw into docs/figures/
+    python benchmarks/make_figures.py --quick          # smoke run: seconds, figures in a temp dir
+    python benchmarks/make_figures.py --load runs/figures/hourglass.pt   # reuse a checkpoint
+
+It trains (with the library's trainer) an hourglass and, for the training-curve figure, a plain
+transformer of similar size on the same corpus and budget; checkpoints go to `--runs`, so a second
+call with `--load` redraws without training. Every figure is drawn from text the model did not
+train on (the validation split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import torch  # noqa: E402
+
+from hourglass_edu import viz  # noqa: E402
+from hourglass_edu.data import prepare_data  # noqa: E402
+from hourglass_edu.train import History, build_model, get_preset, load_checkpoint, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_PNG_BYTES = 300_000
+
+# Model sizes: an hourglass and a plain transformer with the same width and block count.
+HOURGLASS = "2@1 4@3 2@1"
+PLAIN = "8@1"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="haiku", help="haiku, lovecraft, or a path")
+    parser.add_argument("--minutes", type=float, default=4.0, help="training budget per model")
+    parser.add_argument("--out", type=Path, default=None, help="default: docs/figures")
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "figures",
+                        help="where the checkpoints go")  # fmt: skip
+    parser.add_argument("--load", type=Path, default=None,
+                        help="hourglass checkpoint to draw from instead of training")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, seconds")
+    return parser.parse_args(argv)
+
+
+def train_run(name: str, structure: str, data, args) -> tuple[torch.nn.Module, History]:
+    preset = get_preset("smoke" if args.quick else "cpu")
+    model = build_model(preset, data.tokenizer.vocab_size, structure=structure)
+    config = preset.train.replace(progress=not args.quick)
+    if args.quick:
+        config = config.replace(steps=10, eval_every=5, eval_batches=2, log_every=2)
+    else:
+        config = config.replace(minutes=args.minutes, steps=None, eval_every=50)
+    path = args.runs / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    history = train(model, data, config, checkpoint_path=path, overwrite=True)
+    print(f"{name}: {structure}, {model.num_parameters():,} parameters, "
+          f"val bpc {history.last_val_bpc:.3f}, {time.perf_counter() - started:.0f} s")  # fmt: skip
+    return model.eval(), history
+
+
+def pick_text(documents, shortest: int, longest: int) -> str:
+    """The first validation document of a suitable length (cut to `longest` if none fits)."""
+    for document in documents:
+        if shortest <= len(document) <= longest:
+            return document
+    return max(documents, key=len)[:longest]
+
+
+def save(fig, path: Path) -> int:
+    fig.savefig(path, dpi=100)
+    size = path.stat().st_size
+    print(f"  {path.relative_to(path.parents[1])}: {size / 1000:.0f} kB")
+    if size > MAX_PNG_BYTES:
+        raise RuntimeError(f"{path} is {size} bytes; keep README pictures under {MAX_PNG_BYTES}")
+    return size
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.quick and args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="hourglass-figures-"))
+        args.runs = args.out / "runs"
+    out = args.out or REPO / "docs" / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    data = prepare_data(args.corpus)
+    runs: dict[str, History] = {}
+    if args.load is not None:
+        from hourglass_edu.train import model_from_checkpoint
+
+        checkpoint = load_checkpoint(args.load)
+        model, tokenizer = model_from_checkpoint(checkpoint)
+        runs[f"hourglass {model.config.structure}"] = History.from_dict(checkpoint["history"])
+        plain = args.load.with_name("plain.pt")
+        if plain.exists():
+            plain_checkpoint = load_checkpoint(plain)
+            structure = plain_checkpoint["model_config"]["structure"]
+            runs[f"plain {structure}"] = History.from_dict(plain_checkpoint["history"])
+    else:
+        model, runs[f"hourglass {HOURGLASS}"] = train_run("hourglass", HOURGLASS, data, args)
+        _, runs[f"plain {PLAIN}"] = train_run("plain", PLAIN, data, args)
+        tokenizer = data.tokenizer
+
+    docs = data.val_docs
+    short_text = pick_text(docs, 20, 40) if not args.quick else "the old pond"
+    text = pick_text(docs, 40, 60 if not args.quick else 50)
+    long_text = pick_text(docs, 100, 200 if not args.quick else 60)
+    print(f"drawing into {out}")
+    sizes = {}
+    sizes["pooling"] = save(viz.pooling_diagram("an old silent pond", 3), out / "pooling.png")
+    look = viz.inspect_text(model, tokenizer, text)
+    sizes["attention"] = save(viz.plot_attention(look, block=0), out / "attention.png")
+    sizes["norms"] = save(viz.plot_activation_norms(look), out / "activation_norms.png")
+    sizes["activations"] = save(viz.plot_level_activations(look, level=1), out / "activations.png")
+    sizes["residual"] = save(viz.plot_residual_similarity(look), out / "residual_similarity.png")
+    long_look = viz.inspect_text(model, tokenizer, long_text)
+    sizes["pca"] = save(viz.plot_pca(long_look, annotate=0), out / "pca.png")
+    tokens = torch.tensor([tokenizer.eot_id, *tokenizer.encode(short_text)])
+    matrices = {
+        "with the k-1 shift": viz.dependency_matrix(model, tokens),
+        "shift disabled (leaks)": viz.dependency_matrix(viz.without_shift(model), tokens),
+    }
+    labels = viz.token_chars(tokenizer, tokens.tolist())
+    sizes["dependency"] = save(viz.plot_dependency(matrices, labels), out / "dependency.png")
+    sizes["curves"] = save(viz.plot_training_curves(runs), out / "training_curves.png")
+    summary = {name: history.last_val_bpc for name, history in runs.items()}
+    (out / "figures.json").write_text(json.dumps(
+        {"corpus": args.corpus, "val_bpc": summary, "texts": [short_text, text, long_text],
+         "png_bytes": sizes}, indent=1, ensure_ascii=False) + "\n")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

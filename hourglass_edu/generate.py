@@ -1,0 +1,427 @@
+"""Generating text: sampling rules, prompts, streaming, and cached incremental decoding.
+
+    text = generate(model, tokenizer, "An old pond", 200, temperature=0.8, top_p=0.95, seed=0)
+    for piece in stream(model, tokenizer, "An old pond", 200, seed=0):
+        print(piece, end="", flush=True)
+
+How one new character is chosen (`sample_token`), in this order:
+1. divide the logits by the temperature (`temperature=0` means greedy: always the most likely);
+2. top-k: keep the k most likely characters;
+3. top-p (nucleus): keep the smallest set of most likely characters whose probabilities add up to
+   at least p (of the distribution left after steps 1-2);
+4. draw from what is left, with a seeded `torch.Generator` so that a seed reproduces a sample.
+
+Prompts (`encode_prompt`): the model was trained on `<eot> doc1 <eot> doc2 <eot> ...`, so a prompt
+is read as the beginning of a document: generation conditions on `<eot>` + prompt (an empty prompt
+is just `<eot>`). Characters outside the vocabulary raise a ValueError naming them, unless
+`replace_unknown` says what to put in their place.
+
+Context window: a model with `config.max_length` never sees more tokens than that. A longer prompt
+keeps its last `max_length` tokens. When generation fills the window, it drops the oldest tokens,
+keeping the newest `max_length // 2`, and carries on from that shorter window (with the cache, this
+is one new prefill of the kept tokens; then cheap steps again until the window is full). Both
+decoders follow the same rule, so cached and recomputed generation stay identical.
+
+Two decoders produce the next-token logits:
+- `RecomputeDecoder`: runs `model(window)` for every new token. Works for any model mapping
+  `(batch, length)` tokens to `(batch, length, vocab)` logits; this is what public hourglass
+  implementations do, and it costs a full forward pass per character.
+- `CachedDecoder` (HourglassLM only): keeps key/value caches at every level, so each new character
+  costs one position of work at full resolution and, once per completed group of k characters, one
+  position at the shortened level (see `hourglass_edu.decoding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+# ---------------------------------------------------------------------------------------------
+# Sampling one token from a vector of logits
+# ---------------------------------------------------------------------------------------------
+
+
+def check_sampling_settings(
+    temperature: float, top_k: int | None, top_p: float | None
+) -> None:
+    """Raise ValueError, saying what to change, for settings that cannot define a distribution."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if not temperature >= 0 or temperature == float("inf"):
+        raise ValueError(
+            f"temperature must be >= 0 and finite (0 = greedy), got {temperature!r}"
+        )
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None (no limit), got {top_k!r}")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None (no limit), got {top_p!r}")
+
+
+def keep_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Set every logit below the k-th largest to -inf. logits: (..., vocab).
+
+    Ties with the k-th largest are kept, so slightly more than k may survive on exact ties.
+    """
+    if top_k >= logits.shape[-1]:
+        return logits
+    kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def keep_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens with total probability >= top_p.
+
+    A token is kept when the probability of the tokens ranked strictly above it is still below
+    top_p; so the most likely token is always kept, and the token that crosses top_p is kept too.
+    logits: (..., vocab); returns logits with the rest set to -inf.
+    """
+    if top_p >= 1:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    sorted_probs = torch.softmax(sorted_logits, dim=-1)
+    mass_above = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    drop_sorted = mass_above >= top_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token_probabilities(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """The distribution `sample_token` draws from: (vocab,) logits -> (vocab,) probabilities.
+
+    With temperature 0 it is one-hot on the most likely token (the first one on ties).
+    """
+    check_sampling_settings(temperature, top_k, top_p)
+    logits = logits.detach().float()
+    if temperature == 0:
+        probs = torch.zeros_like(logits)
+        probs.scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
+        return probs
+    logits = logits / temperature
+    if top_k is not None:
+        logits = keep_top_k(logits, top_k)
+    if top_p is not None:
+        logits = keep_top_p(logits, top_p)
+    return torch.softmax(logits, dim=-1)
+
+
+def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
+    """A CPU torch.Generator: the one given, one seeded with `seed`, or a freshly seeded one."""
+    if isinstance(seed, torch.Generator):
+        if seed.device.type != "cpu":
+            raise ValueError("pass a CPU torch.Generator (sampling draws on the CPU)")
+        return seed
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def sample_token(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Choose the next token id from (vocab,) logits (see the module docstring for the rules)."""
+    if temperature == 0:
+        check_sampling_settings(temperature, top_k, top_p)
+        return int(logits.argmax())
+    probs = next_token_probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    # Draw on the CPU so that a seed gives the same text whatever device the model runs on.
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_prompt(tokenizer, prompt: str, *, replace_unknown: str | None = None) -> list[int]:
+    """Token ids for `<eot>` + prompt: generation starts where a document would start.
+
+    Characters the tokenizer does not know raise a ValueError that names them, unless
+    `replace_unknown` is given: each unknown character is then replaced by that string ("" drops
+    them). A tokenizer built with an unknown-character token maps them to it on its own.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError as error:
+        if replace_unknown is None:
+            raise ValueError(
+                f"the prompt has characters the model's vocabulary lacks: {error} "
+                "(remove them, or pass replace_unknown=' ' to replace them, or '' to drop them)"
+            ) from error
+        unknown = {char for char in set(prompt) if not _encodes(tokenizer, char)}
+        if replace_unknown and not _encodes(tokenizer, replace_unknown):
+            raise ValueError(
+                f"replace_unknown={replace_unknown!r} is itself not in the vocabulary"
+            ) from error
+        cleaned = "".join(replace_unknown if char in unknown else char for char in prompt)
+        ids = tokenizer.encode(cleaned)
+    return [tokenizer.eot_id, *ids]
+
+
+def _encodes(tokenizer, text: str) -> bool:
+    try:
+        tokenizer.encode(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoders: the next-token logits for a growing window of tokens
+# ---------------------------------------------------------------------------------------------
+
+
+def context_limit(model) -> int | None:
+    """The longest window the model may see (`model.config.max_length`), or None if unbounded."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_length", None)
+    if limit is not None and limit < 2:
+        raise ValueError(f"model.config.max_length must be >= 2 to generate, got {limit}")
+    return limit
+
+
+def model_device(model) -> torch.device:
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+class Decoder:
+    """Holds the current window of token ids and returns the logits for the token after it.
+
+    `start(ids)` begins from a prompt, `feed(token)` appends one token; both return (vocab,)
+    logits. The window follows the rule in the module docstring; subclasses only say how to
+    compute logits for a fresh window (`_prefill`) and after appending one token (`_step`).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.max_length = context_limit(model)
+        self.device = model_device(model)
+        self.window: list[int] = []
+
+    @property
+    def kept_after_overflow(self) -> int | None:
+        return None if self.max_length is None else self.max_length // 2
+
+    @torch.no_grad()
+    def start(self, ids: Sequence[int]) -> torch.Tensor:
+        if len(ids) == 0:
+            raise ValueError("cannot start decoding from an empty list of tokens")
+        if self.max_length is not None:
+            ids = ids[-self.max_length :]
+        self.window = list(ids)
+        return self._prefill(self.window)
+
+    @torch.no_grad()
+    def feed(self, token: int) -> torch.Tensor:
+        if self.max_length is not None and len(self.window) >= self.max_length:
+            self.window = self.window[-self.kept_after_overflow :] + [token]
+            return self._prefill(self.window)
+        self.window.append(token)
+        return self._step(token)
+
+    def _tensor(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+
+    def _prefill(self, ids: list[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _step(self, token: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RecomputeDecoder(Decoder):
+    """Runs the whole window through `model(tokens) -> logits` for every new token."""
+
+    def _prefill(self, ids: list[int]) -> torch.Tensor:
+        return self.model(self._tensor(ids))[0, -1]
+
+    def _step(self, token: int) -> torch.Tensor:
+        return self._prefill(self.window)
+
+
+class CachedDecoder(Decoder):
+    """Incremental decoding with per-level key/value caches (see `hourglass_edu.decoding`)."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        from hourglass_edu.decoding import IncrementalDecoder
+
+        self.incremental = IncrementalDecoder(model)
+
+    def _prefill(self, ids: list[int]) -> torch.Tensor:
+        return self.incremental.prefill(self._tensor(ids))[0, -1]
+
+    def _step(self, token: int) -> torch.Tensor:
+        return self.incremental.step(self._tensor([token]))[0, -1]
+
+
+def make_decoder(model, use_cache: bool) -> Decoder:
+    """The cached decoder for models that support it (HourglassLM), else the recomputing one."""
+    if use_cache and _supports_cache(model):
+        return CachedDecoder(model)
+    return RecomputeDecoder(model)
+
+
+def _supports_cache(model) -> bool:
+    try:
+        from hourglass_edu.hourglass import HourglassLM
+    except ImportError:
+        return False
+    return isinstance(model, HourglassLM)
+
+
+# ---------------------------------------------------------------------------------------------
+# The public API: stream and generate
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_stop(stop: str | Sequence[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    for item in stops:
+        if not isinstance(item, str) or item == "":
+            raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return stops
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that could still grow into one of the stop strings."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
+
+
+def stream(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | torch.Generator | None = None,
+    use_cache: bool = True,
+    stop_at_end: bool = True,
+    stop: str | Sequence[str] | None = None,
+    replace_unknown: str | None = None,
+) -> Iterator[str]:
+    """Yield the generated text piece by piece, as it is made (same text as `generate`).
+
+    Each piece is normally one character. Text that might be the start of a stop string is held
+    back until it is clear that it is not; the stop string itself is never yielded. Breaking out
+    of the loop stops generation at once (no token is computed after the last piece consumed).
+    The model is put in eval mode while generating and restored afterwards.
+    """
+    # Check everything before the first token, so that bad input fails at the call.
+    check_sampling_settings(temperature, top_k, top_p)
+    count_ok = isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
+    if not count_ok or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    stops = _check_stop(stop)
+    prompt_ids = encode_prompt(tokenizer, prompt, replace_unknown=replace_unknown)
+    generator = make_generator(seed)
+    return _stream(
+        model, tokenizer, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator,
+        use_cache, stop_at_end, stops,
+    )  # fmt: skip
+
+
+def _stream(
+    model, tokenizer, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator,
+    use_cache, stop_at_end, stops,
+) -> Iterator[str]:  # fmt: skip
+    if max_new_tokens == 0:
+        return
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        decoder = make_decoder(model, use_cache)
+        logits = decoder.start(prompt_ids)
+        text, emitted = "", 0
+        for index in range(max_new_tokens):
+            token = sample_token(
+                logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            )
+            if stop_at_end and token == tokenizer.eot_id:
+                break
+            searched_from = max(0, len(text) - max((len(s) for s in stops), default=0) + 1)
+            text += tokenizer.decode([token])
+            found = [text.find(s, searched_from) for s in stops]
+            found = [position for position in found if position >= 0]
+            if found:
+                text = text[: min(found)]
+                break
+            ready = len(text) - _held_back(text, stops)
+            if ready > emitted:
+                yield text[emitted:ready]
+                emitted = ready
+            if index + 1 < max_new_tokens:  # the last token needs no logits after it
+                logits = decoder.feed(token)
+        if len(text) > emitted:
+            yield text[emitted:]
+    finally:
+        if was_training:
+            model.train()
+
+
+def generate(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | torch.Generator | None = None,
+    use_cache: bool = True,
+    stop_at_end: bool = True,
+    stop: str | Sequence[str] | None = None,
+    replace_unknown: str | None = None,
+) -> str:
+    """Continue `prompt` by up to `max_new_tokens` characters and return the new text only.
+
+    model: any `model(tokens (batch, length)) -> logits (batch, length, vocab)`; an HourglassLM
+        decodes with per-level caches when `use_cache` (same result, much faster).
+    tokenizer: `encode(str) -> list[int]`, `decode(list[int]) -> str`, `eot_id`.
+    temperature: 0 = greedy; top_k / top_p: see the module docstring. seed: an int, a CPU
+        torch.Generator (its state advances), or None (a fresh random seed).
+    stop_at_end: stop when the model writes `<eot>` (the end of a document; not included).
+    stop: a string or list of strings; generation stops before the first one that appears.
+    replace_unknown: what to put in place of prompt characters outside the vocabulary
+        (None = raise a ValueError naming them).
+    """
+    return "".join(
+        stream(
+            model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seed, use_cache=use_cache, stop_at_end=stop_at_end, stop=stop,
+            replace_unknown=replace_unknown,
+        )
+    )  # fmt: skip

@@ -1,0 +1,278 @@
+"""Sampling rules, prompts, stop strings and streaming, on a tiny bigram stand-in model.
+
+The stand-in makes the expected distribution exact, so each rule can be checked directly; the
+hourglass itself (and its cache) is tested in test_generate.py.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from hourglass_edu.generate import (
+    encode_prompt,
+    generate,
+    keep_top_k,
+    keep_top_p,
+    next_token_probabilities,
+    sample_token,
+    stream,
+)
+
+
+class TinyTokenizer:
+    """Just enough of CharTokenizer's interface: id 0 is <eot>, then one id per character."""
+
+    def __init__(self, chars: str = "\nabcdefgh "):
+        self.chars = list(chars)
+        self.eot_id = 0
+        self.unk_id = None
+        self.vocab_size = len(chars) + 1
+        self._ids = {char: index + 1 for index, char in enumerate(chars)}
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted({char for char in text if char not in self._ids})
+        if unknown:
+            raise ValueError(f"unknown characters {unknown!r}")
+        return [self._ids[char] for char in text]
+
+    def decode(self, ids) -> str:
+        return "".join("<eot>" if i == 0 else self.chars[i - 1] for i in ids)
+
+
+class BigramModel(nn.Module):
+    """logits[b, t] = table[tokens[b, t]]; records the length of every input it is given."""
+
+    def __init__(self, table: torch.Tensor, max_length: int | None = None):
+        super().__init__()
+        self.table = nn.Parameter(table.clone())
+        self.config = SimpleNamespace(max_length=max_length)
+        self.seen: list[list[int]] = []
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tokens[0].tolist())
+        return self.table[tokens]
+
+
+@pytest.fixture
+def tokenizer():
+    return TinyTokenizer()
+
+
+def cycling_model(tokenizer, max_length=None, sharpness=20.0):
+    """A model that (almost surely) writes 'abcdefgh abcdefgh ...' after any character."""
+    vocab = tokenizer.vocab_size
+    table = torch.zeros(vocab, vocab)
+    order = tokenizer.encode("abcdefgh ")
+    for current, following in zip(order, order[1:] + order[:1], strict=True):
+        table[current, following] = sharpness
+    table[tokenizer.eot_id, order[0]] = sharpness
+    table[tokenizer.encode("\n")[0], order[0]] = sharpness
+    return BigramModel(table, max_length)
+
+
+# --- the filters, on hand-made distributions -------------------------------------------------
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3])
+    logits = probs.log()
+
+    def kept(p):
+        return set(torch.isfinite(keep_top_p(logits, p)).nonzero().flatten().tolist())
+
+    assert kept(0.5) == {1}  # 0.5 alone reaches 0.5
+    assert kept(0.3) == {1}  # the most likely token always survives
+    assert kept(0.51) == {1, 3}
+    assert kept(0.8) == {1, 3}
+    assert kept(0.81) == {0, 1, 3}
+    assert kept(0.96) == {0, 1, 2, 3}
+    assert kept(1.0) == {0, 1, 2, 3}
+    renormalised = next_token_probabilities(logits, top_p=0.8)
+    torch.testing.assert_close(renormalised, torch.tensor([0.0, 0.625, 0.0, 0.375]))
+
+
+def test_top_p_applies_after_temperature():
+    probs = torch.tensor([0.6, 0.3, 0.1])
+    # At temperature 1 the first token alone reaches 0.55; flattened (T=10) it no longer does.
+    assert (next_token_probabilities(probs.log(), top_p=0.55) > 0).tolist() == [True, False, False]
+    flat = next_token_probabilities(probs.log(), temperature=10.0, top_p=0.55)
+    assert (flat > 0).tolist() == [True, True, False]
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([1.0, 5.0, 3.0, -2.0, 4.0])
+    assert torch.isfinite(keep_top_k(logits, 2)).tolist() == [False, True, False, False, True]
+    assert torch.isfinite(keep_top_k(logits, 10)).all()
+
+
+def test_tokens_outside_top_k_are_never_sampled():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])  # nearly uniform
+    drawn = {
+        sample_token(logits, top_k=3, temperature=2.0, generator=generator) for _ in range(500)
+    }
+    assert drawn == {3, 4, 5}
+
+
+def test_sampling_follows_the_distribution():
+    generator = torch.Generator().manual_seed(1)
+    probs = torch.tensor([0.2, 0.5, 0.3])
+    draws = torch.tensor([sample_token(probs.log(), generator=generator) for _ in range(3000)])
+    frequencies = torch.bincount(draws, minlength=3).float() / len(draws)
+    assert torch.allclose(frequencies, probs, atol=0.04)
+
+
+def test_temperature_zero_is_greedy_and_low_temperature_approaches_it():
+    logits = torch.tensor([0.3, 2.0, 1.9])
+    assert sample_token(logits, temperature=0) == 1
+    cold = next_token_probabilities(logits, temperature=0.01)
+    assert cold[1] > 0.99
+    torch.testing.assert_close(
+        next_token_probabilities(logits, temperature=0), torch.tensor([0.0, 1.0, 0.0])
+    )
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_p": -0.1}, "top_p"),
+        ({"seed": "seven"}, "seed"),
+        ({"stop": ""}, "stop"),
+        ({"stop": ["ab", 3]}, "stop"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(tokenizer, settings, message):
+    model = cycling_model(tokenizer)
+    with pytest.raises(ValueError, match=message):
+        generate(model, tokenizer, "ab", 5, **settings)
+    with pytest.raises(ValueError, match=message):
+        stream(model, tokenizer, "ab", 5, **settings)  # fails at the call, not on first next()
+    assert model.seen == []
+
+
+def test_bad_max_new_tokens(tokenizer):
+    model = cycling_model(tokenizer)
+    for bad in (-1, 2.0, None):
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            generate(model, tokenizer, "a", bad)
+    assert generate(model, tokenizer, "a", 0) == ""
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+
+def test_prompt_starts_a_document(tokenizer):
+    assert encode_prompt(tokenizer, "") == [tokenizer.eot_id]
+    assert encode_prompt(tokenizer, "ab") == [tokenizer.eot_id, *tokenizer.encode("ab")]
+    model = cycling_model(tokenizer)
+    assert generate(model, tokenizer, "", 4, temperature=0) == "abcd"
+    assert model.seen[0] == [tokenizer.eot_id]
+
+
+def test_unknown_prompt_characters(tokenizer):
+    model = cycling_model(tokenizer)
+    with pytest.raises(ValueError, match="replace_unknown") as raised:
+        generate(model, tokenizer, "aXbY", 3)
+    assert "X" in str(raised.value) and "Y" in str(raised.value)
+    assert encode_prompt(tokenizer, "aXbY", replace_unknown=" ") == [0, *tokenizer.encode("a b ")]
+    assert encode_prompt(tokenizer, "aXbY", replace_unknown="") == [0, *tokenizer.encode("ab")]
+    with pytest.raises(ValueError, match="itself not in the vocabulary"):
+        encode_prompt(tokenizer, "aX", replace_unknown="Z")
+    with pytest.raises(ValueError, match="string"):
+        generate(model, tokenizer, 42, 3)
+    assert generate(model, tokenizer, "aXc", 2, temperature=0, replace_unknown="") == "de"
+
+
+def test_long_prompt_keeps_its_last_window(tokenizer):
+    model = cycling_model(tokenizer, max_length=6)
+    prompt = "hgfedcba" * 2
+    generate(model, tokenizer, prompt, 1, temperature=0, use_cache=False)
+    assert model.seen == [tokenizer.encode(prompt[-6:])]
+
+
+def test_window_overflow_keeps_the_newest_half(tokenizer):
+    model = cycling_model(tokenizer, max_length=8)
+    text = generate(model, tokenizer, "", 20, temperature=0, use_cache=False)
+    assert text == "abcdefgh abcdefgh ab"
+    lengths = [len(window) for window in model.seen]
+    # 1 (<eot>) grows to 8, then the window drops to the newest 4 + the new token, and so on.
+    assert lengths[:8] == list(range(1, 9))
+    assert lengths[8:12] == [5, 6, 7, 8] and lengths[12] == 5
+    assert max(lengths) == 8
+    assert model.seen[8] == model.seen[7][-4:] + [tokenizer.encode(text[7])[0]]
+
+
+# --- stopping and streaming ------------------------------------------------------------------
+
+
+def test_stops_at_end_of_text(tokenizer):
+    vocab = tokenizer.vocab_size
+    table = torch.full((vocab, vocab), -20.0)
+    a, b = tokenizer.encode("ab")
+    table[0, a] = table[a, b] = table[b, 0] = 20.0  # <eot> a b <eot> a b ...
+    model = BigramModel(table)
+    assert generate(model, tokenizer, "", 10, temperature=0) == "ab"
+    assert generate(model, tokenizer, "", 7, temperature=0, stop_at_end=False) == "ab<eot>ab<eot>a"
+
+
+def test_stop_strings(tokenizer):
+    model = cycling_model(tokenizer)
+    assert generate(model, tokenizer, "", 30, temperature=0, stop="ef") == "abcd"
+    assert generate(model, tokenizer, "", 30, temperature=0, stop=["zz", "h ab"]) == "abcdefg"
+    assert generate(model, tokenizer, "", 30, temperature=0, stop=" ") == "abcdefgh"
+    # A stop string that never appears changes nothing; one split across pieces is still found.
+    assert generate(model, tokenizer, "", 5, temperature=0, stop="ax") == "abcde"
+    pieces = list(stream(model, tokenizer, "", 30, temperature=0, stop="defg"))
+    assert "".join(pieces) == "abc"
+
+
+def test_stream_matches_generate_and_yields_one_character_at_a_time(tokenizer):
+    model = cycling_model(tokenizer, sharpness=1.0)  # a real random walk
+    settings = {"temperature": 0.9, "top_p": 0.9, "seed": 123}
+    pieces = list(stream(model, tokenizer, "ab", 40, **settings))
+    assert all(len(piece) == 1 for piece in pieces)
+    assert "".join(pieces) == generate(model, tokenizer, "ab", 40, **settings)
+    assert "".join(pieces) != generate(model, tokenizer, "ab", 40, **{**settings, "seed": 124})
+    generator = torch.Generator().manual_seed(123)
+    assert generate(model, tokenizer, "ab", 40, **{**settings, "seed": generator}) == "".join(
+        pieces
+    )
+
+
+def test_stream_stops_promptly_when_the_consumer_breaks(tokenizer):
+    model = cycling_model(tokenizer)
+    received = []
+    for piece in stream(model, tokenizer, "", 1000, temperature=0):
+        received.append(piece)
+        if len(received) == 3:
+            break
+    assert received == ["a", "b", "c"]
+    assert len(model.seen) <= 4  # the prompt and at most one token beyond what was consumed
+
+
+def test_generation_restores_training_mode_and_leaves_grad_mode_alone(tokenizer):
+    model = cycling_model(tokenizer)
+    model.train()
+    pieces = stream(model, tokenizer, "", 5, temperature=0)
+    next(pieces)
+    assert torch.is_grad_enabled()  # grad mode must not leak out of the generator
+    assert not model.training
+    pieces.close()
+    assert model.training
+
+
+def test_seed_makes_sampling_reproducible(tokenizer):
+    model = cycling_model(tokenizer, sharpness=0.5)
+    first = generate(model, tokenizer, "", 50, seed=7)
+    assert first == generate(model, tokenizer, "", 50, seed=7)
+    assert first != generate(model, tokenizer, "", 50, seed=8)

@@ -1,0 +1,128 @@
+"""Widget apps driven the way a learner drives them: set `.value`, call `.click()`."""
+
+from __future__ import annotations
+
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, widgets  # noqa: E402
+from hourglass_edu.generate import generate  # noqa: E402
+
+TEXT = "the old pond\na frog jumps in"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return CharTokenizer.from_documents([TEXT + ", splash! THE END."])
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    config = HourglassConfig(
+        vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, structure="1@1 1@3 1@1",
+        max_length=64, attention_impl="explicit",
+    )  # fmt: skip
+    return HourglassLM(config)
+
+
+def wait_until(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_generate_button_streams_text_into_the_output(model, tokenizer):
+    demo = widgets.generation_demo(model, tokenizer, prompt="the old", use_cache=False)
+    demo.length.value = 12
+    demo.seed.value = 3
+    demo.stop_at_end.value = False
+    demo.temperature.value = 1.5
+    demo.top_k.value = 3
+    demo.generate_button.click()
+    assert demo.wait(timeout=30)
+    expected = generate(model, tokenizer, "the old", 12, temperature=1.5, top_k=3, seed=3,
+                        stop_at_end=False, use_cache=False)  # fmt: skip
+    assert demo.output.value == "the old" + expected
+    assert demo.status.value.startswith("done: 12 characters")
+    assert not demo.generate_button.disabled and demo.stop_button.disabled
+
+
+def test_stop_ends_a_long_generation_promptly(model, tokenizer):
+    demo = widgets.generation_demo(model, tokenizer, max_length=100_000, use_cache=False)
+    demo.length.value = 100_000
+    demo.stop_at_end.value = False
+    demo.generate_button.click()
+    assert demo.running
+    assert not demo.stop_button.disabled and demo.generate_button.disabled
+    demo.generate_button.click()  # a second click while running starts nothing new
+    assert wait_until(lambda: len(demo.output.value) >= 5), "no text streamed"
+    demo.stop_button.click()
+    assert demo.wait(timeout=5), "generation did not stop within 5 s"
+    produced = len(demo.output.value)
+    assert 5 <= produced < 100_000
+    assert demo.status.value.startswith("stopped")
+    assert not demo.generate_button.disabled
+
+
+def test_generation_errors_show_in_the_status_line(model, tokenizer):
+    demo = widgets.generation_demo(model, tokenizer, prompt="ÿ")
+    demo.generate_button.click()
+    assert not demo.running
+    assert "vocabulary lacks" in demo.status.value
+    assert demo.output.value == ""
+
+
+def test_controls_carry_css_classes_for_browser_tests(model, tokenizer):
+    demo = widgets.generation_demo(model, tokenizer)
+    assert "hg-generate" in demo.generate_button._dom_classes
+    assert "hg-stop" in demo.stop_button._dom_classes
+    assert "hg-output" in demo.output._dom_classes
+    assert "hg-prompt" in demo.prompt._dom_classes
+    assert "hg-generation-demo" in demo._dom_classes
+
+
+def test_attention_explorer_follows_head_level_and_text(model, tokenizer):
+    explorer = widgets.attention_explorer(model, tokenizer, TEXT)
+    assert "hg-attention-explorer" in explorer._dom_classes
+    assert "hg-head" in explorer.head._dom_classes and "hg-image" in explorer.image._dom_classes
+    assert explorer.level.options == (0, 1)
+    assert explorer.block.options == (0, 1)
+    assert explorer.head.options == (0, 1, "mean")
+    first = explorer.image.value
+    assert first[:4] == b"\x89PNG"
+    explorer.head.value = 1
+    assert explorer.image.value != first
+    by_head = explorer.image.value
+    explorer.level.value = 1
+    assert explorer.block.options == (0,)  # the innermost level has only one block
+    assert explorer.image.value != by_head
+    by_level = explorer.image.value
+    explorer.text.value = "ÿ"  # bad text: a message, the picture stays
+    assert "lacks" in explorer.status.value
+    assert explorer.image.value == by_level
+    explorer.text.value = "a frog"
+    assert explorer.status.value == ""
+    assert explorer.inspection.text == "a frog"
+    assert explorer.image.value != by_level
+
+
+def test_activation_explorer_shows_the_chosen_level_and_point(model, tokenizer):
+    explorer = widgets.activation_explorer(model, tokenizer, TEXT)
+    assert explorer.point.options == ("input", "block0", "block1", "output")
+    first = explorer.image.value
+    explorer.level.value = 1
+    assert explorer.point.options == ("input", "block0", "output")
+    assert explorer.image.value != first
+    level1 = explorer.image.value
+    explorer.point.value = "input"
+    assert explorer.image.value != level1
