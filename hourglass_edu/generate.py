@@ -349,13 +349,13 @@ def stream(
     return _stream(
         model, tokenizer, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator,
         use_cache, stop_at_end, stops,
-    )  # fmt: skip
+    )
 
 
 def _stream(
     model, tokenizer, prompt_ids, max_new_tokens, temperature, top_k, top_p, generator,
     use_cache, stop_at_end, stops,
-) -> Iterator[str]:  # fmt: skip
+) -> Iterator[str]:
     if max_new_tokens == 0:
         return
     was_training = getattr(model, "training", False)
@@ -424,4 +424,4 @@ def generate(
             top_p=top_p, seed=seed, use_cache=use_cache, stop_at_end=stop_at_end, stop=stop,
             replace_unknown=replace_unknown,
         )
-    )  # fmt: skip
+    )

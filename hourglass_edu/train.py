@@ -229,7 +229,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`"auto"` means `"bf16"` on GPUs that support it and on CPUs with bf16 units, else `"fp32"`."""
+    """"auto" means "bf16" on GPUs that support it and on CPUs with bf16 units, else "fp32"."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
@@ -252,14 +252,19 @@ def autocast_context(precision: str, device: torch.device):
 # Loss and evaluation
 
 
-def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in nats.
+def language_model_loss(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Next-token cross-entropy in nats ("mean" over targets, or "sum"), computed in fp32 even
+    under autocast. Targets equal to -100 (`data.IGNORE_INDEX`) are skipped.
 
-    logits: (batch, length, vocab); targets: (batch, length). Computed in fp32 even under autocast.
+    logits: (batch, length, vocab); targets: (batch, length).
     """
     return F.cross_entropy(
         rearrange(logits.float(), "batch length vocab -> (batch length) vocab"),
         rearrange(targets, "batch length -> (batch length)"),
+        ignore_index=-100,
+        reduction=reduction,
     )
 
 
@@ -306,9 +311,8 @@ def evaluate_bpc(
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast_context(precision, device):
                 logits = model(inputs)
-            loss = language_model_loss(logits, targets)
-            total_nats += loss.item() * targets.numel()
-            total_tokens += targets.numel()
+            total_nats += language_model_loss(logits, targets, reduction="sum").item()
+            total_tokens += int((targets != -100).sum())
     finally:
         model.train(was_training)
     return total_nats / total_tokens / LN2
@@ -426,11 +430,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines()]
+        reason = next((line for line in lines if "Unsupported" in line or "error:" in line), "")
         raise ValueError(
             f"refused to load {path}: it holds Python objects other than tensors and plain "
-            "containers, which could run code when unpickled (torch.load weights_only=True said: "
-            f"{str(error).splitlines()[0]}). hourglass_edu checkpoints never contain such objects; "
-            "only open files from sources you trust"
+            "containers, which could run code when unpickled (torch.load with weights_only=True "
+            f"said: {reason}). hourglass_edu checkpoints never contain such objects; only open "
+            "files from sources you trust"
         ) from None
     except Exception as error:  # zip/pickle/EOF errors: one clear message for all of them
         raise ValueError(
@@ -652,7 +658,7 @@ class Trainer:
             "history": self.history.to_dict(),
             "rng": rng_state if rng_state is not None else self.rng_state(),
             "metadata": dict(self.metadata),
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),  # TorchVersion is not a plain str
         }
 
     def save(self, path: str | os.PathLike | None = None, rng_state=None) -> Path:
@@ -940,7 +946,8 @@ def extend_vocabulary(model: nn.Module, tokenizer, new_chars: Sequence[str]):
     values = tokenizer.to_dict()
     values["chars"] = list(tokenizer.chars) + new_chars
     grown_tokenizer = CharTokenizer.from_dict(values)
-    for char, token_id in zip(tokenizer.chars, tokenizer.encode("".join(tokenizer.chars))):
+    old_ids = tokenizer.encode("".join(tokenizer.chars))
+    for char, token_id in zip(tokenizer.chars, old_ids, strict=True):
         if grown_tokenizer.encode(char) != [token_id]:
             raise RuntimeError("extending the vocabulary moved an existing character's id")
     new_vocab = grown_tokenizer.vocab_size

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from hourglass_edu.data import CharTokenizer
 from hourglass_edu.generate import (
     encode_prompt,
     generate,
@@ -21,26 +22,6 @@ from hourglass_edu.generate import (
     sample_token,
     stream,
 )
-
-
-class TinyTokenizer:
-    """Just enough of CharTokenizer's interface: id 0 is <eot>, then one id per character."""
-
-    def __init__(self, chars: str = "\nabcdefgh "):
-        self.chars = list(chars)
-        self.eot_id = 0
-        self.unk_id = None
-        self.vocab_size = len(chars) + 1
-        self._ids = {char: index + 1 for index, char in enumerate(chars)}
-
-    def encode(self, text: str) -> list[int]:
-        unknown = sorted({char for char in text if char not in self._ids})
-        if unknown:
-            raise ValueError(f"unknown characters {unknown!r}")
-        return [self._ids[char] for char in text]
-
-    def decode(self, ids) -> str:
-        return "".join("<eot>" if i == 0 else self.chars[i - 1] for i in ids)
 
 
 class BigramModel(nn.Module):
@@ -59,7 +40,7 @@ class BigramModel(nn.Module):
 
 @pytest.fixture
 def tokenizer():
-    return TinyTokenizer()
+    return CharTokenizer("\nabcdefgh ")  # <eot> is id 0, then these characters
 
 
 def cycling_model(tokenizer, max_length=None, sharpness=20.0):
