@@ -94,6 +94,10 @@ class TransformerBlock(nn.Module):
     ``(length,)`` level-local integers. Causal self-attention. When ``capture`` is a dict, stores
     ``{name}`` (the block output) and ``{name}.attn`` (weights ``(batch, heads, query, key)``,
     computed by the explicit path).
+
+    ``attention``: another attention module to use instead of ``MultiHeadAttention`` (same call
+    signature and return value; ``hourglass_edu.related`` plugs in Long-Short and hierarchical
+    attention this way).
     """
 
     def __init__(
@@ -105,10 +109,11 @@ class TransformerBlock(nn.Module):
         dropout: float = 0.0,
         rotary: RotaryEmbedding | None = None,
         attention_impl: str = "fused",
+        attention: nn.Module | None = None,
     ):
         super().__init__()
         self.attn_norm = nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(
+        self.attn = attention if attention is not None else MultiHeadAttention(
             d_model, n_heads, dropout=dropout, rotary=rotary, impl=attention_impl
         )
         self.attn_dropout = nn.Dropout(dropout)

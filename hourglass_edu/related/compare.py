@@ -1,0 +1,211 @@
+"""Train the related designs side by side and measure their cost (notebook 10 and
+``benchmarks/bench_related.py``).
+
+    models = build_comparison_models(data.tokenizer.vocab_size, d_model=128, n_layers=4)
+    results = train_comparison(models, data, TrainConfig(steps=None, minutes=1.0, ...))
+    rows = measure_cost(build_comparison_models(vocab, max_length=2048), [256, 512, 1024, 2048])
+
+Every model is trained by the library's trainer with the same settings and budget, and evaluated
+by the same ``evaluate_bpc`` (cross-entropy only, in bits per character).
+
+Memory is reported as the activations kept for the backward pass ("saved MB": every tensor
+autograd saves, parameters excluded, each storage counted once). It is measured the same way on any
+device and is what grows with the sequence length; on CUDA the peak allocated memory is reported
+as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from hourglass_edu.hourglass import HourglassConfig, HourglassLM
+from hourglass_edu.related.h_transformer import HTransformerConfig, HTransformerLM
+from hourglass_edu.related.long_short import LongShortConfig, LongShortLM
+from hourglass_edu.related.simple_hierarchical import (
+    SimpleHierarchicalConfig,
+    SimpleHierarchicalLM,
+)
+
+MODEL_NAMES = ("transformer", "hourglass", "long_short", "h_transformer", "simple_hierarchical")
+
+
+def build_comparison_models(
+    vocab_size: int,
+    *,
+    d_model: int = 128,
+    n_heads: int = 4,
+    n_layers: int = 4,
+    max_length: int = 256,
+    window: int = 32,
+    names: Sequence[str] = MODEL_NAMES,
+    seed: int = 0,
+) -> dict[str, nn.Module]:
+    """One untrained model per name, all of width ``d_model``, sized to cost about the same.
+
+    * transformer: ``n_layers`` full-attention blocks (``"N@1"``).
+    * hourglass: ``"1@1 M@3 1@1"`` with M = 2 * (n_layers - 2) (at least 2): the shortened middle
+      layers are cheap, so it gets more of them, as in the paper.
+    * long_short: ``n_layers`` blocks, window ``window``, segments of ``window`` summarised by 4.
+    * h_transformer: ``n_layers`` blocks, blocks of ``window // 2`` positions.
+    * simple_hierarchical: ceil(n_layers / 2) layers of three streams (1, 2, 8); the predicting
+      stream has a sliding window of ``window``, the others full attention.
+    """
+    unknown = sorted(set(names) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"unknown model names {unknown}: choose from {list(MODEL_NAMES)}")
+    if n_layers < 2:
+        raise ValueError(
+            f"n_layers must be >= 2 (the hourglass needs an outer pair), got {n_layers}"
+        )
+    common = dict(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, max_length=max_length)
+    factories = {
+        "transformer": lambda: HourglassLM(HourglassConfig(**common, structure=f"{n_layers}@1")),
+        "hourglass": lambda: HourglassLM(
+            HourglassConfig(**common, structure=f"1@1 {max(2, 2 * (n_layers - 2))}@3 1@1")
+        ),
+        "long_short": lambda: LongShortLM(
+            LongShortConfig(**common, n_layers=n_layers, window=window, segment_size=window, rank=4)
+        ),
+        "h_transformer": lambda: HTransformerLM(
+            HTransformerConfig(**common, n_layers=n_layers, block_size=max(1, window // 2))
+        ),
+        "simple_hierarchical": lambda: SimpleHierarchicalLM(
+            SimpleHierarchicalConfig(
+                **common,
+                n_layers=math.ceil(n_layers / 2),
+                compressions=(1, 2, 8),
+                windows=(window, None, None),
+            )
+        ),
+    }
+    models = {}
+    for name in names:
+        torch.manual_seed(seed)
+        models[name] = factories[name]()
+    return models
+
+
+def train_comparison(
+    models: dict[str, nn.Module], data, config, *, eval_batches: int = 20, eval_seed: int = 1234
+) -> dict[str, dict]:
+    """Train each model (in place) with ``hourglass_edu.train.train(model, data, config)``.
+
+    Returns ``{name: {"history": History, "parameters": int, "steps": int, "train_seconds":
+    float, "val_bpc": float}}``; ``val_bpc`` is measured after training on the same
+    ``eval_batches`` random validation windows (seeded) for every model.
+    """
+    from hourglass_edu.train import evaluate_bpc, train
+
+    results = {}
+    for name, model in models.items():
+        history = train(model, data, config)
+        last = history.records[-1] if history.records else {}
+        results[name] = {
+            "history": history,
+            "parameters": model.num_parameters(),
+            "steps": last.get("step", 0),
+            "train_seconds": last.get("elapsed", 0.0),
+            "val_bpc": evaluate_bpc(
+                model,
+                data.val_ids,
+                batch_size=config.batch_size,
+                block_size=config.block_size,
+                max_batches=eval_batches,
+                seed=eval_seed,
+                precision=config.precision,
+            ),
+        }
+    return results
+
+
+def saved_activation_bytes(model: nn.Module, tokens: torch.Tensor, context=None) -> int:
+    """Bytes autograd keeps for the backward pass of ``model(tokens)`` (parameters excluded)."""
+    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with context if context is not None else contextlib.nullcontext():
+            model(tokens)
+    return sum(storages.values())
+
+
+def measure_cost(
+    models: dict[str, nn.Module],
+    lengths: Iterable[int],
+    *,
+    batch_size: int = 1,
+    repeats: int = 2,
+    precision: str = "auto",
+    device: str = "auto",
+    seed: int = 0,
+) -> list[dict]:
+    """Time and memory of one training step (forward + backward) per model and length.
+
+    Returns rows ``{"model", "length", "ms_per_step", "saved_mb", "peak_mb" (CUDA only, else
+    None)}``; the time is the best of ``repeats`` after one warm-up step.
+    """
+    from hourglass_edu.train import autocast_context, resolve_device, resolve_precision
+
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for name, model in models.items():
+        model.to(device).train()
+        for length in lengths:
+            vocab = model.config.vocab_size
+            tokens = torch.randint(0, vocab, (batch_size, length), generator=generator).to(device)
+            saved = saved_activation_bytes(model, tokens, autocast_context(precision, device))
+            timings = []
+            peak = None
+            for attempt in range(repeats + 1):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                start = time.perf_counter()
+                with autocast_context(precision, device):
+                    logits = model(tokens)
+                logits.float().logsumexp(-1).mean().backward()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                    peak = torch.cuda.max_memory_allocated(device) / 2**20
+                if attempt > 0:  # the first step warms up allocators and kernels
+                    timings.append(time.perf_counter() - start)
+                model.zero_grad(set_to_none=True)
+            rows.append(
+                {
+                    "model": name,
+                    "length": length,
+                    "ms_per_step": 1000 * min(timings),
+                    "saved_mb": saved / 2**20,
+                    "peak_mb": peak,
+                }
+            )
+    return rows
+
+
+def markdown_table(rows: list[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Rows as a markdown table; ``columns`` = ``(key, header, format)`` e.g. ``("val_bpc",
+    "val bpc", "{:.3f}")``. Missing values print as ``-``."""
+    lines = [
+        "| " + " | ".join(header for _, header, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in rows:
+        cells = [
+            fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

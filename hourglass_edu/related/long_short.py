@@ -1,0 +1,408 @@
+"""Long-Short attention (Zhu et al. 2021, arXiv 2107.02192), causal form.
+
+Each query attends to two key sets at once, under ONE softmax:
+
+* short range: a sliding window of the `window` most recent positions (itself included), exact;
+* long range: every *segment* of `segment_size` positions is compressed to `rank` key/value
+  vectors by a dynamic projection P = softmax over the segment of (K W_p), with K_bar = P^T K and
+  V_bar = P^T V. A query sees a segment's summary only once that segment has fully ended
+  (its last position is the query's or earlier), so nothing from the future leaks in.
+
+The two key sets live on different scales (a summary is a weighted average of many keys), so each
+gets its own LayerNorm on keys and values ("DualLN") before the shared softmax.
+
+Cost per query: `window` exact keys plus `rank` keys per finished segment, i.e.
+O(length * (window + length * rank / segment_size)) in total instead of O(length^2).
+
+Shapes: q, k, v are `(batch, heads, length, head_dim)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from hourglass_edu.attention import MultiHeadAttention
+from hourglass_edu.blocks import TransformerBlock
+from hourglass_edu.related.common import RelatedConfig, RelatedLM
+
+NormFn = Callable[[Tensor], Tensor]
+
+
+def _pad_length(x: Tensor, multiple: int, dim: int = 2) -> Tensor:
+    """Pad `x` with zeros at the end of `dim` up to a multiple of `multiple`."""
+    extra = -x.shape[dim] % multiple
+    if extra == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, extra]
+    return F.pad(x, pad)
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """Scores and softmax run in at least float32 (bf16/fp16 logits lose the small weights)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    if q.dim() != 4 or q.shape != k.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            "q, k and v must all have shape (batch, heads, length, head_dim) (v may have its own "
+            f"last dim); got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+
+
+def window_mask(window: int, device: torch.device | None = None) -> Tensor:
+    """Which keys a query block may use in the blocked sliding window.
+
+    Queries come in blocks of `window`; block n's keys are blocks n-1 and n side by side (2*window
+    keys). Query r (0-based inside its block) sits at key column window + r, so it may use columns
+    c with r < c <= window + r: exactly the `window` most recent positions, itself included.
+    Returns a bool tensor `(window, 2 * window)`, True = allowed.
+    """
+    rows = torch.arange(window, device=device)[:, None]
+    cols = torch.arange(2 * window, device=device)[None, :]
+    return (cols > rows) & (cols <= rows + window)
+
+
+def local_window_scores(q: Tensor, k: Tensor, window: int) -> Tensor:
+    """Scaled scores of each query against its sliding window, computed in O(length * window).
+
+    q, k: `(batch, heads, length, head_dim)`. Returns `(batch, heads, blocks, window, 2 * window)`
+    with -inf where a key is outside the window (or before the start); the query axis is padded to
+    `blocks * window`.
+    """
+    q_blocks = rearrange(_pad_length(q, window), "b h (n w) d -> b h n w d", w=window)
+    k_blocks = rearrange(_pad_length(k, window), "b h (n w) d -> b h n w d", w=window)
+    # Keys for block n: block n-1 (zeros before the start, masked below) then block n.
+    k_previous = F.pad(k_blocks, (0, 0, 0, 0, 1, 0))[:, :, :-1]
+    k_pairs = torch.cat([k_previous, k_blocks], dim=3)  # (b, h, n, 2w, d)
+    scores = torch.einsum("bhnwd,bhncd->bhnwc", q_blocks, k_pairs) / math.sqrt(q.shape[-1])
+    allowed = window_mask(window, q.device).expand(k_blocks.shape[2], -1, -1).clone()
+    allowed[0, :, :window] = False  # block 0 has no previous block
+    return scores.masked_fill(~allowed, float("-inf"))
+
+
+def _local_values(v: Tensor, window: int) -> Tensor:
+    """Values laid out like the window keys: `(batch, heads, blocks, 2 * window, dim)`."""
+    v_blocks = rearrange(_pad_length(v, window), "b h (n w) d -> b h n w d", w=window)
+    v_previous = F.pad(v_blocks, (0, 0, 0, 0, 1, 0))[:, :, :-1]
+    return torch.cat([v_previous, v_blocks], dim=3)
+
+
+def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
+    """Causal attention over the `window` most recent positions (itself included), O(L * window).
+
+    q, k, v: `(batch, heads, length, head_dim)` -> `(batch, heads, length, head_dim)`. With
+    `window >= length` this is exactly full causal softmax attention.
+    """
+    _check_qkv(q, k, v)
+    if window < 1:
+        raise ValueError(f"window must be >= 1 (keys per query, itself included), got {window}")
+    length = q.shape[2]
+    window = min(window, length)
+    weights = local_window_scores(q, k, window).softmax(dim=-1)
+    out = torch.einsum("bhnwc,bhncd->bhnwd", weights.to(v.dtype), _local_values(v, window))
+    return rearrange(out, "b h n w d -> b h (n w) d")[:, :, :length]
+
+
+def compress_segments(
+    k: Tensor, v: Tensor, projection: Tensor, segment_size: int
+) -> tuple[Tensor, Tensor]:
+    """Dynamic projection: each segment of `segment_size` positions -> `rank` keys and values.
+
+    k, v: `(batch, heads, length, head_dim)`; projection W_p: `(heads, head_dim, rank)`.
+    P = softmax over the positions of one segment of (K W_p), one distribution per rank slot;
+    K_bar = P^T K, V_bar = P^T V. The last segment, if partial, is padded and its padding masked
+    out of P (no query ever sees an unfinished segment anyway).
+    Returns `(batch, heads, segments * rank, head_dim)` twice, segment-major.
+    """
+    length = k.shape[2]
+    logits = torch.einsum("bhld,hdr->bhlr", k, projection.to(k.dtype))
+    logits = _pad_length(logits, segment_size)
+    valid = torch.arange(logits.shape[2], device=k.device) < length
+    logits = logits.masked_fill(~valid[:, None], float("-inf"))
+    mix = rearrange(logits, "b h (g s) r -> b h g s r", s=segment_size).softmax(dim=3)
+    k_seg = rearrange(_pad_length(k, segment_size), "b h (g s) d -> b h g s d", s=segment_size)
+    v_seg = rearrange(_pad_length(v, segment_size), "b h (g s) d -> b h g s d", s=segment_size)
+    k_bar = torch.einsum("bhgsr,bhgsd->bhgrd", mix.to(k.dtype), k_seg)
+    v_bar = torch.einsum("bhgsr,bhgsd->bhgrd", mix.to(v.dtype), v_seg)
+    return (
+        rearrange(k_bar, "b h g r d -> b h (g r) d"),
+        rearrange(v_bar, "b h g r d -> b h (g r) d"),
+    )
+
+
+def finished_segments_mask(
+    query_length: int, segments: int, segment_size: int, rank: int, device=None
+) -> Tensor:
+    """`(query_length, segments * rank)` bool: query i may use segment g iff (g+1)*s <= i+1."""
+    query = torch.arange(query_length, device=device)[:, None]
+    segment = torch.arange(segments, device=device).repeat_interleave(rank)[None, :]
+    return (segment + 1) * segment_size <= query + 1
+
+
+def long_short_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    window: int,
+    projection: Tensor | None = None,
+    segment_size: int | None = None,
+    local_norm: NormFn | None = None,
+    global_norm: NormFn | None = None,
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Causal Long-Short attention. q, k, v: `(batch, heads, length, head_dim)`.
+
+    window: keys per query in the exact sliding window (itself included).
+    projection: W_p `(heads, head_dim, rank)`, or None to switch the long-range branch off (then
+      this is sliding-window attention; with window >= length, exact full causal attention).
+    segment_size: positions per compressed segment (needed with a projection).
+    local_norm / global_norm: the DualLN pair, applied to the last dim of keys and values of the
+      window and of the segment summaries respectively (None = identity).
+    return_weights: also return the dense `(batch, heads, length, length)` attention each query
+      pays to each *position* (a summary's weight is spread over its segment through P); for
+      pictures and tests, O(length^2) memory.
+    Returns `(batch, heads, length, head_dim)` (and the weights).
+    """
+    _check_qkv(q, k, v)
+    if window < 1:
+        raise ValueError(f"window must be >= 1 (keys per query, itself included), got {window}")
+    batch, heads, length, head_dim = q.shape
+    window = min(window, length)
+    k_local = local_norm(k) if local_norm is not None else k
+    v_local = local_norm(v) if local_norm is not None else v
+    scores = local_window_scores(q, k_local, window)  # (b, h, n, w, 2w)
+    blocks = scores.shape[2]
+    local_keys = scores.shape[-1]
+
+    use_global = projection is not None
+    if use_global:
+        if segment_size is None or segment_size < 1:
+            raise ValueError(f"segment_size must be >= 1 with a projection, got {segment_size}")
+        if projection.dim() != 3 or projection.shape[:2] != (heads, head_dim):
+            raise ValueError(
+                f"projection must have shape (heads={heads}, head_dim={head_dim}, rank); "
+                f"got {tuple(projection.shape)}"
+            )
+        rank = projection.shape[2]
+        k_bar, v_bar = compress_segments(k, v, projection, segment_size)
+        if global_norm is not None:
+            k_bar, v_bar = global_norm(k_bar), global_norm(v_bar)
+        segments = k_bar.shape[2] // rank
+        q_padded = _pad_length(q, window)
+        global_scores = torch.einsum("bhld,bhkd->bhlk", q_padded, k_bar) / math.sqrt(head_dim)
+        seen = finished_segments_mask(q_padded.shape[2], segments, segment_size, rank, q.device)
+        global_scores = global_scores.masked_fill(~seen, float("-inf"))
+        global_scores = rearrange(global_scores, "b h (n w) k -> b h n w k", w=window)
+        scores = torch.cat([scores, global_scores.to(scores.dtype)], dim=-1)
+
+    # One softmax over both key sets: the two kinds of keys compete for the same attention.
+    weights = _upcast(scores).softmax(dim=-1)
+    local_weights = weights[..., :local_keys].to(v.dtype)
+    out = torch.einsum("bhnwc,bhncd->bhnwd", local_weights, _local_values(v_local, window))
+    out = rearrange(out, "b h n w d -> b h (n w) d")
+    if use_global:
+        global_weights = rearrange(weights[..., local_keys:], "b h n w k -> b h (n w) k")
+        out = out + torch.einsum("bhlk,bhkd->bhld", global_weights.to(v.dtype), v_bar)
+    out = out[:, :, :length]
+    if not return_weights:
+        return out
+    dense = _dense_weights(weights, k, projection, segment_size, window, length, blocks)
+    return out, dense
+
+
+def _dense_weights(weights, k, projection, segment_size, window, length, blocks) -> Tensor:
+    """Spread the blocked/summary weights back onto positions: `(batch, heads, length, length)`."""
+    batch, heads = weights.shape[:2]
+    padded = blocks * window
+    dense = weights.new_zeros(batch, heads, padded, padded + window)
+    # Local part: block n's keys are positions (n-1)*window ... (n+1)*window - 1, shifted by window.
+    for n in range(blocks):
+        rows = slice(n * window, (n + 1) * window)
+        dense[:, :, rows, n * window : (n + 2) * window] += weights[:, :, n, :, : 2 * window]
+    dense = dense[:, :, :, window:]
+    if projection is not None:
+        rank = projection.shape[2]
+        logits = torch.einsum("bhld,hdr->bhlr", _upcast(k), _upcast(projection))
+        logits = _pad_length(logits, segment_size)
+        valid = torch.arange(logits.shape[2], device=k.device) < length
+        logits = logits.masked_fill(~valid[:, None], float("-inf"))
+        mix = rearrange(logits, "b h (g s) r -> b h g s r", s=segment_size).softmax(dim=3)
+        summary = rearrange(weights[..., 2 * window :], "b h n w (g r) -> b h (n w) g r", r=rank)
+        spread = torch.einsum("bhlgr,bhgsr->bhlgs", summary, mix)
+        spread = rearrange(spread, "b h l g s -> b h l (g s)")
+        dense[..., : spread.shape[-1]] += spread[..., : dense.shape[-1]]
+    return dense[:, :, :length, :length]
+
+
+class DualLayerNorm(nn.Module):
+    """Two LayerNorms over the head dim: one for the window's keys/values, one for the summaries."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.local = nn.LayerNorm(head_dim)
+        self.summary = nn.LayerNorm(head_dim)
+
+
+class LongShortAttention(MultiHeadAttention):
+    """Multi-head causal Long-Short self-attention, a drop-in for ``MultiHeadAttention``.
+
+    Reuses the library's projections and rotary positions (``queries``, ``keys_values``,
+    ``out_proj``) and replaces only ``attend``. window: exact keys per query; each finished
+    segment of ``segment_size`` positions is summarised by ``rank`` keys/values (``rank=None``
+    switches the long-range branch off: plain sliding-window attention). ``dual_norm``: the DualLN
+    pair (off gives exactly the library's attention when the window covers the sequence).
+    Attention-weight dropout is not applied (the block's residual dropout still is).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        window: int,
+        segment_size: int | None,
+        rank: int | None,
+        dual_norm: bool = True,
+        rotary: nn.Module | None = None,
+    ):
+        check_long_short_arguments(d_model, n_heads, window, segment_size, rank)
+        super().__init__(d_model, n_heads, rotary=rotary, impl="explicit")
+        self.window = window
+        self.segment_size = segment_size
+        self.rank = rank
+        self.projection = (
+            nn.Parameter(torch.randn(n_heads, self.head_dim, rank) / math.sqrt(self.head_dim))
+            if rank is not None
+            else None
+        )
+        self.norms = DualLayerNorm(self.head_dim) if dual_norm else None
+
+    def attend(self, q, k, v, *, mask=None, causal=False, need_weights=False):
+        """q, k, v ``(batch, heads, length, head_dim)`` -> ``(output (batch, length, d_model),
+        weights (batch, heads, length, length) or None)``; weights spread summaries onto
+        positions (see ``long_short_attention``)."""
+        _require_causal_self_attention(q, k, mask, causal, "Long-Short")
+        result = long_short_attention(
+            q,
+            k,
+            v,
+            window=self.window,
+            projection=self.projection,
+            segment_size=self.segment_size,
+            local_norm=self.norms.local if self.norms is not None else None,
+            global_norm=self.norms.summary if self.norms is not None else None,
+            return_weights=need_weights,
+        )
+        out, weights = result if need_weights else (result, None)
+        return self.out_proj(rearrange(out, "b h l d -> b l (h d)")), weights
+
+
+def _require_causal_self_attention(q, k, mask, causal, name) -> None:
+    if mask is not None or not causal:
+        raise ValueError(
+            f"{name} attention here is causal self-attention: call it with causal=True and no mask"
+        )
+    if q.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"{name} attention is self-attention: queries and keys must have the "
+            f"same length, got {q.shape[-2]} and {k.shape[-2]}"
+        )
+
+
+def check_long_short_arguments(
+    d_model: int, n_heads: int, window: int, segment_size: int | None, rank: int | None
+) -> None:
+    """Raise ValueError, saying what to change, for a configuration that cannot work."""
+    if n_heads < 1 or d_model % n_heads != 0:
+        raise ValueError(f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})")
+    if window < 1:
+        raise ValueError(f"window must be >= 1 (keys per query, itself included), got {window}")
+    if rank is not None:
+        if rank < 1:
+            raise ValueError(
+                f"rank must be >= 1 (summary vectors per segment), got {rank}; "
+                "use rank=None to switch the long-range branch off"
+            )
+        if segment_size is None or segment_size < 1:
+            raise ValueError(f"segment_size must be >= 1 when rank is set, got {segment_size}")
+
+
+@dataclass
+class LongShortConfig(RelatedConfig):
+    """Everything that defines a ``LongShortLM``.
+
+    window: exact keys per query (itself included); segment_size, rank: each finished segment is
+    summarised by ``rank`` keys/values (``rank=None``: sliding-window attention only);
+    dual_norm: separate LayerNorms on window and summary keys/values.
+    """
+
+    vocab_size: int
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 6
+    window: int = 32
+    segment_size: int | None = 32
+    rank: int | None = 4
+    dual_norm: bool = True
+    d_ff: int | None = None
+    dropout: float = 0.0
+    max_length: int = 1024
+    rotary_base: float = 10000.0
+
+    def __post_init__(self):
+        self._check_common()
+        check_long_short_arguments(
+            self.d_model, self.n_heads, self.window, self.segment_size, self.rank
+        )
+
+
+class LongShortLM(RelatedLM):
+    """Character LM: ``n_layers`` pre-norm blocks with causal Long-Short attention.
+
+    Capture names: ``embedding``, ``block{j}`` (block output), ``block{j}.attn`` (weights
+    ``(batch, heads, length, length)``, summaries spread onto positions), ``final_norm``.
+    """
+
+    config_class = LongShortConfig
+
+    def __init__(self, config: LongShortConfig):
+        super().__init__(config)
+
+        def attention():
+            return LongShortAttention(
+                config.d_model,
+                config.n_heads,
+                window=config.window,
+                segment_size=config.segment_size,
+                rank=config.rank,
+                dual_norm=config.dual_norm,
+                rotary=self.rotary,
+            )
+
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                config.d_model,
+                config.n_heads,
+                config.feed_forward_width,
+                dropout=config.dropout,
+                attention=attention(),
+            )
+            for _ in range(config.n_layers)
+        )
+        self._init_weights()
+
+    def body(self, x: Tensor, capture: dict | None) -> Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        for j, block in enumerate(self.blocks):
+            x = block(x, positions, capture=capture, name=f"block{j}")
+        return x

@@ -1,0 +1,120 @@
+"""Which past positions each query sees, and at what resolution: one layer of each design.
+
+Every function returns a float tensor ``(query, key)`` of shape ``(length, length)``:
+
+* ``0``: the query cannot see this position at all;
+* ``1``: it sees this position exactly (its own key and value);
+* ``r > 1``: it sees this position only through a summary vector shared by ``r`` positions
+  (for Long-Short, a segment of ``s`` positions summarised by ``rank`` vectors counts as
+  ``s / rank`` positions per vector).
+
+Where a position is seen both exactly and through a summary, the map shows the finest (smallest)
+resolution. The tests check these maps against the receptive fields measured on the real modules.
+``plot_resolution_maps`` draws them side by side.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from hourglass_edu.related.h_transformer import number_of_levels
+
+
+def _finest(current: Tensor, candidate: Tensor) -> Tensor:
+    """Combine two maps, keeping the smallest non-zero resolution at each entry."""
+    both = (current > 0) & (candidate > 0)
+    either = current + candidate * (current == 0)
+    return torch.where(both, torch.minimum(current, candidate), either)
+
+
+def full_causal_map(length: int) -> Tensor:
+    """Plain causal attention: every past position, exactly."""
+    return torch.ones(length, length).tril()
+
+
+def sliding_window_map(length: int, window: int) -> Tensor:
+    """The ``window`` most recent positions (the query included), exactly."""
+    query = torch.arange(length)[:, None]
+    key = torch.arange(length)[None, :]
+    return ((key <= query) & (key > query - window)).float()
+
+
+def long_short_map(length: int, window: int, segment_size: int, rank: int) -> Tensor:
+    """Window exact; every segment that has ended seen through ``rank`` summaries."""
+    query = torch.arange(length)[:, None]
+    key = torch.arange(length)[None, :]
+    ended = (key // segment_size + 1) * segment_size <= query + 1
+    summaries = ended.float() * (segment_size / rank)
+    return _finest(sliding_window_map(length, window), summaries)
+
+
+def h_attention_map(length: int, block_size: int, causal: bool = True) -> Tensor:
+    """Own block exact; the sibling at level l seen through pooled keys of 2**l positions."""
+    query = torch.arange(length)[:, None]
+    key = torch.arange(length)[None, :]
+    own = (query // block_size == key // block_size).float()
+    resolution = own * ((key <= query).float() if causal else 1.0)
+    for level in range(number_of_levels(length, block_size)):
+        span = block_size * 2**level
+        sibling = (query // span) ^ 1 == key // span
+        if causal:
+            sibling = sibling & (key < query)
+        resolution = resolution + sibling.float() * 2**level
+    return resolution
+
+
+def simple_hierarchical_map(
+    length: int, compressions: tuple[int, ...], windows: tuple[int | None, ...]
+) -> Tensor:
+    """One layer: what the predicting stream gathers from every stream after the merge.
+
+    Stream c (window w in its own positions, None = all) gives fine position t the compressed
+    positions p <= t // c (the last w of them), and compressed p stands for tokens
+    p*c - (c-1) ... p*c at resolution c.
+    """
+    query = torch.arange(length)[:, None]
+    key = torch.arange(length)[None, :]
+    resolution = torch.zeros(length, length)
+    for factor, window in zip(compressions, windows, strict=True):
+        # Token j lies in compressed position ceil(j / factor) (after the factor - 1 shift).
+        holder = -(-key // factor)
+        newest = query // factor
+        seen = holder <= newest
+        if window is not None:
+            seen = seen & (holder > newest - window)
+        resolution = _finest(resolution, seen.float() * factor)
+    return resolution
+
+
+def plot_resolution_maps(
+    maps: dict[str, Tensor], *, axes=None, max_resolution: float | None = None
+):
+    """Draw ``{title: (query, key) map}`` side by side: white = unseen, dark = exact, lighter =
+    coarser summaries (log colour scale). Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    if axes is None:
+        figure, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
+        axes = axes[0]
+    else:
+        figure = axes[0].figure
+    top = max_resolution or max(float(m.max()) for m in maps.values())
+    top = max(top, 2.0)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+    image = None
+    for axis, (title, resolution) in zip(axes, maps.items(), strict=True):
+        masked = resolution.masked_fill(resolution == 0, math.nan).numpy()
+        image = axis.imshow(masked, cmap=cmap, norm=LogNorm(1, top), interpolation="nearest")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("key position")
+        axis.set_ylabel("query position")
+    bar = figure.colorbar(image, ax=list(axes), shrink=0.8)
+    ticks = [2**power for power in range(int(math.log2(top)) + 1)]
+    bar.set_ticks(ticks, labels=[str(tick) for tick in ticks])
+    bar.minorticks_off()
+    bar.set_label("positions per vector seen (1 = exact)")
+    return figure
