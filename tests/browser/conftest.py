@@ -16,19 +16,17 @@ from pathlib import Path
 
 import pytest
 from jupyterlab_harness import (
+    ARTIFACT_DIR,
     CHROMIUM_ARGS,
     INSTALL_HINT,
+    NOTEBOOK_DIR,
+    PAGES_KEY,
+    REPO_ROOT,
     JupyterLabServer,
     NotebookPage,
     descendants,
     find_chromium,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-ARTIFACT_DIR = REPO_ROOT / "test-artifacts" / "browser"
-
-_pages_key = pytest.StashKey[list]()
 
 
 def _running_in_ci() -> bool:
@@ -142,8 +140,7 @@ def browser_context(chromium):
 @pytest.fixture
 def open_notebook(request, browser_context, lab_server):
     """open_notebook(path) -> NotebookPage; pages it opened are closed (kernels shut down) after."""
-    pages: list[NotebookPage] = []
-    request.node.stash[_pages_key] = pages
+    pages: list[NotebookPage] = request.node.stash.setdefault(PAGES_KEY, [])
 
     def opener(notebook_path: str) -> NotebookPage:
         page = NotebookPage.open(browser_context, lab_server, notebook_path)
@@ -155,16 +152,11 @@ def open_notebook(request, browser_context, lab_server):
         page.close()
 
 
-def attach_page(request, page: NotebookPage) -> None:
-    """Let a test's failure report save artifacts of a page some other fixture opened."""
-    request.node.stash.setdefault(_pages_key, []).append(page)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """On failure, save every page the test used, while the pages are still open."""
     report = yield
-    pages = item.stash.get(_pages_key, [])
+    pages = item.stash.get(PAGES_KEY, [])
     if report.failed and pages and report.when in ("setup", "call"):
         saved = []
         for number, page in enumerate(pages):

@@ -34,6 +34,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+#: Where failed browser tests leave screenshots, console logs and outputs (CI prints it).
+ARTIFACT_DIR = REPO_ROOT / "test-artifacts" / "browser"
+#: A test's pages, kept on its pytest item so that a failure report can save them.
+PAGES_KEY = pytest.StashKey[list]()
+
 INSTALL_HINT = (
     "the browser tests need Chromium and Playwright for Python: "
     "`apt-get install chromium` (Debian/Ubuntu; or set HOURGLASS_EDU_CHROMIUM to a Chromium or "
@@ -514,3 +523,10 @@ def _outputs_as_text(state: dict) -> str:
             if output.get("output_type") == "error":
                 lines.append(ANSI_ESCAPE.sub("", "\n".join(output.get("traceback", []))))
     return "\n".join(lines) + "\n"
+
+
+def attach_page(request, page: NotebookPage) -> None:
+    """Let a test's failure report save artifacts of a page some other fixture opened."""
+    pages = request.node.stash.setdefault(PAGES_KEY, [])
+    if all(known is not page for known in pages):
+        pages.append(page)

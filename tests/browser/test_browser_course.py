@@ -1,0 +1,285 @@
+"""The course in a real browser: every notebook runs in JupyterLab, and the widget apps work there.
+
+- Every notebook in notebooks/ runs to the end through Run > Run All Cells, in smoke mode, with no
+  error output, no traceback on stderr, no widget that failed to render and no JavaScript error.
+- The generation demo streams text into the page while it runs and Stop ends it; the attention
+  explorer shows a different picture for a different head. Both are checked twice: in the
+  course notebooks that show them (07, 08) and on a tiny random model in a notebook written here,
+  which pins the widget behaviour down independently of how the course uses it.
+
+Notebooks 07 and 08 run once: the every-notebook test and the widget test share one page (the
+widget test comes second, so its interactions are checked by the console check too if it fails).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+
+import nbformat
+import pytest
+from jupyterlab_harness import NOTEBOOK_DIR, NotebookPage, attach_page
+
+pytestmark = pytest.mark.browser
+
+NOTEBOOKS = sorted(path.name for path in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+GENERATION_NOTEBOOK = "07_generation.ipynb"
+EXPLORER_NOTEBOOK = "08_inside_the_hourglass.ipynb"
+#: Pages kept open after their run, for the widget tests that follow.
+KEEP_OPEN = {GENERATION_NOTEBOOK, EXPLORER_NOTEBOOK}
+#: Smoke mode promises < 2 min per notebook; the page and the widgets' drawing add a little.
+RUN_TIMEOUT_S = 200
+
+
+class CoursePages:
+    """Runs each course notebook once per session; keeps the pages that later tests inspect."""
+
+    def __init__(self, context, server):
+        self.context, self.server = context, server
+        self.runs: dict[str, tuple[NotebookPage, dict]] = {}
+
+    def run(self, name: str) -> tuple[NotebookPage, dict]:
+        if name not in self.runs:
+            page = NotebookPage.open(self.context, self.server, name)
+            self.runs[name] = (page, {})  # a failed run keeps its page for the failure report
+            state = page.run_all(timeout_s=RUN_TIMEOUT_S)
+            print(f"{name}: ran in {page.run_seconds:.1f} s in the page")
+            self.runs[name] = (page, state)
+        return self.runs[name]
+
+    def release(self, name: str) -> None:
+        if name in self.runs:
+            self.runs.pop(name)[0].close()
+
+    def close(self) -> None:
+        for name in list(self.runs):
+            self.release(name)
+
+
+@pytest.fixture(scope="session")
+def course_pages(browser_context, lab_server):
+    pages = CoursePages(browser_context, lab_server)
+    yield pages
+    pages.close()
+
+
+@pytest.fixture
+def course_notebook(request, course_pages):
+    """course_notebook(name) -> (page, state) after Run All; the failure report shows the page."""
+    used = []
+
+    def run(name: str):
+        if not (NOTEBOOK_DIR / name).is_file():
+            message = f"notebooks/{name} not found; the browser widget test needs it"
+            if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+                pytest.fail(message + " (CI=true: a missing course notebook is a failure)")
+            pytest.skip(message)
+        used.append(name)
+        try:
+            page, state = course_pages.run(name)
+        finally:
+            if name in course_pages.runs:
+                attach_page(request, course_pages.runs[name][0])
+        return page, state
+
+    yield run
+    for name in used:
+        if name not in KEEP_OPEN:
+            course_pages.release(name)
+
+
+def assert_clean(page: NotebookPage, state: dict) -> None:
+    problems = page.problems(state)
+    assert not problems, f"{page.notebook_path} in the browser:\n" + "\n".join(problems)
+    code_cells = [c for c in state["cells"] if c["source"].strip()]
+    assert all(c["executionCount"] is not None for c in code_cells)
+
+
+# --- every notebook ------------------------------------------------------------------------------
+
+
+def test_course_has_notebooks_to_run_in_the_browser():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 120)
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_clean_in_the_page(name, course_notebook):
+    page, state = course_notebook(name)
+    assert_clean(page, state)
+
+
+# --- the widgets, driven as a learner would ------------------------------------------------------
+
+
+def output_text(demo) -> str:
+    return demo.locator(".hg-output textarea").evaluate("element => element.value")
+
+
+def check_generation_streams_and_stops(page: NotebookPage, prompt: str) -> None:
+    """Type a prompt, turn off stop-at-end, ask for the longest text, Generate, watch, Stop."""
+    demos = page.page.locator(".hg-generation-demo")
+    assert demos.count() >= 1, "no generation demo (.hg-generation-demo) on the page"
+    demo = demos.first
+    demo.scroll_into_view_if_needed()
+    assert demo.is_visible()
+    generate, stop = demo.locator("button.hg-generate"), demo.locator("button.hg-stop")
+    status = demo.locator(".hg-status")
+    assert generate.is_enabled() and stop.is_disabled()
+
+    demo.locator(".hg-prompt textarea").fill(prompt)
+    stop_at_end = demo.locator(".hg-stop-at-end input[type=checkbox]")
+    if stop_at_end.is_checked():
+        stop_at_end.uncheck()  # a model that ends its text early would end the stream early
+    length = demo.locator(".hg-length .widget-readout")
+    length.fill("100000000")  # clamped to the slider's maximum: the longest run the app allows
+    length.press("Enter")
+    page.page.wait_for_timeout(300)  # let the new values reach the kernel before the click
+
+    generate.click()
+    seen: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = output_text(demo)
+        if not seen or len(text) != seen[-1]:
+            seen.append(len(text))
+        if sum(n > len(prompt) for n in seen) >= 4 and status.inner_text().startswith("generating"):
+            break
+        if status.inner_text().startswith(("done", "stopped")):
+            break
+        page.page.wait_for_timeout(50)
+    assert output_text(demo).startswith(prompt), "the output must begin with the prompt"
+    growing = [n for n in seen if n > len(prompt)]
+    assert len(growing) >= 3 and growing == sorted(growing), (
+        f"the text should grow step by step while generating; lengths seen: {seen}, "
+        f"status: {status.inner_text()!r}"
+    )
+    assert status.inner_text().startswith("generating"), (
+        f"generation ended before Stop could be tested ({status.inner_text()!r}): "
+        "the longest text the demo allows is too short for this model's speed"
+    )
+    assert stop.is_enabled() and generate.is_disabled()
+
+    stop.click()
+    status.get_by_text("stopped").wait_for(timeout=30_000)
+    stopped_at = output_text(demo)
+    page.page.wait_for_timeout(1000)
+    assert output_text(demo) == stopped_at, "the text kept growing after Stop"
+    assert len(stopped_at) > len(prompt)
+    assert generate.is_enabled() and stop.is_disabled()
+
+
+def image_bytes(image) -> bytes:
+    """The PNG an <img> shows (ipywidgets hands it a blob: URL), fetched inside the page."""
+    encoded = image.evaluate(
+        """async (img) => {
+             if (!img.complete || img.naturalWidth === 0) throw new Error('image not loaded');
+             const buffer = await (await fetch(img.src)).arrayBuffer();
+             let binary = '';
+             new Uint8Array(buffer).forEach((byte) => { binary += String.fromCharCode(byte); });
+             return btoa(binary);
+           }"""
+    )
+    return base64.b64decode(encoded)
+
+
+def wait_for_new_image(page: NotebookPage, image, old_src: str) -> bytes:
+    page.page.wait_for_function(
+        "([img, old]) => img.src !== old && img.complete && img.naturalWidth > 0",
+        arg=[image.element_handle(), old_src],
+        timeout=30_000,
+    )
+    return image_bytes(image)
+
+
+def check_head_changes_the_picture(page: NotebookPage) -> None:
+    explorers = page.page.locator(".hg-attention-explorer")
+    assert explorers.count() >= 1, "no attention explorer (.hg-attention-explorer) on the page"
+    explorer = explorers.first
+    explorer.scroll_into_view_if_needed()
+    image = explorer.locator("img.hg-image")
+    image.wait_for(state="visible", timeout=30_000)
+    head = explorer.locator(".hg-head select")
+    options = head.locator("option").all_inner_texts()
+    assert len(options) >= 2, f"the head selector offers {options}"
+    first_choice = head.input_value()
+    first = image_bytes(image)
+    assert first.startswith(b"\x89PNG"), "the explorer's image is not a PNG"
+
+    src = image.get_attribute("src")
+    head.select_option(index=1)
+    second = wait_for_new_image(page, image, src)
+    assert second != first, f"head {options[1]!r} shows the same picture as head {first_choice!r}"
+
+    src = image.get_attribute("src")
+    head.select_option(value=first_choice)
+    again = wait_for_new_image(page, image, src)
+    assert again == first, "going back to the first head should redraw the first picture"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 180)
+def test_generation_demo_in_notebook_07_streams_and_stops(course_notebook):
+    page, state = course_notebook(GENERATION_NOTEBOOK)
+    assert_clean(page, state)
+    check_generation_streams_and_stops(page, prompt="the ")
+    assert page.problems() == []
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 120)
+def test_attention_explorer_in_notebook_08_changes_with_the_head(course_notebook):
+    page, state = course_notebook(EXPLORER_NOTEBOOK)
+    assert_clean(page, state)
+    check_head_changes_the_picture(page)
+    assert page.problems() == []
+
+
+# --- the same widgets on a tiny random model (independent of the course notebooks) --------------
+
+TINY_MODEL_CELL = """\
+import torch
+from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, widgets
+
+torch.manual_seed(0)
+tokenizer = CharTokenizer.from_documents(["the old pond, a frog jumps in: splash! 0123456789"])
+model = HourglassLM(HourglassConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2,
+                                    structure="1@1 1@2 1@1", max_length=64,
+                                    attention_impl="explicit"))
+"""
+
+
+def write_widget_notebook(folder, name: str, widget_source: str) -> str:
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    notebook.cells = [
+        nbformat.v4.new_code_cell(TINY_MODEL_CELL),
+        nbformat.v4.new_code_cell(widget_source),
+    ]
+    nbformat.write(notebook, folder / name)
+    return name
+
+
+@pytest.mark.timeout(240)
+def test_generation_demo_streams_and_stops_on_a_tiny_model(lab_root, open_notebook):
+    # Without the cache every character recomputes the window: slow enough to watch it stream.
+    name = write_widget_notebook(
+        lab_root, "widget_generation.ipynb",
+        "widgets.generation_demo(model, tokenizer, max_length=100_000, use_cache=False)",
+    )  # fmt: skip
+    page = open_notebook(name)
+    assert_clean(page, page.run_all(timeout_s=120))
+    check_generation_streams_and_stops(page, prompt="the old ")
+    assert page.problems() == []
+
+
+@pytest.mark.timeout(240)
+def test_attention_explorer_changes_with_the_head_on_a_tiny_model(lab_root, open_notebook):
+    name = write_widget_notebook(
+        lab_root, "widget_attention.ipynb",
+        "widgets.attention_explorer(model, tokenizer, 'the old pond, a frog jumps in')",
+    )  # fmt: skip
+    page = open_notebook(name)
+    assert_clean(page, page.run_all(timeout_s=120))
+    check_head_changes_the_picture(page)
+    assert page.problems() == []
