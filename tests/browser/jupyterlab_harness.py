@@ -66,6 +66,13 @@ CHROMIUM_ARGS = [
 #: Keep this list short; anything else logged at level "error" fails the test.
 CONSOLE_ALLOW_LIST: list[tuple[str, str]] = []
 
+#: Requests that leave 127.0.0.1 (the Colab badge image in every notebook's first cell) are
+#: answered inside the browser with an empty image, so that the tests behave the same with or
+#: without internet (CI has none: the failed download would be a console error). They are listed
+#: in the page's console log as "offline".
+EXTERNAL_URL = re.compile(r"^(https?|wss?)://(?!127\.0\.0\.1[:/])")
+EMPTY_SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>'
+
 #: Text that ipywidgets' JupyterLab renderer puts in place of a widget it could not show.
 WIDGET_FAILURE_TEXT = ("Error displaying widget", "Error creating widget", "Error rendering")
 
@@ -355,6 +362,7 @@ class NotebookPage:
     notebook_path: str
     console: list[ConsoleEntry] = field(default_factory=list)
     run_seconds: float | None = None
+    _run_started: float = 0.0
 
     @classmethod
     def open(cls, context, server: JupyterLabServer, notebook_path: str, timeout_s: float = 90):
@@ -367,6 +375,7 @@ class NotebookPage:
         opened = cls(page, server, notebook_path)
         page.on("console", opened._on_console)
         page.on("pageerror", opened._on_page_error)
+        page.route(EXTERNAL_URL, opened._answer_offline)
         slug = re.sub(r"[^A-Za-z0-9]+", "-", notebook_path)
         workspace = f"hg-{slug}-{secrets.token_hex(3)}"
         page.goto(
@@ -379,6 +388,12 @@ class NotebookPage:
         )  # fmt: skip
         server.remember_children()
         return opened
+
+    def _answer_offline(self, route) -> None:
+        self.console.append(
+            ConsoleEntry("offline", f"answered with an empty image: {route.request.url}")
+        )
+        route.fulfill(status=200, content_type="image/svg+xml", body=EMPTY_SVG)
 
     def _on_page_error(self, error) -> None:
         self.console.append(
@@ -409,29 +424,38 @@ class NotebookPage:
                 )
             self.page.wait_for_timeout(poll_s * 1000)
 
+    def start_run_all(self) -> None:
+        """Run > Run All Cells, clicked in the menu as a learner would; returns at once."""
+        self.page.locator("#jp-MainMenu").get_by_role("menuitem", name="Run", exact=True).click()
+        self.page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        self._run_started = time.monotonic()
+
+    def run_finished(self, state: dict) -> bool:
+        """Kernel idle and every non-empty code cell ran, or one failed (the rest never run)."""
+        if not state.get("ready") or state["kernelStatus"] != "idle":
+            return False
+        cells = [c for c in state["cells"] if c["source"].strip()]
+        if any(c["running"] for c in cells):
+            return False
+        failed = any(o.get("output_type") == "error" for c in cells for o in c["outputs"])
+        return failed or all(c["executionCount"] is not None for c in cells)
+
+    def wait_run_all(self, timeout_s: float = 240) -> dict:
+        """Wait for the run start_run_all began (timeout counted from its start); final state."""
+        remaining = timeout_s - (time.monotonic() - self._run_started)
+        state = self.wait_for(self.run_finished, max(remaining, 1), "all cells to run")
+        self.run_seconds = time.monotonic() - self._run_started
+        self.server.remember_children()
+        return state
+
     def run_all(self, timeout_s: float = 240) -> dict:
-        """Run > Run All Cells, then wait until every cell ran (or one failed) and the kernel idles.
+        """Run every cell and wait until all ran (or one failed) and the kernel is idle.
 
         Returns the final notebook state. Execution stops at the first error (JupyterLab's
         default), so cells after an error never run: `problems()` then reports the error.
         """
-        self.page.locator("#jp-MainMenu").get_by_role("menuitem", name="Run", exact=True).click()
-        self.page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        started = time.monotonic()
-
-        def finished(state) -> bool:
-            if not state.get("ready") or state["kernelStatus"] != "idle":
-                return False
-            cells = [c for c in state["cells"] if c["source"].strip()]
-            if any(c["running"] for c in cells):
-                return False
-            failed = any(o.get("output_type") == "error" for c in cells for o in c["outputs"])
-            return failed or all(c["executionCount"] is not None for c in cells)
-
-        state = self.wait_for(finished, timeout_s, "all cells to run")
-        self.run_seconds = time.monotonic() - started
-        self.server.remember_children()
-        return state
+        self.start_run_all()
+        return self.wait_run_all(timeout_s)
 
     def problems(self, state: dict | None = None) -> list[str]:
         """What went wrong, in words: error outputs, tracebacks, broken widgets, console errors."""

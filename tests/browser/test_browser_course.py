@@ -26,40 +26,88 @@ pytestmark = pytest.mark.browser
 NOTEBOOKS = sorted(path.name for path in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 GENERATION_NOTEBOOK = "07_generation.ipynb"
 EXPLORER_NOTEBOOK = "08_inside_the_hourglass.ipynb"
+#: The widget tests and the course notebook each one drives.
+WIDGET_TEST_NOTEBOOKS = {
+    "test_generation_demo_in_notebook_07_streams_and_stops": GENERATION_NOTEBOOK,
+    "test_attention_explorer_in_notebook_08_changes_with_the_head": EXPLORER_NOTEBOOK,
+}
 #: Pages kept open after their run, for the widget tests that follow.
-KEEP_OPEN = {GENERATION_NOTEBOOK, EXPLORER_NOTEBOOK}
-#: Smoke mode promises < 2 min per notebook; the page and the widgets' drawing add a little.
-RUN_TIMEOUT_S = 200
+KEEP_OPEN = set(WIDGET_TEST_NOTEBOOKS.values())
+#: Smoke mode promises < 2 min per notebook; the page, the widgets' drawing and the notebook run
+#: beside it add some.
+RUN_TIMEOUT_S = 300
+#: Notebooks running at once (each in its own page and kernel). Smoke-mode notebooks train for a
+#: fixed wall time on one thread, so two at a time use CI's two cores and halve the waiting.
+PARALLEL = int(os.environ.get("HOURGLASS_EDU_BROWSER_PARALLEL", "2"))
 
 
 class CoursePages:
-    """Runs each course notebook once per session; keeps the pages that later tests inspect."""
+    """Runs each course notebook once per session, up to `parallel` at a time, in test order.
 
-    def __init__(self, context, server):
+    `run(name)` starts that notebook and the next ones the session will ask for (as many as
+    `parallel` allows), then waits for `name`. Pages that later tests inspect stay open.
+    """
+
+    def __init__(self, context, server, order: list[str], parallel: int):
         self.context, self.server = context, server
-        self.runs: dict[str, tuple[NotebookPage, dict]] = {}
+        self.order, self.parallel = order, max(1, parallel)
+        self.pages: dict[str, NotebookPage] = {}
+        self.states: dict[str, dict] = {}
+
+    def _start(self, name: str) -> None:
+        if name not in self.pages:
+            page = NotebookPage.open(self.context, self.server, name)
+            self.pages[name] = page
+            page.start_run_all()
+
+    def _in_flight(self) -> int:
+        return sum(name not in self.states for name in self.pages)
 
     def run(self, name: str) -> tuple[NotebookPage, dict]:
-        if name not in self.runs:
-            page = NotebookPage.open(self.context, self.server, name)
-            self.runs[name] = (page, {})  # a failed run keeps its page for the failure report
-            state = page.run_all(timeout_s=RUN_TIMEOUT_S)
+        self._start(name)
+        upcoming = self.order[self.order.index(name) + 1 :] if name in self.order else []
+        for later in upcoming:
+            if self._in_flight() >= self.parallel:
+                break
+            try:
+                self._start(later)
+            except Exception:  # noqa: BLE001 - not this test's failure: its own test retries it
+                self.pages.pop(later, None)
+        if name not in self.states:
+            page = self.pages[name]
+            self.states[name] = page.wait_run_all(timeout_s=RUN_TIMEOUT_S)
             print(f"{name}: ran in {page.run_seconds:.1f} s in the page")
-            self.runs[name] = (page, state)
-        return self.runs[name]
+        return self.pages[name], self.states[name]
 
     def release(self, name: str) -> None:
-        if name in self.runs:
-            self.runs.pop(name)[0].close()
+        self.states.pop(name, None)
+        if name in self.pages:
+            self.pages.pop(name).close()
 
     def close(self) -> None:
-        for name in list(self.runs):
+        for name in list(self.pages):
             self.release(name)
 
 
+def notebooks_in_test_order(session) -> list[str]:
+    """The course notebooks the selected tests will run, in the order they will ask for them."""
+    order = []
+    for item in session.items:
+        if item.module is None or item.module.__name__ != __name__:
+            continue
+        params = getattr(item, "callspec", None)
+        name = params.params.get("name") if params else None
+        name = name or WIDGET_TEST_NOTEBOOKS.get(item.originalname)
+        if name and name not in order and (NOTEBOOK_DIR / name).is_file():
+            order.append(name)
+    return order
+
+
 @pytest.fixture(scope="session")
-def course_pages(browser_context, lab_server):
-    pages = CoursePages(browser_context, lab_server)
+def course_pages(request, browser_context, lab_server):
+    pages = CoursePages(
+        browser_context, lab_server, notebooks_in_test_order(request.session), PARALLEL
+    )
     yield pages
     pages.close()
 
@@ -77,11 +125,10 @@ def course_notebook(request, course_pages):
             pytest.skip(message)
         used.append(name)
         try:
-            page, state = course_pages.run(name)
+            return course_pages.run(name)
         finally:
-            if name in course_pages.runs:
-                attach_page(request, course_pages.runs[name][0])
-        return page, state
+            if name in course_pages.pages:
+                attach_page(request, course_pages.pages[name])
 
     yield run
     for name in used:
