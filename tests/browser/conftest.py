@@ -89,11 +89,13 @@ def chromium(no_stray_processes):
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("Playwright for Python is not installed")
-    executable = find_chromium()
-    if executable is None:
-        _unavailable("no Chromium found")
     playwright = sync_playwright().start()
     try:
+        executable = find_chromium()
+        if executable is None and Path(playwright.chromium.executable_path).is_file():
+            executable = playwright.chromium.executable_path  # from `playwright install chromium`
+        if executable is None:
+            _unavailable("no Chromium found")
         browser = playwright.chromium.launch(
             executable_path=executable, headless=True, args=CHROMIUM_ARGS
         )
