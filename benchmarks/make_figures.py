@@ -1,6 +1,6 @@
 """Make the README's pictures of the inside of a trained hourglass (one PNG per figure kind).
 
-    python benchmarks/make_figures.py                  # train two small models (about 2 x 4 min
+    python benchmarks/make_figures.py                  # train two small models (2 x 6 min
                                                        # on a CPU), then draw into docs/figures/
     python benchmarks/make_figures.py --quick          # smoke run: seconds, figures in a temp dir
     python benchmarks/make_figures.py --load runs/figures/hourglass.pt   # reuse a checkpoint
@@ -41,24 +41,37 @@ PLAIN = "8@1"
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default="haiku", help="haiku, lovecraft, or a path")
-    parser.add_argument("--minutes", type=float, default=4.0, help="training budget per model")
+    parser.add_argument("--minutes", type=float, default=6.0, help="training minutes per model")
     parser.add_argument("--out", type=Path, default=None, help="default: docs/figures")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "figures",
                         help="where the checkpoints go")  # fmt: skip
     parser.add_argument("--load", type=Path, default=None,
                         help="hourglass checkpoint to draw from instead of training")  # fmt: skip
+    parser.add_argument("--preset", default=None,
+                        help="train with this library preset (cpu, gpu) instead of the small "
+                        "figures model (d_model 64, 4 heads, windows of 96)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, seconds")
     return parser.parse_args(argv)
 
 
 def train_run(name: str, structure: str, data, args) -> tuple[torch.nn.Module, History]:
-    preset = get_preset("smoke" if args.quick else "cpu")
-    model = build_model(preset, data.tokenizer.vocab_size, structure=structure)
-    config = preset.train.replace(progress=not args.quick)
     if args.quick:
-        config = config.replace(steps=10, eval_every=5, eval_batches=2, log_every=2)
+        preset = get_preset("smoke")
+        config = preset.train.replace(steps=10, eval_every=5, eval_batches=2, log_every=2,
+                                      progress=False)  # fmt: skip
+        model = build_model(preset, data.tokenizer.vocab_size, structure=structure)
+    elif args.preset:
+        preset = get_preset(args.preset)
+        config = preset.train.replace(minutes=args.minutes, steps=None)
+        model = build_model(preset, data.tokenizer.vocab_size, structure=structure)
     else:
-        config = config.replace(minutes=args.minutes, steps=None, eval_every=50)
+        # Small enough to learn something in a few minutes on a busy 2-core CPU.
+        preset = get_preset("cpu")
+        model = build_model(preset, data.tokenizer.vocab_size, structure=structure, d_model=64,
+                            n_heads=4, max_length=128)  # fmt: skip
+        config = preset.train.replace(minutes=args.minutes, steps=None, block_size=96,
+                                      batch_size=16, lr=3e-3, warmup_steps=20, eval_every=50,
+                                      eval_batches=5, log_every=5)  # fmt: skip
     path = args.runs / f"{name}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -114,7 +127,7 @@ def main(argv=None) -> int:
     docs = data.val_docs
     short_text = pick_text(docs, 20, 40) if not args.quick else "the old pond"
     text = pick_text(docs, 40, 60 if not args.quick else 50)
-    long_text = pick_text(docs, 100, 200 if not args.quick else 60)
+    long_text = pick_text(docs, 80, 120 if not args.quick else 60)
     print(f"drawing into {out}")
     sizes = {}
     sizes["pooling"] = save(viz.pooling_diagram("an old silent pond", 3), out / "pooling.png")

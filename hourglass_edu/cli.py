@@ -51,7 +51,64 @@ def _run_corpus(args) -> int:
     return 0
 
 
-_SUBCOMMANDS: list = [_add_corpus]
+def _add_sample(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="stream text from a trained checkpoint (cached decoding)",
+        description="Load a checkpoint written by `train` and continue PROMPT, printing each "
+        "character as it is made. Decoding keeps key/value caches at every level of the "
+        "hourglass, so each character costs one position of work.",
+    )
+    parser.add_argument("--ckpt", required=True,
+                        help="checkpoint file, or the run directory holding checkpoint.pt")
+    parser.add_argument("--prompt", default="",
+                        help="text to continue (default: empty = the start of a new document)")
+    parser.add_argument("--max-new-tokens", type=int, default=500,
+                        help="most characters to generate (default 500)")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="0 = greedy; higher = more surprising (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sample only among the k most likely characters")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="nucleus sampling: the smallest set with probability >= p")
+    parser.add_argument("--seed", type=int, default=None, help="makes the sample reproducible")
+    parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                        help="stop before this text appears (may be given several times)")
+    parser.add_argument("--no-stop-at-end", action="store_true",
+                        help="keep going past <eot> (the end of a document)")
+    parser.add_argument("--replace-unknown", default=None, metavar="TEXT",
+                        help="put TEXT in place of prompt characters outside the vocabulary "
+                        "(default: refuse them)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="recompute the whole window for every character (slow; to compare)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    parser.set_defaults(run=_run_sample)
+
+
+def _run_sample(args) -> int:
+    from hourglass_edu.generate import stream
+    from hourglass_edu.train import load_model
+
+    model, tokenizer = load_model(args.ckpt, device=args.device)
+    pieces = stream(
+        model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache,
+        stop_at_end=not args.no_stop_at_end, stop=args.stop, replace_unknown=args.replace_unknown,
+    )
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C ends the sample, not with a traceback
+        sys.stdout.write("\n")
+        return 130
+    sys.stdout.write("\n")
+    return 0
+
+
+_SUBCOMMANDS: list = [_add_corpus, _add_sample]
 
 
 def main(argv: list[str] | None = None) -> int:

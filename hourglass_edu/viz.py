@@ -734,6 +734,8 @@ def plot_attention(
     level: int | None = None,
     block: int | None = None,
     head: int | str | None = None,
+    *,
+    max_panels: int = 48,
 ) -> Figure:
     """Attention weights as heatmaps: one row per (level, block), one column per head.
 
@@ -741,6 +743,7 @@ def plot_attention(
         look: from `inspect_text` (the model must use `attention_impl="explicit"`).
         level, block: restrict to one level and/or one block (None: all that were captured).
         head: one head index, `"mean"` (average over heads), or None for every head.
+        max_panels: refuse grids larger than this (a big model has hundreds of maps).
 
     Rows are queries, columns keys; both are labelled by the characters each position holds (at
     shortened levels, the characters it pools, after the k-1 shift).
@@ -770,6 +773,11 @@ def plot_attention(
         heads = [head]
     else:
         raise ValueError(f"head must be in 0..{n_heads - 1}, 'mean' or None, got {head!r}")
+    if len(rows) * len(heads) > max_panels:
+        raise ValueError(
+            f"that is {len(rows) * len(heads)} heatmaps (more than max_panels={max_panels}); "
+            "choose a level, a block or a head"
+        )
     size = _panel_size(max(r[2].shape[-1] for r in rows))
     if len(rows) == 1 and len(heads) == 1:
         size = max(size, 5.0)

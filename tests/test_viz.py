@@ -129,6 +129,8 @@ def test_attention_single_head_and_mean(look):
         viz.plot_attention(look, level=0, block=0, head=5)
     with pytest.raises(ValueError, match="blocks 0..0"):
         viz.plot_attention(look, level=2, block=1)
+    with pytest.raises(ValueError, match="choose a level"):
+        viz.plot_attention(look, max_panels=4)
 
 
 def test_activation_norms_one_panel_per_level_with_input_and_output(look):
