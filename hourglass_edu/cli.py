@@ -107,8 +107,212 @@ def _run_sample(args) -> int:
     sys.stdout.write("\n")
     return 0
 
+# ---- train / finetune / demo (branch train) ------------------------------------------------
 
-_SUBCOMMANDS: list = [_add_corpus, _add_sample]
+
+def _add_budget_and_optimizer_args(parser, budget_help: str) -> None:
+    """Settings shared by train, finetune and demo: budget, batch, optimizer, hardware."""
+    parser.add_argument("--minutes", type=float, default=None,
+                        help=f"training time budget in minutes ({budget_help})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps budget (with --minutes: whichever ends first)")
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per step")
+    parser.add_argument("--block-size", type=int, default=None, help="tokens per window")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                        help="auto (default) = bf16 autocast on GPUs and CPUs with bf16 units")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--seed", type=int, default=None, help="seed of batches and init")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--data-dir", default=None,
+                        help="corpus directory (default: $HOURGLASS_EDU_DATA, then the cache)")
+
+
+def _train_config(base, args, **changes):
+    """`base` TrainConfig with the command line's settings applied."""
+    if args.minutes is not None or args.steps is not None:
+        changes.update(steps=args.steps, minutes=args.minutes)
+    for name in ("batch_size", "block_size", "lr", "precision", "device", "seed"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.compile:
+        changes["compile"] = True
+    if args.no_progress:
+        changes["progress"] = False
+    return base.replace(**changes)
+
+
+def _run_training(args, model, data, config, out, *, resume, overwrite=False, metadata=None):
+    """Train, then write history.json / history.png and print the validation result."""
+    import json
+    from pathlib import Path
+
+    from hourglass_edu.train import CHECKPOINT_NAME, evaluate_bpc, train
+
+    out = Path(out)
+    print(f"model: {model.num_parameters():,} parameters, structure {model.config.structure!r}, "
+          f"d_model {model.config.d_model}; corpus {data.corpus.name}: "
+          f"{data.train_ids.numel():,} training tokens")
+    budget = " and ".join(part for part in (
+        f"{config.steps} steps" if config.steps else "",
+        f"{config.minutes:g} minutes" if config.minutes else "") if part)
+    print(f"training for {budget} (whichever ends first); checkpoint: {out / CHECKPOINT_NAME}")
+    try:
+        history = train(model, data, config, checkpoint_path=out / CHECKPOINT_NAME,
+                        resume=resume, overwrite=overwrite, metadata=metadata)
+    except KeyboardInterrupt:
+        print(f"interrupted: the checkpoint in {out} holds the last finished step; run the same "
+              "command with --resume to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+    (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
+    history.plot(title=f"{data.corpus.name}, {model.config.structure}").savefig(
+        out / "history.png", dpi=100)
+    last = history.records[-1]
+    val_bpc = evaluate_bpc(model, data.val_ids, batch_size=config.batch_size,
+                           block_size=config.block_size, device=config.device,
+                           precision=config.precision)
+    print(f"done: {last['step']} steps, {last['tokens']:,} tokens, {last['elapsed']:.0f} s of "
+          f"training; validation: {val_bpc:.3f} bits per character (whole split)")
+    return history, val_bpc
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an hourglass language model on a corpus",
+        description="Train a character-level hourglass transformer. Writes OUT/checkpoint.pt "
+        "(at every evaluation, at the end and on Ctrl-C), OUT/history.json and OUT/history.png. "
+        "Presets: smoke (seconds, for tests), cpu (about 10 minutes on 2 cores), gpu (about 20M "
+        "parameters, under 30 minutes on one GPU).",
+    )
+    parser.add_argument("--corpus", required=True, help="haiku, lovecraft, or a path")
+    parser.add_argument("--preset", default="cpu", help="smoke, cpu (default) or gpu")
+    parser.add_argument("--structure", default=None,
+                        help='layers@shortening from outside in, e.g. "2@1 8@3 2@1"')
+    parser.add_argument("--d-model", type=int, default=None, help="model width")
+    parser.add_argument("--n-heads", type=int, default=None, help="attention heads")
+    parser.add_argument("--shortening", default=None, help="avg, linear or attention")
+    parser.add_argument("--upsampling", default=None, help="repeat, linear or attention")
+    parser.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT (same settings required)")
+    _add_budget_and_optimizer_args(parser, "default: the preset's")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from hourglass_edu.data import prepare_data
+    from hourglass_edu.train import build_model, get_preset
+
+    preset = get_preset(args.preset)
+    config = _train_config(preset.train, args)
+    data = prepare_data(args.corpus, data_dir=args.data_dir)
+    model = build_model(
+        preset, data.tokenizer.vocab_size, structure=args.structure, d_model=args.d_model,
+        n_heads=args.n_heads, shortening=args.shortening, upsampling=args.upsampling,
+        max_length=max(preset.model["max_length"], config.block_size),
+    )
+    _run_training(args, model, data, config, args.out, resume=args.resume)
+    _print_samples(model, data.tokenizer, 1, max_new_tokens=300, seed=config.seed)
+    return 0
+
+
+def _add_finetune(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="continue a trained checkpoint on another corpus (e.g. Lovecraft -> haiku)",
+        description="Load CKPT and train it further on CORPUS. Characters that CORPUS has and the "
+        "checkpoint's vocabulary lacks are added (listed on screen): existing characters keep "
+        "their ids, new rows of the embedding and output layer start as the mean of the old "
+        "ones. Defaults: the base run's recipe with a third of its peak learning rate and half "
+        "its budget.",
+    )
+    parser.add_argument("--from", dest="base", required=True, metavar="CKPT",
+                        help="checkpoint file or run directory to start from")
+    parser.add_argument("--corpus", required=True, help="haiku, lovecraft, or a path")
+    parser.add_argument("--out", required=True, help="run directory for the fine-tuned model")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the fine-tuning run in OUT (same settings required)")
+    _add_budget_and_optimizer_args(parser, "default: half the base run's")
+    parser.set_defaults(run=_run_finetune)
+
+
+def _run_finetune(args) -> int:
+    from hourglass_edu.data import load_corpus
+    from hourglass_edu.train import TrainConfig, prepare_finetuning
+
+    corpus = load_corpus(args.corpus, data_dir=args.data_dir)
+    setup = prepare_finetuning(args.base, corpus)
+    base = TrainConfig.from_dict(setup.base_checkpoint["train_config"])
+    defaults = dict(
+        lr=base.lr / 3, warmup_steps=min(base.warmup_steps, 50),
+        steps=max(1, base.steps // 2) if base.steps else None,
+        minutes=base.minutes / 2 if base.minutes else None,
+    )
+    config = _train_config(base.replace(**defaults), args)
+    added = "".join(setup.added_chars)
+    print(f"fine-tuning {args.base} (step {setup.base_checkpoint['step']}) on {corpus.name}; "
+          + (f"added {len(added)} characters to the vocabulary: {added!r}" if added
+             else "no new characters"))
+    _run_training(args, setup.model, setup.data, config, args.out, resume=args.resume,
+                  metadata=setup.metadata)
+    _print_samples(setup.model, setup.data.tokenizer, 3, seed=config.seed)
+    return 0
+
+
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="train a small hourglass on haiku for a few minutes, then write haiku",
+        description="The quickest way to see the whole pipeline: trains an hourglass transformer "
+        "on 60,835 haiku for --minutes (default 5 on a CPU with the cpu preset, 3 on a GPU with "
+        "the gpu preset), reports validation bits per character and prints generated haiku. "
+        "Every poem ends with an end-of-text token in training, so each sample stops by itself. "
+        "The checkpoint stays in --out for `python -m hourglass_edu sample --ckpt OUT`.",
+    )
+    parser.add_argument("--preset", default=None, help="smoke, cpu or gpu (default by device)")
+    parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; "
+                        "replaced on every demo)")
+    parser.add_argument("--samples", type=int, default=6, help="haiku to print (default 6)")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="sampling temperature (default 0.8)")
+    _add_budget_and_optimizer_args(parser, "default: 5 on a CPU, 3 on a GPU")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from hourglass_edu.data import prepare_data
+    from hourglass_edu.train import build_model, get_preset, resolve_device
+
+    on_gpu = resolve_device(args.device or "auto").type == "cuda"
+    preset = get_preset(args.preset or ("gpu" if on_gpu else "cpu"))
+    if args.minutes is None and args.steps is None:
+        args.minutes = 3.0 if on_gpu else 5.0
+    config = _train_config(preset.train, args)
+    data = prepare_data("haiku", data_dir=args.data_dir)
+    model = build_model(preset, data.tokenizer.vocab_size,
+                        max_length=max(preset.model["max_length"], config.block_size))
+    _run_training(args, model, data, config, args.out, resume=False, overwrite=True)
+    _print_samples(model, data.tokenizer, args.samples, temperature=args.temperature,
+                   seed=config.seed)
+    return 0
+
+
+def _print_samples(model, tokenizer, count, *, max_new_tokens=200, temperature=0.8, seed=0):
+    """Print `count` documents generated from an empty prompt (the start of a document)."""
+    from hourglass_edu.generate import generate
+
+    model.eval()
+    for index in range(count):
+        text = generate(model, tokenizer, "", max_new_tokens, temperature=temperature,
+                        seed=seed + index, stop_at_end=True)
+        ended = len(text) < max_new_tokens  # stopped at <eot> before running out of characters
+        print(f"\n--- sample {index + 1} ({'ended by itself' if ended else 'cut at the limit'})")
+        print(text)
+
+
+_SUBCOMMANDS: list = [_add_corpus, _add_sample, _add_train, _add_finetune, _add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

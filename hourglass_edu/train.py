@@ -362,9 +362,10 @@ class History:
 
     def plot(self, title: str | None = None):
         """A matplotlib Figure: bits per character against steps (left) and training time."""
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: no global figure list, no GUI window
 
-        figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+        figure = Figure(figsize=(10, 3.6))
+        axes = figure.subplots(1, 2, sharey=True)
         train = [r for r in self.records if r.get("train_bpc") is not None]
         val = [r for r in self.records if r.get("val_bpc") is not None]
         for axis, x_key, x_label in (

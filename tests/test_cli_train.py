@@ -1,0 +1,85 @@
+"""The train / finetune / demo commands, end to end on the real corpora with the smoke preset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hourglass_edu.cli import main
+from hourglass_edu.train import load_checkpoint
+
+pytestmark = pytest.mark.corpus
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest, especially on busy cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys, *argv):
+    code = main([*argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def lovecraft_run(tmp_path_factory, corpus_dir):
+    out = tmp_path_factory.mktemp("runs") / "lovecraft"
+    code = main(["train", "--corpus", "lovecraft", "--preset", "smoke", "--structure",
+                 "1@1 2@3 1@1", "--steps", "4", "--out", str(out), "--no-progress",
+                 "--data-dir", str(corpus_dir)])
+    assert code == 0
+    return out
+
+
+def test_train_writes_checkpoint_history_and_refuses_to_clobber(lovecraft_run, corpus_dir, capsys):
+    checkpoint = load_checkpoint(lovecraft_run / "checkpoint.pt")
+    assert checkpoint["step"] == 4 and checkpoint["model_config"]["structure"] == "1@1 2@3 1@1"
+    assert checkpoint["data"]["corpus"] == "lovecraft"
+    records = json.loads((lovecraft_run / "history.json").read_text())["records"]
+    assert records[-1]["step"] == 4 and records[-1]["val_bpc"] is not None
+    assert (lovecraft_run / "history.png").stat().st_size > 1000
+
+    common = ["train", "--corpus", "lovecraft", "--preset", "smoke", "--structure", "1@1 2@3 1@1",
+              "--out", str(lovecraft_run), "--no-progress", "--data-dir", str(corpus_dir)]
+    code, _, err = run(capsys, *common, "--steps", "4")
+    assert code == 2 and "already holds a checkpoint" in err and "--resume" in err
+    code, _, err = run(capsys, *common, "--steps", "4", "--lr", "0.01", "--resume")
+    assert code == 2 and "refusing to resume" in err and "train.lr" in err
+    code, out, _ = run(capsys, *common, "--steps", "4", "--resume")  # already done: no steps
+    assert code == 0 and "done: 4 steps" in out
+
+    code, out, _ = run(capsys, "sample", "--ckpt", str(lovecraft_run), "--prompt", "The",
+                       "--max-new-tokens", "20", "--seed", "0")
+    assert code == 0 and out.startswith("The")
+
+
+def test_finetune_grows_the_vocabulary_for_haiku(lovecraft_run, corpus_dir, tmp_path, capsys):
+    out = tmp_path / "haiku"
+    code, printed, _ = run(capsys, "finetune", "--from", str(lovecraft_run), "--corpus", "haiku",
+                           "--out", str(out), "--steps", "3", "--no-progress", "--data-dir",
+                           str(corpus_dir))
+    assert code == 0
+    checkpoint = load_checkpoint(out)
+    added = checkpoint["metadata"]["added_chars"]
+    assert added and f"added {len(added)} characters" in printed
+    assert checkpoint["metadata"]["finetuned_from"]["corpus"] == "lovecraft"
+    base = load_checkpoint(lovecraft_run)
+    assert checkpoint["tokenizer"]["chars"] == base["tokenizer"]["chars"] + list(added)
+    assert checkpoint["train_config"]["lr"] == pytest.approx(base["train_config"]["lr"] / 3)
+    assert printed.count("--- sample") == 3
+
+
+def test_demo_trains_on_haiku_and_prints_poems(corpus_dir, tmp_path, capsys):
+    code, printed, _ = run(capsys, "demo", "--preset", "smoke", "--minutes", "0.03", "--samples",
+                           "2", "--out", str(tmp_path / "demo"), "--no-progress", "--data-dir",
+                           str(corpus_dir))
+    assert code == 0
+    assert "bits per character (whole split)" in printed
+    assert printed.count("--- sample") == 2
+    assert load_checkpoint(tmp_path / "demo")["data"]["corpus"] == "haiku"
