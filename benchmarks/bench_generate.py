@@ -60,7 +60,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; --quick: 1)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="numbers of new characters (default 256 1024 2048; --quick: 32 96)")
     args = parser.parse_args(argv)
+    lengths = args.lengths
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
         args.d_model, args.n_heads, args.lengths = 64, 2, [32, 96]
     else:
         args.d_model, args.n_heads, args.lengths = 256, 4, [256, 1024, 2048]
+    args.lengths = lengths or args.lengths
     device = torch.device(args.device)
     results_dir = Path(__file__).resolve().parent / "results"
     out = args.out or results_dir / ("bench_generate_quick.md" if args.quick

@@ -149,9 +149,9 @@ class LevelDecoder:
         if complete > 0:
             groups = self.pending[:, : complete * k]
             self.pending = self.pending[:, complete * k :]
-            short = self._shorten(groups)
-            short = self.inner.extend(short)
-            expanded = self._expand(short)
+            first_group = self.groups_done  # index of the first short vector made now
+            short = self.inner.extend(self._shorten(groups, first_group))
+            expanded = self._expand(short, first_group)
             self.groups_done += complete
             if self.upsampled is not None:
                 expanded = torch.cat((self.upsampled, expanded), dim=1)
@@ -165,13 +165,14 @@ class LevelDecoder:
 
     # --- shortening ----------------------------------------------------------------------
 
-    def _shorten(self, groups: torch.Tensor) -> torch.Tensor:
-        """Complete groups ``(batch, groups * k, d)`` -> short vectors ``(batch, groups, d)``."""
+    def _shorten(self, groups: torch.Tensor, first: int) -> torch.Tensor:
+        """Complete groups ``(batch, groups * k, d)`` -> short vectors ``(batch, groups, d)``;
+        ``first`` is the index of the first of them in the short sequence."""
         shorten = self.level.shorten
         if not isinstance(shorten, AttentionShortening):
             return shorten(groups)  # avg / linear treat each group on its own
         k = self.factor
-        first, count = self.groups_done, groups.shape[1] // k
+        count = groups.shape[1] // k
         pooled = reduce(groups, "b (short k) d -> b short d", "mean", k=k)
         query_positions = torch.arange(first, first + count, device=groups.device) * k
         queries = shorten.attn.queries(shorten.query_norm(pooled), query_positions)
@@ -197,13 +198,12 @@ class LevelDecoder:
 
     # --- upsampling ----------------------------------------------------------------------
 
-    def _expand(self, short: torch.Tensor) -> torch.Tensor:
+    def _expand(self, short: torch.Tensor, first: int) -> torch.Tensor:
         """Short outputs ``(batch, groups, d)`` -> the ``k`` vectors each hands to its positions,
         ``(batch, groups * k, d)`` (before the residual is added)."""
         upsample, k = self.level.upsample, self.factor
         if isinstance(upsample, AttentionUpsampling):
             # its keys are the short outputs so far; its first step is a plain repeat
-            first = self.groups_done
             positions = torch.arange(first, first + short.shape[1], device=short.device) * k
             keys, values = upsample.attn.keys_values(upsample.key_value_norm(short), positions)
             self.up_cache.extend(keys, values)

@@ -107,7 +107,7 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Te
         raise ValueError(f"window must be >= 1 (keys per query, itself included), got {window}")
     length = q.shape[2]
     window = min(window, length)
-    weights = local_window_scores(q, k, window).softmax(dim=-1)
+    weights = _upcast(local_window_scores(q, k, window)).softmax(dim=-1)
     out = torch.einsum("bhnwc,bhncd->bhnwd", weights.to(v.dtype), _local_values(v, window))
     return rearrange(out, "b h n w d -> b h (n w) d")[:, :, :length]
 
@@ -124,7 +124,7 @@ def compress_segments(
     Returns `(batch, heads, segments * rank, head_dim)` twice, segment-major.
     """
     length = k.shape[2]
-    logits = torch.einsum("bhld,hdr->bhlr", k, projection.to(k.dtype))
+    logits = _upcast(torch.einsum("bhld,hdr->bhlr", k, projection.to(k.dtype)))
     logits = _pad_length(logits, segment_size)
     valid = torch.arange(logits.shape[2], device=k.device) < length
     logits = logits.masked_fill(~valid[:, None], float("-inf"))
