@@ -185,7 +185,17 @@ def check_generation_streams_and_stops(page: NotebookPage, prompt: str) -> None:
     length.press("Enter")
     page.page.wait_for_timeout(300)  # let the new values reach the kernel before the click
 
+    status_before = status.inner_text()
+    text_before = output_text(demo)
     generate.click()
+    # The click reaches the kernel asynchronously: until it answers, the page still shows the
+    # previous run's text and status (a notebook may have run the demo already: "done: ...").
+    page.page.wait_for_function(
+        "([demo, status, text]) => demo.querySelector('.hg-status').innerText !== status"
+        " || demo.querySelector('.hg-output textarea').value !== text",
+        arg=[demo.element_handle(), status_before, text_before],
+        timeout=30_000,
+    )
     # One round trip per look (text length and status together): a fast model on a quiet machine
     # writes the longest text the slider allows in a second or two, and Stop must come before.
     look = """(demo) => [demo.querySelector('.hg-output textarea').value.length,
