@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -171,6 +172,7 @@ class JupyterLabServer:
         self.process: subprocess.Popen | None = None
         self.log_path = self.state_dir / "jupyterlab.log"
         self._known_children: list[tuple[int, int]] = []
+        self._shutdowns: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
@@ -259,10 +261,22 @@ class JupyterLabServer:
         return json.loads(body) if body else None
 
     def shutdown_kernels_of(self, notebook_path: str) -> None:
-        """End the sessions (and kernels) that belong to a notebook: closing a tab does not."""
-        for session in self.api("GET", "/api/sessions"):
-            if session.get("path") == notebook_path:
-                self.api("DELETE", f"/api/sessions/{session['id']}")
+        """End the sessions (and kernels) that belong to a notebook: closing a tab does not.
+
+        Runs in the background (a kernel takes seconds to shut down); stop() waits for it.
+        """
+
+        def shut_down() -> None:
+            try:
+                for session in self.api("GET", "/api/sessions"):
+                    if session.get("path") == notebook_path:
+                        self.api("DELETE", f"/api/sessions/{session['id']}", timeout_s=30)
+            except OSError:  # the server is going away: stop() ends the kernel anyway
+                pass
+
+        thread = threading.Thread(target=shut_down, name=f"shutdown {notebook_path}", daemon=True)
+        thread.start()
+        self._shutdowns.append(thread)
 
     def remember_children(self) -> None:
         """Record the server's living descendants (kernels): stop() makes sure they end too."""
@@ -274,6 +288,8 @@ class JupyterLabServer:
         """Shut down kernels and server; kill whatever is left; raise if anything survives."""
         if self.process is None:
             return
+        for thread in self._shutdowns:
+            thread.join(timeout=30)
         self.remember_children()
         if self.process.poll() is None:
             try:  # the clean way: the server shuts its kernels down, then itself
