@@ -102,11 +102,10 @@ class LinearShortening(nn.Module):
         return self.proj(groups)
 
 
-class AttentionShortening(nn.Module):
-    """Attention downsampling: ``pooled = mean of each group``, then (both residual, pre-norm)
-    ``pooled + attention(query=LN(pooled), keys/values=LN(shifted), funnel_down_mask)`` and a
-    feed-forward. Short query ``i`` (at fine position ``i*k``) sees shifted keys ``s < (i+1)*k``
-    (at fine positions ``s - (k-1)``, the tokens they hold). Captures ``{name}.down_attn``.
+class _FunnelAttentionLayer(nn.Module):
+    """The parts attention shortening and upsampling share: pre-norms for the queries and for the
+    keys/values (they come from different resolutions), cross-resolution attention, and a
+    residual feed-forward. Subclasses differ only in which side is short and in the funnel mask.
     """
 
     def __init__(self, d_model, n_heads, d_ff, factor, *, dropout=0.0, rotary=None,
@@ -121,6 +120,14 @@ class AttentionShortening(nn.Module):
         self.attn_dropout = nn.Dropout(dropout)
         self.ff_norm = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, d_ff, dropout)
+
+
+class AttentionShortening(_FunnelAttentionLayer):
+    """Attention downsampling: ``pooled = mean of each group``, then (both residual, pre-norm)
+    ``pooled + attention(query=LN(pooled), keys/values=LN(shifted), funnel_down_mask)`` and a
+    feed-forward. Short query ``i`` (at fine position ``i*k``) sees shifted keys ``s < (i+1)*k``
+    (at fine positions ``s - (k-1)``, the tokens they hold). Captures ``{name}.down_attn``.
+    """
 
     def forward(self, shifted: torch.Tensor, *, capture: dict | None = None, name: str = ""):
         k = self.factor
@@ -165,25 +172,12 @@ class LinearUpsampling(nn.Module):
         return residual + upsampled[:, : residual.shape[1]]
 
 
-class AttentionUpsampling(nn.Module):
+class AttentionUpsampling(_FunnelAttentionLayer):
     """Attention upsampling: ``x = residual + repeat(short)`` (cropped), then (residual,
     pre-norm) ``x + attention(query=LN(x), keys/values=LN(short), funnel_up_mask)`` and a
     feed-forward. Full query ``j`` sees short keys ``m <= j // k`` (at fine positions ``m*k``).
     Captures ``{name}.up_attn``.
     """
-
-    def __init__(self, d_model, n_heads, d_ff, factor, *, dropout=0.0, rotary=None,
-                 attention_impl="fused"):
-        super().__init__()
-        self.factor = factor
-        self.query_norm = nn.LayerNorm(d_model)
-        self.key_value_norm = nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(
-            d_model, n_heads, dropout=dropout, rotary=rotary, impl=attention_impl
-        )
-        self.attn_dropout = nn.Dropout(dropout)
-        self.ff_norm = nn.LayerNorm(d_model)
-        self.ff = FeedForward(d_model, d_ff, dropout)
 
     def forward(self, short, residual, *, capture: dict | None = None, name: str = ""):
         k = self.factor
