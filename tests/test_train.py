@@ -419,7 +419,18 @@ def test_huge_learning_rate_divergence_is_caught(toy_data):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_interrupt_between_steps_saves_that_step_and_resumes_exactly(toy_data, tmp_path):
+@pytest.fixture
+def terminal_ctrl_c():
+    """Ctrl-C as in an interactive terminal. A runner started in the background (CI, nohup)
+    inherits SIGINT as ignored, and the trainer rightly leaves an ignored SIGINT alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupt_between_steps_saves_that_step_and_resumes_exactly(
+    toy_data, tmp_path, terminal_ctrl_c
+):
     config = tiny_config(steps=6, eval_every=100)
     straight, _ = run_straight(toy_data, config)
     path = tmp_path / "checkpoint.pt"
