@@ -17,13 +17,13 @@ Writes the table to benchmarks/results/bench_generate.md (``--quick``: bench_gen
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _results import publish  # benchmarks/ is on sys.path when run as a script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, generate  # noqa: E402
@@ -120,13 +120,7 @@ def main(argv=None) -> int:
         "Command: `python benchmarks/bench_generate.py" + (" --quick`" if args.quick else "`"), "",
         *lines, "", "Hourglass over plain transformer, same mode:", "", *ratio_lines, "",
     ])
-    print()
-    print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_suffix(".md.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, out)  # atomic: never a half-written table
-    print(f"wrote {out}")
+    publish(text, out)
     return 0
 
 

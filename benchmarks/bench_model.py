@@ -22,7 +22,6 @@ Writes the table to benchmarks/results/bench_model.md (``--quick``: bench_model_
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _results import publish  # benchmarks/ is on sys.path when run as a script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hourglass_edu import HourglassConfig, HourglassLM  # noqa: E402
@@ -175,13 +175,7 @@ def main(argv=None) -> int:
         "Command: `python benchmarks/bench_model.py" + (" --quick`" if args.quick else "`"), "",
         *lines, "", "Ratios (hourglass over plain unless said otherwise):", "", *ratio_lines, "",
     ])
-    print()
-    print(text)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_suffix(".md.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, out)  # atomic: never a half-written table
-    print(f"wrote {out}")
+    publish(text, out)
     return 0
 
 
