@@ -211,7 +211,7 @@ def _run_train(args) -> int:
     model = build_model(
         preset, data.tokenizer.vocab_size, structure=args.structure, d_model=args.d_model,
         n_heads=args.n_heads, shortening=args.shortening, upsampling=args.upsampling,
-        max_length=max(preset.model["max_length"], config.block_size),
+        max_length=max(preset.model["max_length"], config.block_size), seed=config.seed,
     )
     _run_training(args, model, data, config, args.out, resume=args.resume)
     _print_samples(model, data.tokenizer, 1, max_new_tokens=300, seed=config.seed)
@@ -291,7 +291,7 @@ def _run_demo(args) -> int:
         args.minutes = 3.0 if on_gpu else 5.0
     config = _train_config(preset.train, args)
     data = prepare_data("haiku", data_dir=args.data_dir)
-    model = build_model(preset, data.tokenizer.vocab_size,
+    model = build_model(preset, data.tokenizer.vocab_size, seed=config.seed,
                         max_length=max(preset.model["max_length"], config.block_size))
     _run_training(args, model, data, config, args.out, resume=False, overwrite=True)
     _print_samples(model, data.tokenizer, args.samples, temperature=args.temperature,

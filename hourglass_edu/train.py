@@ -51,6 +51,10 @@ LN2 = math.log(2.0)
 RESUMABLE_CHANGES = frozenset(
     {"progress", "device", "compile", "log_every", "eval_every", "checkpoint_every"}
 )
+# Settings that may change on resume although they change the numbers: a longer (or shorter)
+# budget, or a lower learning rate after a divergence. The schedule continues from where the run
+# is under the new values; `Trainer.resume` reports each change.
+BUDGET_CHANGES = frozenset({"steps", "minutes", "lr"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,13 +198,23 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def build_model(preset: Preset | str, vocab_size: int, **overrides: Any) -> nn.Module:
-    """An untrained `HourglassLM` of the preset's size; `overrides` replace config fields."""
+def build_model(preset: Preset | str, vocab_size: int, *, seed: int | None = None,
+                **overrides: Any) -> nn.Module:
+    """An untrained `HourglassLM` of the preset's size; `overrides` replace config fields.
+
+    `seed` makes the initial weights reproducible without touching the caller's random state
+    (the build runs inside `torch.random.fork_rng`); None draws them from torch's global RNG.
+    """
     from hourglass_edu.hourglass import HourglassConfig, HourglassLM
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     fields = {**preset.model, **{k: v for k, v in overrides.items() if v is not None}}
-    return HourglassLM(HourglassConfig(vocab_size=vocab_size, **fields))
+    config = HourglassConfig(vocab_size=vocab_size, **fields)
+    if seed is None:
+        return HourglassLM(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return HourglassLM(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,6 +594,7 @@ class Trainer:
         self.tokens_seen = 0
         self.elapsed = 0.0
         self.last_checkpoint_step: int | None = None
+        self.resumed_changes: list[str] = []  # budget / lr changes accepted by resume()
         self.stop_requested = False
         # Set while a step is under way: the random state it began with, and whether the weights
         # are being updated (see _save_after_interrupt).
@@ -676,7 +691,8 @@ class Trainer:
         current_model = model_config.to_dict() if model_config is not None else {}
         lines = _config_differences(checkpoint["model_config"], current_model, "model.")
         lines += _config_differences(
-            checkpoint["train_config"], self.config.to_dict(), "train.", RESUMABLE_CHANGES
+            checkpoint["train_config"], self.config.to_dict(), "train.",
+            RESUMABLE_CHANGES | BUDGET_CHANGES,
         )
         if checkpoint["tokenizer"] != self.tokenizer.to_dict():
             lines.append("tokenizer: the vocabularies differ")
@@ -694,6 +710,10 @@ class Trainer:
                 + "\n  ".join(differences)
                 + "\nResume with the same settings, or start a new run in another directory."
             )
+        self.resumed_changes = _config_differences(
+            {key: checkpoint["train_config"].get(key) for key in BUDGET_CHANGES},
+            {key: getattr(self.config, key) for key in BUDGET_CHANGES}, "",
+        )
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.step = checkpoint["step"]
@@ -914,6 +934,8 @@ def train(
             if not exists:
                 raise FileNotFoundError(f"nothing to resume: no checkpoint at {checkpoint_path}")
             trainer.resume(checkpoint_path)
+            for change in trainer.resumed_changes:
+                print(f"resuming with a changed setting: {change}")
         elif exists and not overwrite:
             raise ValueError(
                 f"{checkpoint_path} already holds a checkpoint: resume it (resume=True / --resume) "

@@ -49,8 +49,8 @@ def test_train_writes_checkpoint_history_and_refuses_to_clobber(lovecraft_run, c
               "--out", str(lovecraft_run), "--no-progress", "--data-dir", str(corpus_dir)]
     code, _, err = run(capsys, *common, "--steps", "4")
     assert code == 2 and "already holds a checkpoint" in err and "--resume" in err
-    code, _, err = run(capsys, *common, "--steps", "4", "--lr", "0.01", "--resume")
-    assert code == 2 and "refusing to resume" in err and "train.lr" in err
+    code, _, err = run(capsys, *common, "--steps", "4", "--batch-size", "4", "--resume")
+    assert code == 2 and "refusing to resume" in err and "train.batch_size" in err
     code, out, _ = run(capsys, *common, "--steps", "4", "--resume")  # already done: no steps
     assert code == 0 and "done: 4 steps" in out
 

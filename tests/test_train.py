@@ -329,17 +329,30 @@ def test_resume_with_a_different_configuration_lists_the_differences(toy_data, t
           checkpoint_path=path)
     other = tiny_model(toy_data.tokenizer.vocab_size, d_model=48)
     with pytest.raises(ValueError) as error:
-        train(other, toy_data, tiny_config(steps=2, lr=1e-2, progress=True), checkpoint_path=path,
-              resume=True)
+        train(other, toy_data, tiny_config(steps=2, weight_decay=0.5, progress=True),
+              checkpoint_path=path, resume=True)
     message = str(error.value)
     assert "refusing to resume" in message
     assert "model.d_model: checkpoint 32, now 48" in message
-    assert "train.lr: checkpoint 0.003, now 0.01" in message
+    assert "train.weight_decay: checkpoint 0.1, now 0.5" in message
     assert "progress" not in message  # display settings may change
     other_data = prepare_data(toy_corpus(seed=1), val_fraction=0.1)
     with pytest.raises(ValueError, match="data.train_tokens"):
         train(tiny_model(other_data.tokenizer.vocab_size), other_data, tiny_config(steps=2),
               checkpoint_path=path, resume=True)
+
+
+def test_resume_accepts_a_new_budget_and_learning_rate_and_says_so(toy_data, tmp_path, capsys):
+    path = tmp_path / "checkpoint.pt"
+    model = tiny_model(toy_data.tokenizer.vocab_size)
+    train(model, toy_data, tiny_config(steps=2), checkpoint_path=path)
+    history = train(model, toy_data, tiny_config(steps=4, lr=1e-3), checkpoint_path=path,
+                    resume=True)
+    assert history.records[-1]["step"] == 4
+    printed = capsys.readouterr().out
+    assert "steps: checkpoint 2, now 4" in printed
+    assert "lr: checkpoint 0.003, now 0.001" in printed
+    assert load_checkpoint(path)["train_config"]["steps"] == 4
 
 
 class Evil:
@@ -513,3 +526,15 @@ def test_finetuning_adds_missing_characters_and_trains(toy_data, tmp_path):
     ids = setup.data.train_ids.tolist()
     assert ids[0] == ids[-1] == setup.data.tokenizer.eot_id
     assert ids.count(setup.data.tokenizer.eot_id) == len(setup.data.train_docs) + 1
+
+
+def test_build_model_seed_fixes_the_initial_weights_and_leaves_the_global_rng_alone():
+    from hourglass_edu.train import build_model
+
+    before = torch.get_rng_state()
+    first = build_model("smoke", 20, seed=3).state_dict()
+    again = build_model("smoke", 20, seed=3).state_dict()
+    other = build_model("smoke", 20, seed=4).state_dict()
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random state is untouched
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not all(torch.equal(first[name], other[name]) for name in first)
