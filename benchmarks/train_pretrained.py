@@ -122,7 +122,8 @@ def run_jobs(jobs: list[Job], runs: Path, parallel: int) -> None:
         for job in list(waiting):
             if len(running) >= parallel:
                 break
-            if all(is_done(dependency, runs) for dependency in jobs if dependency.name in job.after):
+            needed = [other for other in jobs if other.name in job.after]
+            if all(is_done(other, runs) for other in needed):
                 waiting.remove(job)
                 running[job.name] = (job, launch(job, runs))
                 print(f"started {job.name}", flush=True)
