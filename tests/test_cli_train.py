@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from hourglass_edu.cli import main
 from hourglass_edu.train import load_checkpoint
@@ -13,12 +12,6 @@ from hourglass_edu.train import load_checkpoint
 pytestmark = pytest.mark.corpus
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest, especially on busy cores
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(capsys, *argv):

@@ -28,13 +28,6 @@ COMBOS = list(itertools.product(("avg", "linear", "attention"), ("repeat", "line
                                 ("zeros", "learned")))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are overhead-bound: one thread avoids contention between threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @st.composite

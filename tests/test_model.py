@@ -26,12 +26,6 @@ from hourglass_edu.resampling import (
 TINY = dict(vocab_size=11, d_model=16, n_heads=2, d_ff=32, max_length=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_model(seed=0, **overrides) -> HourglassLM:

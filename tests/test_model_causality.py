@@ -46,13 +46,6 @@ def build(structure, shortening, upsampling, shift_fill, seed, **overrides):
     return HourglassLM(config).eval()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are overhead-bound: one thread avoids thread contention (10x faster here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @torch.inference_mode()
