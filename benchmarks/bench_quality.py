@@ -2,7 +2,7 @@
 
 Both models have the same width (d_model, heads, feed-forward) and 12 blocks; the hourglass runs
 8 of them on a sequence 3x shorter. Both train on Lovecraft with the same recipe, batches and seed
-(`hourglass_edu.train`, precision "auto": bf16 autocast where the hardware has it).
+(`hourglass_edu.training`, precision "auto": bf16 autocast where the hardware has it).
 
 1. Same wall-clock budget: each trains for `--minutes` of training time (a time-driven cosine, so
    each ends its schedule at the end of the budget). The cheaper model takes more steps.
@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hourglass_edu import HourglassConfig, HourglassLM  # noqa: E402
 from hourglass_edu.data import prepare_data  # noqa: E402
-from hourglass_edu.train import (  # noqa: E402
+from hourglass_edu.training import (  # noqa: E402
     TrainConfig,
     evaluate_bpc,
     resolve_device,
@@ -52,7 +52,7 @@ def build(structure: str, vocab_size: int, args) -> HourglassLM:
 def warm_up(model, data, args, device, precision) -> None:
     """One forward and backward pass, thrown away: kernel selection and first-call allocations
     (seconds for bf16 on a CPU) would otherwise be charged to the time budget."""
-    from hourglass_edu.train import autocast_context, language_model_loss
+    from hourglass_edu.training import autocast_context, language_model_loss
 
     model.to(device)
     tokens = data.train_ids[: args.block_size + 1].to(device)

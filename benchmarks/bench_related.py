@@ -36,7 +36,7 @@ from hourglass_edu.related.compare import (  # noqa: E402
     measure_cost,
     train_comparison,
 )
-from hourglass_edu.train import TrainConfig, resolve_precision  # noqa: E402
+from hourglass_edu.training import TrainConfig, resolve_precision  # noqa: E402
 
 
 def main(argv=None) -> int:

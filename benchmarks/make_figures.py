@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from hourglass_edu import viz  # noqa: E402
 from hourglass_edu.data import prepare_data  # noqa: E402
-from hourglass_edu.train import History, build_model, get_preset, load_checkpoint, train  # noqa: E402
+from hourglass_edu.training import History, build_model, get_preset, load_checkpoint, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_PNG_BYTES = 300_000
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     data = prepare_data(args.corpus)
     runs: dict[str, History] = {}
     if args.load is not None:
-        from hourglass_edu.train import model_from_checkpoint
+        from hourglass_edu.training import model_from_checkpoint
 
         checkpoint = load_checkpoint(args.load)
         model, tokenizer = model_from_checkpoint(checkpoint)

@@ -157,7 +157,7 @@ class MultiHeadAttention(nn.Module):
         self.query_proj = nn.Linear(d_model, d_model)
         self.key_value_proj = nn.Linear(d_model, 2 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
-        self.out_proj.is_residual_output = True  # scaled at init (see HourglassLM._init_weights)
+        self.out_proj.is_residual_output = True  # scaled at init (see LanguageModel.init_weights)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(

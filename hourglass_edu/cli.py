@@ -87,7 +87,7 @@ def _add_sample(subparsers) -> None:
 
 def _run_sample(args) -> int:
     from hourglass_edu.generate import stream
-    from hourglass_edu.train import load_model
+    from hourglass_edu.training import load_model
 
     model, tokenizer = load_model(args.ckpt, device=args.device)
     pieces = stream(
@@ -148,7 +148,7 @@ def _run_training(args, model, data, config, out, *, resume, overwrite=False, me
     import json
     from pathlib import Path
 
-    from hourglass_edu.train import CHECKPOINT_NAME, evaluate_bpc, train
+    from hourglass_edu.training import CHECKPOINT_NAME, evaluate_bpc, train
 
     out = Path(out)
     print(f"model: {model.num_parameters():,} parameters, structure {model.config.structure!r}, "
@@ -203,7 +203,7 @@ def _add_train(subparsers) -> None:
 
 def _run_train(args) -> int:
     from hourglass_edu.data import prepare_data
-    from hourglass_edu.train import build_model, get_preset
+    from hourglass_edu.training import build_model, get_preset
 
     preset = get_preset(args.preset)
     config = _train_config(preset.train, args)
@@ -240,7 +240,7 @@ def _add_finetune(subparsers) -> None:
 
 def _run_finetune(args) -> int:
     from hourglass_edu.data import load_corpus
-    from hourglass_edu.train import TrainConfig, prepare_finetuning
+    from hourglass_edu.training import TrainConfig, prepare_finetuning
 
     corpus = load_corpus(args.corpus, data_dir=args.data_dir)
     setup = prepare_finetuning(args.base, corpus)
@@ -283,7 +283,7 @@ def _add_demo(subparsers) -> None:
 
 def _run_demo(args) -> int:
     from hourglass_edu.data import prepare_data
-    from hourglass_edu.train import build_model, get_preset, resolve_device
+    from hourglass_edu.training import build_model, get_preset, resolve_device
 
     on_gpu = resolve_device(args.device or "auto").type == "cuda"
     preset = get_preset(args.preset or ("gpu" if on_gpu else "cpu"))

@@ -47,8 +47,6 @@ level's total is divided by the number of tokens, so levels are comparable and a
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
 from dataclasses import dataclass
 
@@ -57,6 +55,7 @@ from torch import nn
 
 from hourglass_edu.attention import ATTENTION_IMPLS
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
+from hourglass_edu.lm import LanguageModel, ModelConfig
 from hourglass_edu.resampling import (
     SHIFT_FILLS,
     SHORTENINGS,
@@ -83,7 +82,7 @@ class LevelSpec:
     factor: int | None
 
 
-_PART = re.compile(r"^(\d+)@(\d+)$")
+_PART = re.compile(r"^([0-9]+)@([0-9]+)$")  # ASCII digits only: int() would read "١@١" too
 _EXAMPLE = "e.g. '2@1 8@3 2@1' or '2@1 2@2 4@8 2@2 2@1'"
 
 
@@ -150,7 +149,7 @@ def parse_structure(structure: str) -> list[LevelSpec]:
 
 
 @dataclass
-class HourglassConfig:
+class HourglassConfig(ModelConfig):
     """Everything that defines an ``HourglassLM`` (saved next to the weights as JSON).
 
     * ``structure``: the paper's notation (see module docstring).
@@ -183,58 +182,18 @@ class HourglassConfig:
     unsafe_disable_shift: bool = False
 
     def __post_init__(self):
-        def positive_int(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-        for name in ("vocab_size", "d_model", "n_heads", "max_length"):
-            positive_int(name)
-        if self.d_ff is not None:
-            positive_int("d_ff")
-        if self.d_model % self.n_heads != 0:
-            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:8]
-            raise ValueError(
-                f"n_heads={self.n_heads} does not divide d_model={self.d_model}: choose n_heads "
-                f"from {divisors} or change d_model"
-            )
-        if (self.d_model // self.n_heads) % 2 != 0:
-            raise ValueError(
-                f"head dimension d_model / n_heads = {self.d_model // self.n_heads} is odd; "
-                "rotary positions rotate pairs of features: make it even"
-            )
+        self.check_common()
         for name, allowed in (("shortening", SHORTENINGS), ("upsampling", UPSAMPLINGS),
                               ("shift_fill", SHIFT_FILLS), ("attention_impl", ATTENTION_IMPLS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}"
                 )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.rotary_base > 1.0:
-            raise ValueError(f"rotary_base must be > 1, got {self.rotary_base!r}")
         parse_structure(self.structure)  # raises with a message saying what to change
 
     @property
     def levels(self) -> list[LevelSpec]:
         return parse_structure(self.structure)
-
-    @property
-    def feed_forward_width(self) -> int:
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> HourglassConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown HourglassConfig keys {unknown}: known keys are {sorted(known)}"
-            )
-        return cls(**data)
 
 
 class HourglassLevel(nn.Module):
@@ -298,35 +257,24 @@ class HourglassLevel(nn.Module):
         return x
 
 
-class HourglassLM(nn.Module):
-    """Character-level Hourglass language model.
+class HourglassLM(LanguageModel):
+    """Character-level Hourglass language model: the shared `LanguageModel` (embedding, final
+    norm, head, init, `run_with_cache`) around a body of recursive `HourglassLevel`s.
 
     ``model(tokens)``: tokens ``(batch, length)`` long, ``1 <= length <= config.max_length``
     -> logits ``(batch, length, vocab_size)``; logits at position ``t`` predict token ``t + 1``
-    and depend only on tokens ``<= t`` (tested).
-
-    Init: GPT-2 style: weights ~ N(0, 0.02), biases 0, and the output projection of every
-    residual branch (attention out-projection, feed-forward contraction) scaled by
-    ``1 / sqrt(2 * number_of_residual_blocks)`` so the residual stream's variance does not grow
-    with depth.
+    and depend only on tokens ``<= t`` (tested). Capture names: see the module docstring.
     """
 
+    config_class = HourglassConfig
+
     def __init__(self, config: HourglassConfig):
-        super().__init__()
-        if not isinstance(config, HourglassConfig):
-            raise ValueError("HourglassLM needs an HourglassConfig (use HourglassConfig.from_dict "
-                             "for a saved dict)")
-        self.config = config
-        head_dim = config.d_model // config.n_heads
-        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
-        self.embedding_dropout = nn.Dropout(config.dropout)
-        self.rotary = RotaryEmbedding(head_dim, config.rotary_base)
+        super().__init__(config)
         self.hourglass = HourglassLevel(config, 0, self.rotary)
-        self.final_norm = nn.LayerNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self._init_weights()
-        if config.tie_embeddings:
-            self.head.weight = self.embedding.weight
+        self.init_weights()
+
+    def body(self, x: torch.Tensor, capture: dict | None) -> torch.Tensor:
+        return self.hourglass(x, capture)
 
     @property
     def levels(self) -> list[HourglassLevel]:
@@ -336,74 +284,6 @@ class HourglassLM(nn.Module):
             levels.append(level)
             level = level.inner
         return levels
-
-    def _init_weights(self) -> None:
-        residual_outputs = [m for m in self.modules() if getattr(m, "is_residual_output", False)]
-        # two residual outputs (attention, feed-forward) per block
-        n_blocks = max(1, len(residual_outputs) // 2)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                std = 0.02
-                if getattr(module, "is_residual_output", False):
-                    std = 0.02 / math.sqrt(2 * n_blocks)
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    def check_tokens(self, tokens: torch.Tensor) -> None:
-        """Raise ValueError unless tokens is a ``(batch, length)`` integer tensor that fits."""
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
-            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens)
-            raise ValueError(f"tokens must be a (batch, length) tensor, got {shape}; "
-                             "add a batch axis with tokens[None] for one sequence")
-        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-            raise ValueError(f"tokens must be integer ids (torch.long), got {tokens.dtype}")
-        length = tokens.shape[1]
-        if length < 1:
-            raise ValueError("tokens has length 0: feed at least one token (e.g. <eot>)")
-        if length > self.config.max_length:
-            raise ValueError(
-                f"sequence length {length} exceeds config.max_length={self.config.max_length}: "
-                "feed shorter sequences (crop to the last max_length tokens) or build the model "
-                "with a larger max_length"
-            )
-
-    def _run(self, tokens: torch.Tensor, capture: dict | None) -> torch.Tensor:
-        self.check_tokens(tokens)
-        x = self.embedding_dropout(self.embedding(tokens))
-        record(capture, "embedding", x)
-        x = self.hourglass(x, capture)
-        x = self.final_norm(x)
-        record(capture, "final_norm", x)
-        return self.head(x)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._run(tokens, None)
-
-    def run_with_cache(self, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward pass that also returns every named activation (see the module docstring).
-
-        Returns ``(logits (batch, length, vocab), cache)``, cache a dict name -> detached tensor.
-        Attention weights are computed by the explicit path here (same numbers as the fused one,
-        to float rounding).
-        """
-        capture: dict[str, torch.Tensor] = {}
-        logits = self._run(tokens, capture)
-        return logits, capture
-
-    def num_parameters(self, include_embedding: bool = True) -> int:
-        """Number of trainable parameters (tied weights counted once)."""
-        seen, total = set(), 0
-        for parameter in self.parameters():
-            if id(parameter) in seen:
-                continue
-            seen.add(id(parameter))
-            total += parameter.numel()
-        if not include_embedding:
-            total -= self.embedding.weight.numel()
-        return total
 
     def level_lengths(self, length: int) -> list[int]:
         """Sequence length at each level for ``length`` tokens: ``n_{i+1} = ceil(n_i / k_i)``."""

@@ -10,7 +10,7 @@ import torch
 from hourglass_edu import cli
 from hourglass_edu.data import CharTokenizer, Corpus, prepare_data
 from hourglass_edu.generate import generate
-from hourglass_edu.train import PRESETS, build_model, load_model, train
+from hourglass_edu.training import PRESETS, build_model, load_model, train
 
 DOCUMENTS = [
     "an old pond\na frog jumps in\nthe sound of water",

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hourglass_edu.cli import main
-from hourglass_edu.train import load_checkpoint
+from hourglass_edu.training import load_checkpoint
 
 pytestmark = pytest.mark.corpus
 

@@ -228,7 +228,7 @@ def test_library_trainer_trains_and_checkpoints_a_related_model(tmp_path):
     from types import SimpleNamespace
 
     from hourglass_edu import CharTokenizer
-    from hourglass_edu.train import TrainConfig, load_checkpoint, train
+    from hourglass_edu.training import TrainConfig, load_checkpoint, train
 
     tokenizer = CharTokenizer.from_documents(["the old pond", "a frog jumps in"])
     ids = tokenizer.encode_documents(["the old pond", "a frog jumps in"] * 20)

@@ -19,7 +19,7 @@ from torch import nn
 import hourglass_edu.data as data_module
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.data import Corpus, prepare_data
-from hourglass_edu.train import (
+from hourglass_edu.training import (
     PRESETS,
     History,
     TrainConfig,
@@ -85,7 +85,8 @@ def losses(history: History) -> list[float]:
         (dict(steps=0), "steps"),
         (dict(batch_size=0), "batch_size"),
         (dict(lr=-1.0), "lr"),
-        (dict(precision="fp16"), "precision"),
+        (dict(precision="fp8"), "precision"),
+        (dict(lr=float("inf")), "lr"),
         (dict(grad_clip=0.0), "grad_clip"),
         (dict(eval_batches=0), "eval_batches"),
         (dict(min_lr_ratio=2.0), "min_lr_ratio"),
@@ -212,8 +213,6 @@ def test_training_lowers_validation_bpc_and_records_history(toy_data):
     assert history.last_val_bpc < before - 1.0, (before, history.last_val_bpc)
     restored = History.from_dict(history.to_dict())
     assert restored == history
-    figure = history.plot(title="toy")
-    assert len(figure.axes) == 2 and figure.axes[0].get_ylabel() == "bits per character"
 
 
 def test_gradient_accumulation_equals_one_big_batch(toy_data, monkeypatch):
@@ -296,7 +295,8 @@ def test_checkpoint_holds_the_whole_run_and_rebuilds_the_model(toy_data, tmp_pat
     checkpoint = load_checkpoint(tmp_path)  # a directory means DIR/checkpoint.pt
     assert checkpoint["step"] == 4 and checkpoint["train_config"]["steps"] == 4
     assert checkpoint["data"]["corpus"] == "toy"
-    assert set(checkpoint["rng"]) >= {"batch", "torch_cpu", "python"}
+    assert set(checkpoint["rng"]) >= {"batch", "dropout"}
+    assert checkpoint["model_class"] == "HourglassLM"
     assert len(History.from_dict(checkpoint["history"])) == 4
     rebuilt, tokenizer = load_model(path)
     assert tokenizer == toy_data.tokenizer
@@ -521,8 +521,17 @@ def test_finetuning_adds_missing_characters_and_trains(toy_data, tmp_path):
     assert ids.count(setup.data.tokenizer.eot_id) == len(setup.data.train_docs) + 1
 
 
+def test_training_with_dropout_never_touches_the_global_rng(toy_data):
+    model = tiny_model(toy_data.tokenizer.vocab_size, dropout=0.3)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    train(model, toy_data, tiny_config(steps=3))
+    assert torch.equal(torch.rand(3), expected_next)  # as if training had not happened
+
+
 def test_build_model_seed_fixes_the_initial_weights_and_leaves_the_global_rng_alone():
-    from hourglass_edu.train import build_model
+    from hourglass_edu.training import build_model
 
     before = torch.get_rng_state()
     first = build_model("smoke", 20, seed=3).state_dict()

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, viz  # noqa: E402
-from hourglass_edu.train import History  # noqa: E402
+from hourglass_edu.training import History  # noqa: E402
 
 TEXT = "the old pond\na frog jumps in, splash!"
 

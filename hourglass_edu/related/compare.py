@@ -94,13 +94,13 @@ def build_comparison_models(
 def train_comparison(
     models: dict[str, nn.Module], data, config, *, eval_batches: int = 20, eval_seed: int = 1234
 ) -> dict[str, dict]:
-    """Train each model (in place) with ``hourglass_edu.train.train(model, data, config)``.
+    """Train each model (in place) with ``hourglass_edu.training.train(model, data, config)``.
 
     Returns ``{name: {"history": History, "parameters": int, "steps": int, "train_seconds":
     float, "val_bpc": float}}``; ``val_bpc`` is measured after training on the same
     ``eval_batches`` random validation windows (seeded) for every model.
     """
-    from hourglass_edu.train import evaluate_bpc, train
+    from hourglass_edu.training import evaluate_bpc, train
 
     results = {}
     for name, model in models.items():
@@ -156,7 +156,7 @@ def measure_cost(
     Returns rows ``{"model", "length", "ms_per_step", "saved_mb", "peak_mb" (CUDA only, else
     None)}``; the time is the best of ``repeats`` after one warm-up step.
     """
-    from hourglass_edu.train import autocast_context, resolve_device, resolve_precision
+    from hourglass_edu.training import autocast_context, resolve_device, resolve_precision
 
     device = resolve_device(device)
     precision = resolve_precision(precision, device)

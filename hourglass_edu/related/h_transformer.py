@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
 from hourglass_edu.blocks import TransformerBlock
-from hourglass_edu.related.common import RelatedConfig, RelatedLM
+from hourglass_edu.lm import LanguageModel, ModelConfig
 from hourglass_edu.related.long_short import _check_qkv, _pad_length, _upcast
 
 
@@ -197,7 +197,7 @@ class HAttention(MultiHeadAttention):
 
 
 @dataclass
-class HTransformerConfig(RelatedConfig):
+class HTransformerConfig(ModelConfig):
     """Everything that defines an ``HTransformerLM`` (causal hierarchical attention).
 
     block_size: positions per finest block, seen exactly; also the number of pooled keys per
@@ -216,14 +216,14 @@ class HTransformerConfig(RelatedConfig):
     rotary_base: float = 10000.0
 
     def __post_init__(self):
-        self._check_common()
+        self.check_common(("vocab_size", "d_model", "n_heads", "n_layers", "max_length"))
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int):
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
 
 
-class HTransformerLM(RelatedLM):
+class HTransformerLM(LanguageModel):
     """Character LM: ``n_layers`` pre-norm blocks with causal hierarchical attention.
 
     Capture names: ``embedding``, ``block{j}``, ``block{j}.attn`` (weights ``(batch, heads,
@@ -249,7 +249,7 @@ class HTransformerLM(RelatedLM):
             )
             for _ in range(config.n_layers)
         )
-        self._init_weights()
+        self.init_weights()
 
     def body(self, x: Tensor, capture: dict | None) -> Tensor:
         positions = torch.arange(x.shape[1], device=x.device)

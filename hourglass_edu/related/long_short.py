@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
 from hourglass_edu.blocks import TransformerBlock
-from hourglass_edu.related.common import RelatedConfig, RelatedLM
+from hourglass_edu.lm import LanguageModel, ModelConfig
 
 NormFn = Callable[[Tensor], Tensor]
 
@@ -338,7 +338,7 @@ def check_long_short_arguments(
 
 
 @dataclass
-class LongShortConfig(RelatedConfig):
+class LongShortConfig(ModelConfig):
     """Everything that defines a ``LongShortLM``.
 
     window: exact keys per query (itself included); segment_size, rank: each finished segment is
@@ -360,13 +360,13 @@ class LongShortConfig(RelatedConfig):
     rotary_base: float = 10000.0
 
     def __post_init__(self):
-        self._check_common()
+        self.check_common(("vocab_size", "d_model", "n_heads", "n_layers", "max_length"))
         check_long_short_arguments(
             self.d_model, self.n_heads, self.window, self.segment_size, self.rank
         )
 
 
-class LongShortLM(RelatedLM):
+class LongShortLM(LanguageModel):
     """Character LM: ``n_layers`` pre-norm blocks with causal Long-Short attention.
 
     Capture names: ``embedding``, ``block{j}`` (block output), ``block{j}.attn`` (weights
@@ -399,7 +399,7 @@ class LongShortLM(RelatedLM):
             )
             for _ in range(config.n_layers)
         )
-        self._init_weights()
+        self.init_weights()
 
     def body(self, x: Tensor, capture: dict | None) -> Tensor:
         positions = torch.arange(x.shape[1], device=x.device)

@@ -30,13 +30,13 @@ from einops import repeat
 from torch import Tensor, nn
 
 from hourglass_edu.blocks import TransformerBlock, record
-from hourglass_edu.related.common import RelatedConfig, RelatedLM
+from hourglass_edu.lm import LanguageModel, ModelConfig
 from hourglass_edu.related.long_short import LongShortAttention
 from hourglass_edu.resampling import LinearShortening, pad_to_multiple, shift_right
 
 
 @dataclass
-class SimpleHierarchicalConfig(RelatedConfig):
+class SimpleHierarchicalConfig(ModelConfig):
     """Everything that defines a ``SimpleHierarchicalLM``.
 
     compressions: one stream per entry; the first must be 1 (the predicting stream), the rest
@@ -58,7 +58,7 @@ class SimpleHierarchicalConfig(RelatedConfig):
     rotary_base: float = 10000.0
 
     def __post_init__(self):
-        self._check_common()
+        self.check_common(("vocab_size", "d_model", "n_heads", "n_layers", "max_length"))
         self.compressions = tuple(self.compressions)
         self.windows = tuple(self.windows)
         if not self.compressions or any(
@@ -89,7 +89,7 @@ class SimpleHierarchicalConfig(RelatedConfig):
                 )
 
 
-class SimpleHierarchicalLM(RelatedLM):
+class SimpleHierarchicalLM(LanguageModel):
     """Character LM with parallel streams at several compressions, merged every layer.
 
     Capture names: ``embedding``; ``stream{c}.input`` ``(batch, ceil(L / c), d)`` for each
@@ -142,7 +142,7 @@ class SimpleHierarchicalLM(RelatedLM):
         )
         for merge in self.merges or []:
             merge.is_residual_output = True  # a residual branch: scaled at init like the others
-        self._init_weights()
+        self.init_weights()
 
     def compress(self, x: Tensor, factor: int, compressor: nn.Module) -> Tensor:
         """``(batch, L, d)`` -> ``(batch, ceil(L / factor), d)``: shift right by factor - 1, then

@@ -1,0 +1,220 @@
+"""The language-model base every model in the package shares: tokens -> embedding -> body -> logits.
+
+`LanguageModel` holds what does not depend on the architecture: the token embedding, the rotary
+positions handed to the body, the final LayerNorm and the output head, the initialisation, the
+token checks, `run_with_cache`, the parameter count and the config round trip. A subclass only
+builds its `body` (the hourglass levels, or a related design's stack of blocks).
+
+`ModelConfig` is the base of every model config (a dataclass per model): shared validation,
+`to_dict` / `from_dict`. `MODEL_CLASSES` names every model class, so a checkpoint or model folder
+records the class it holds and `build_model_from_config` rebuilds any of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from hourglass_edu.blocks import RotaryEmbedding, record
+
+__all__ = [
+    "MODEL_CLASSES",
+    "LanguageModel",
+    "ModelConfig",
+    "build_model_from_config",
+    "model_class",
+]
+
+# Bounds that no model of this course comes near; they stop a crafted config file from asking
+# for an allocation that would exhaust memory before any other check runs.
+SIZE_LIMITS = {"vocab_size": 1 << 20, "d_model": 1 << 14, "n_heads": 1 << 8,
+               "d_ff": 1 << 16, "max_length": 1 << 20, "n_layers": 1 << 10}
+
+
+class ModelConfig:
+    """Base of the model config dataclasses: validation, ``to_dict``, ``from_dict``.
+
+    Fields every config has: vocab_size, d_model, n_heads, d_ff (None -> 4 * d_model), dropout,
+    max_length, rotary_base.
+    """
+
+    def check_common(self, integer_fields=("vocab_size", "d_model", "n_heads", "max_length")):
+        """Raise ValueError, saying what to change, for a value no model can be built with."""
+        for name in (*integer_fields, *(("d_ff",) if self.d_ff is not None else ())):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value > SIZE_LIMITS.get(name, value):
+                raise ValueError(f"{name}={value} is beyond this library's limit "
+                                 f"{SIZE_LIMITS[name]}; is the config file damaged?")
+        if self.d_model % self.n_heads != 0:
+            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:8]
+            raise ValueError(
+                f"n_heads={self.n_heads} does not divide d_model={self.d_model}: choose n_heads "
+                f"from {divisors} or change d_model"
+            )
+        if (self.d_model // self.n_heads) % 2 != 0:
+            raise ValueError(
+                f"head dimension d_model / n_heads = {self.d_model // self.n_heads} is odd; "
+                "rotary positions rotate pairs of features: make it even"
+            )
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.rotary_base, (int, float)) or not self.rotary_base > 1.0:
+            raise ValueError(f"rotary_base must be > 1, got {self.rotary_base!r}")
+
+    @property
+    def feed_forward_width(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (tuples become lists); ``from_dict`` restores an equal config."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if not isinstance(data, dict):
+            raise ValueError(f"a {cls.__name__} is read from a dict, got {type(data).__name__}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}: known keys are "
+                             f"{sorted(known)}")
+        missing = sorted(field.name for field in dataclasses.fields(cls)
+                         if field.name not in data and field.default is dataclasses.MISSING
+                         and field.default_factory is dataclasses.MISSING)
+        if missing:
+            raise ValueError(f"{cls.__name__} is missing required keys {missing}")
+        return cls(**data)
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> ``body`` (defined by each model) -> final LayerNorm -> head.
+
+    ``model(tokens)``: tokens ``(batch, length)`` long, ``1 <= length <= config.max_length``
+    -> logits ``(batch, length, vocab_size)``; logits at ``t`` predict token ``t + 1`` and depend
+    only on tokens ``<= t`` (tested for every model). ``run_with_cache(tokens)`` returns the logits
+    and every named activation; the names always include ``embedding`` and ``final_norm``.
+
+    Init (``init_weights``, called by each subclass once its body exists): GPT-2 style, weights
+    ~ N(0, 0.02), biases 0, and the output projection of every residual branch scaled by
+    ``1 / sqrt(2 * number_of_blocks)`` so the residual stream's variance does not grow with depth.
+    """
+
+    config_class: ClassVar[type] = ModelConfig
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            name = self.config_class.__name__
+            raise ValueError(f"{type(self).__name__} needs a {name} (use {name}.from_dict for a "
+                             "saved dict)")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.rotary = RotaryEmbedding(config.d_model // config.n_heads, config.rotary_base)
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def body(self, x: torch.Tensor, capture: dict | None) -> torch.Tensor:
+        """``(batch, length, d_model)`` -> same; records its own capture names."""
+        raise NotImplementedError
+
+    def init_weights(self) -> None:
+        residual_outputs = [m for m in self.modules() if getattr(m, "is_residual_output", False)]
+        n_blocks = max(1, len(residual_outputs) // 2)  # attention + feed-forward per block
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                std = 0.02
+                if getattr(module, "is_residual_output", False):
+                    std = 0.02 / math.sqrt(2 * n_blocks)
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if getattr(self.config, "tie_embeddings", False):
+            self.head.weight = self.embedding.weight
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        """Raise ValueError unless tokens is a ``(batch, length)`` integer tensor that fits."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens)
+            raise ValueError(f"tokens must be a (batch, length) tensor, got {shape}; "
+                             "add a batch axis with tokens[None] for one sequence")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be integer ids (torch.long), got {tokens.dtype}")
+        length = tokens.shape[1]
+        if length < 1:
+            raise ValueError("tokens has length 0: feed at least one token (e.g. <eot>)")
+        if length > self.config.max_length:
+            raise ValueError(
+                f"sequence length {length} exceeds config.max_length={self.config.max_length}: "
+                "feed shorter sequences (crop to the last max_length tokens) or build the model "
+                "with a larger max_length"
+            )
+
+    def _run(self, tokens: torch.Tensor, capture: dict | None) -> torch.Tensor:
+        self.check_tokens(tokens)
+        x = self.embedding_dropout(self.embedding(tokens))
+        record(capture, "embedding", x)
+        x = self.final_norm(self.body(x, capture))
+        record(capture, "final_norm", x)
+        return self.head(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens, None)
+
+    def run_with_cache(self, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward pass that also returns every named activation (detached), by name.
+
+        Attention weights are computed by the explicit attention path here (same numbers as the
+        fused one, to float rounding).
+        """
+        capture: dict[str, torch.Tensor] = {}
+        logits = self._run(tokens, capture)
+        return logits, capture
+
+    def num_parameters(self, include_embedding: bool = True) -> int:
+        """Number of trainable parameters (tied weights counted once)."""
+        total = sum(parameter.numel() for parameter in self.parameters())  # tied: listed once
+        return total if include_embedding else total - self.embedding.weight.numel()
+
+
+# Every model class a checkpoint or model folder may name, and the module that defines it.
+MODEL_CLASSES = {
+    "HourglassLM": "hourglass_edu.hourglass",
+    "LongShortLM": "hourglass_edu.related.long_short",
+    "HTransformerLM": "hourglass_edu.related.h_transformer",
+    "SimpleHierarchicalLM": "hourglass_edu.related.simple_hierarchical",
+}
+
+
+def model_class(name: str) -> type[LanguageModel]:
+    """The model class called `name` (a key of `MODEL_CLASSES`)."""
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"unknown model class {name!r}; this library has {sorted(MODEL_CLASSES)}")
+    return getattr(importlib.import_module(MODEL_CLASSES[name]), name)
+
+
+def build_model_from_config(class_name: str, config: dict[str, Any],
+                            device: str | torch.device | None = None) -> LanguageModel:
+    """An untrained model of class `class_name` from a saved config dict (validated first).
+
+    ``device="meta"`` builds the shapes without allocating any memory (used to check a file's
+    tensors before loading them).
+    """
+    cls = model_class(class_name)
+    model_config = cls.config_class.from_dict(config)
+    if device is None:
+        return cls(model_config)
+    with torch.device(device):
+        return cls(model_config)

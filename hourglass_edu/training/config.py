@@ -1,0 +1,176 @@
+"""Training settings: `TrainConfig` (every setting of a run) and the presets that fit a machine.
+
+`PRESETS` pairs a model size with a `TrainConfig`: `smoke` (seconds, for tests and CI), `cpu`
+(minutes on a laptop CPU) and `gpu` (about 20M parameters, under 30 minutes on one GPU).
+`build_model(preset, vocab_size, seed=...)` turns a preset into an untrained `HourglassLM`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["PRECISIONS", "PRESETS", "Preset", "TrainConfig", "build_model", "get_preset"]
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. `to_dict` / `from_dict` round-trip it exactly.
+
+    Budget: the run stops after `steps` optimizer steps or `minutes` of training time (evaluation
+    and checkpoint writing are not counted), whichever comes first; at least one must be set. With
+    only a step budget the learning-rate schedule follows the step count and resuming is exact;
+    with a time budget it follows the clock (`progress = elapsed / budget`), so the cosine still
+    ends at the end of the budget, but two runs are no longer identical.
+
+    Each optimizer step sees `batch_size * grad_accum` windows of `block_size` tokens.
+    """
+
+    steps: int | None = 2000
+    minutes: float | None = None
+    batch_size: int = 32
+    block_size: int = 256
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # Linear weight matrices only; never norms, biases or embeddings
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float | None = 1.0  # max global gradient norm; None turns clipping off
+    precision: str = "auto"  # "auto" (see precision.py), "bf16", "fp16" (CUDA only) or "fp32"
+    compile: bool = False  # torch.compile the model (worth it on a GPU for long runs)
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    eval_every: int = 250  # steps between validation measurements
+    eval_batches: int | None = 20  # fixed sample of this many batches; None = the whole split
+    log_every: int = 10  # steps between history records
+    checkpoint_every: int | None = None  # steps between checkpoints; None = at every evaluation
+    seed: int = 0
+    progress: bool = True  # show a tqdm progress bar
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting to change when a value makes no sense."""
+        if self.steps is None and self.minutes is None:
+            raise ValueError("TrainConfig needs a budget: set steps, minutes, or both")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise ValueError(f"minutes must be positive and finite, or None, got {self.minutes!r}")
+        for name in ("batch_size", "block_size", "grad_accum", "eval_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("eval_batches", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model size and a training recipe that fit a machine.
+
+    `model` holds `HourglassConfig` fields except `vocab_size` (which comes from the tokenizer);
+    `build_model(preset, vocab_size)` turns it into a model.
+    """
+
+    name: str
+    description: str
+    model: dict[str, Any]
+    train: TrainConfig
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke",
+        description="a few seconds on a CPU: tests, CI and notebook smoke runs",
+        model=dict(d_model=32, n_heads=2, structure="1@1 1@2 1@1", max_length=64, dropout=0.0),
+        train=TrainConfig(
+            steps=30, batch_size=8, block_size=64, lr=3e-3, warmup_steps=5, eval_every=15,
+            eval_batches=4, log_every=5,
+        ),
+    ),
+    "cpu": Preset(
+        name="cpu",
+        description="worth sampling from after about 10 minutes on 2 CPU cores",
+        model=dict(d_model=128, n_heads=4, structure="2@1 4@3 2@1", max_length=256, dropout=0.0),
+        train=TrainConfig(
+            steps=None, minutes=10.0, batch_size=16, block_size=256, lr=2e-3, warmup_steps=50,
+            eval_every=100, eval_batches=10, log_every=10,
+        ),
+    ),
+    "gpu": Preset(
+        name="gpu",
+        description="about 20M parameters: good samples in under 30 minutes on one GPU",
+        model=dict(d_model=384, n_heads=6, structure="2@1 8@3 2@1", max_length=512, dropout=0.1),
+        train=TrainConfig(
+            steps=6000, minutes=28.0, batch_size=64, block_size=512, lr=1e-3, warmup_steps=200,
+            eval_every=500, eval_batches=40, log_every=20, weight_decay=0.1,
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_model(preset: Preset | str, vocab_size: int, *, seed: int | None = None,
+                **overrides: Any) -> nn.Module:
+    """An untrained `HourglassLM` of the preset's size; `overrides` replace config fields.
+
+    `seed` makes the initial weights reproducible without touching the caller's random state
+    (the build runs inside `torch.random.fork_rng`); None draws them from torch's global RNG.
+    """
+    from hourglass_edu.hourglass import HourglassConfig, HourglassLM
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    fields = {**preset.model, **{k: v for k, v in overrides.items() if v is not None}}
+    config = HourglassConfig(vocab_size=vocab_size, **fields)
+    if seed is None:
+        return HourglassLM(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return HourglassLM(config)

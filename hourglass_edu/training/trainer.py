@@ -1,0 +1,421 @@
+"""The training loop: `Trainer` steps any language model on batches and keeps the run's state.
+
+The loop knows nothing of the model class: it needs `model(tokens) -> logits` and, for
+checkpoints, `model.config.to_dict()`. Each step draws `grad_accum` batches of random windows,
+runs the forward pass under the run's precision (see precision.py), clips the gradient norm and
+applies AdamW at the scheduled learning rate. Events go to `callbacks(trainer)` after every step.
+
+Randomness has two private sources, both saved in checkpoints: a generator for batches and a
+random state for dropout (swapped in around each step with `torch.random.fork_rng`), so training
+never reseeds the process's global RNG and resuming replays exactly the same numbers.
+Ctrl-C (or SIGTERM, which clusters and hosted notebooks send before taking a machine away) stops
+after the current step and saves a checkpoint; a second one interrupts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hourglass_edu.data import sample_batch
+from hourglass_edu.training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    config_differences,
+    load_checkpoint,
+    resumable_differences,
+    run_folder_lock,
+    save_checkpoint,
+)
+from hourglass_edu.training.config import TrainConfig
+from hourglass_edu.training.evaluation import LN2, History, evaluate_bpc, language_model_loss
+from hourglass_edu.training.optimization import learning_rate, parameter_groups
+from hourglass_edu.training.precision import (
+    autocast_context,
+    gradient_scaler,
+    resolve_device,
+    resolve_precision,
+)
+from hourglass_edu.training.randomness import RandomStates
+
+__all__ = ["Trainer", "TrainingDiverged", "train"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm stopped being finite."""
+
+
+class Trainer:
+    """Owns the state of one run: model, optimizer, schedule position, history, random states.
+
+    `train(...)` is the usual entry point; use a Trainer directly to step through a run or inspect
+    its optimizer. `callbacks` are called as `callback(trainer)` after every optimizer step.
+    """
+
+    def __init__(self, model: nn.Module, data, config: TrainConfig | None = None, *,
+                 checkpoint_path: str | os.PathLike | None = None,
+                 callbacks: Sequence[Callable[[Trainer], None]] = (),
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.config = config = config if config is not None else TrainConfig()
+        config.validate()
+        self.data = data
+        self.tokenizer = data.tokenizer
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.model = model.to(self.device)
+        self._check_sizes()
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config.weight_decay),
+                                           lr=config.lr, betas=(config.beta1, config.beta2))
+        self.scaler = gradient_scaler(self.precision, self.device)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.callbacks = list(callbacks)
+        self.metadata = dict(metadata or {})
+        self.history = History()
+        self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
+        # What the next history record averages: loss sum, steps, tokens and seconds since the
+        # last record (saved in checkpoints, so a resumed run logs the same means).
+        self.log_window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
+        self.last_checkpoint_step: int | None = None
+        self.resumed_changes: list[str] = []  # budget / lr changes accepted by resume()
+        self.stop_requested = False
+        self.stop_signal: int | None = None
+        self.random = RandomStates(config.seed, self.device)
+        # Set while a step is under way: the random state it began with, and whether the weights
+        # are being updated (see _save_after_interrupt).
+        self._step_start_rng: dict[str, Any] | None = None
+        self._updating = False
+
+    def _check_sizes(self) -> None:
+        model_config = getattr(self.model, "config", None)
+        max_length = getattr(model_config, "max_length", None)
+        if max_length is not None and self.config.block_size > max_length:
+            raise ValueError(
+                f"block_size {self.config.block_size} exceeds the model's max_length {max_length}: "
+                "lower block_size or build the model with a larger max_length"
+            )
+        vocab_size = getattr(model_config, "vocab_size", None)
+        if vocab_size is not None and vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(
+                f"the model has vocab_size {vocab_size} but the tokenizer "
+                f"{self.tokenizer.vocab_size}: build the model with vocab_size=tokenizer.vocab_size"
+            )
+        for split in ("train_ids", "val_ids"):
+            ids = getattr(self.data, split)
+            if ids.numel() <= self.config.block_size:
+                raise ValueError(
+                    f"{split} holds {ids.numel()} tokens, not more than block_size "
+                    f"{self.config.block_size}: lower block_size or use more text"
+                )
+
+    # ----- state: everything a checkpoint holds
+    def data_fingerprint(self) -> dict[str, Any]:
+        corpus = getattr(self.data, "corpus", None)
+        return {
+            "corpus": getattr(corpus, "name", None),
+            "train_tokens": int(self.data.train_ids.numel()),
+            "val_tokens": int(self.data.val_ids.numel()),
+            "train_sum": int(self.data.train_ids.sum()),
+        }
+
+    def checkpoint(self, rng_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run's state as plain containers and tensors (what `save_checkpoint` writes)."""
+        model_config = getattr(self.model, "config", None)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "model_class": type(self.model).__name__,
+            "model_config": model_config.to_dict() if model_config is not None else {},
+            "tokenizer": self.tokenizer.to_dict(),
+            "train_config": self.config.to_dict(),
+            "data": self.data_fingerprint(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "elapsed": self.elapsed,
+            "log_window": dict(self.log_window),
+            "history": self.history.to_dict(),
+            "rng": rng_state if rng_state is not None else self.random.state(),
+            "metadata": dict(self.metadata),
+            "torch_version": str(torch.__version__),  # TorchVersion is not a plain str
+        }
+
+    def save(self, path: str | os.PathLike | None = None, rng_state=None) -> Path:
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: pass one to save() or to the Trainer")
+        save_checkpoint(path, self.checkpoint(rng_state))
+        self.last_checkpoint_step = self.step
+        return path
+
+    def differences(self, checkpoint: dict[str, Any]) -> list[str]:
+        """How this run differs from a checkpoint in ways resuming cannot accept."""
+        return resumable_differences(checkpoint, self.model, self.config, self.tokenizer,
+                                     self.data_fingerprint())
+
+    def resume(self, checkpoint: dict[str, Any] | str | os.PathLike) -> None:
+        """Continue the run stored in `checkpoint`; refuses (ValueError) a model, data or recipe
+        change. A new budget (steps, minutes) or learning rate is accepted and listed in
+        `resumed_changes`."""
+        if not isinstance(checkpoint, dict):
+            checkpoint = load_checkpoint(checkpoint)
+        differences = self.differences(checkpoint)
+        if differences:
+            raise ValueError(
+                "refusing to resume: this run's configuration differs from the checkpoint's:\n  "
+                + "\n  ".join(differences)
+                + "\nResume with the same settings, or start a new run in another directory."
+            )
+        self.resumed_changes = config_differences(
+            checkpoint["train_config"], self.config.to_dict(), "", only=("steps", "minutes", "lr"))
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.step = checkpoint["step"]
+        self.tokens_seen = checkpoint["tokens_seen"]
+        self.elapsed = checkpoint["elapsed"]
+        self.log_window = dict(checkpoint.get("log_window", self.log_window))
+        self.history = History.from_dict(checkpoint["history"])
+        self.metadata = {**checkpoint.get("metadata", {}), **self.metadata}
+        self.random.set_state(checkpoint["rng"])
+        self.last_checkpoint_step = self.step
+
+    # ----- the loop
+    def finished(self) -> bool:
+        config = self.config
+        if config.steps is not None and self.step >= config.steps:
+            return True
+        return config.minutes is not None and self.elapsed >= 60.0 * config.minutes
+
+    def evaluate(self) -> float:
+        return evaluate_bpc(
+            self.model, self.data.val_ids, batch_size=self.config.batch_size,
+            block_size=self.config.block_size, max_batches=self.config.eval_batches,
+            seed=self.config.seed + 1234, device=self.device, precision=self.precision,
+        )
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over `grad_accum` micro-batches; returns (loss in nats, lr)."""
+        config = self.config
+        self._step_start_rng = self.random.state()
+        lr = learning_rate(config, self.step, self.elapsed)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss = torch.zeros((), device=self.device)
+        with self.random.dropout():
+            for _ in range(config.grad_accum):
+                inputs, targets = sample_batch(self.data.train_ids, config.batch_size,
+                                               config.block_size, self.random.batches)
+                inputs = inputs.to(self.device, non_blocking=True)
+                targets = targets.to(self.device, non_blocking=True)
+                with autocast_context(self.precision, self.device):
+                    logits = self.forward(inputs)
+                loss = language_model_loss(logits, targets) / config.grad_accum
+                self.scaler.scale(loss).backward()
+                total_loss += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # One host-device sync per step: both numbers must be finite before the update is applied
+        # (under fp16 an infinite gradient only means the loss scale was too high: the scaler
+        # skips that update and lowers the scale).
+        loss_value, norm_value = torch.stack([total_loss, grad_norm.float()]).tolist()
+        scaled = self.scaler.is_enabled()
+        if not math.isfinite(loss_value) or not (scaled or math.isfinite(norm_value)):
+            raise TrainingDiverged(self._divergence_message(loss_value, norm_value, lr))
+        self._updating = True
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.random.commit_dropout()
+        self.step += 1
+        self.tokens_seen += config.batch_size * config.block_size * config.grad_accum
+        self._updating = False
+        self._step_start_rng = None
+        return loss_value, lr
+
+    def _divergence_message(self, loss: float, norm: float, lr: float) -> str:
+        kept = (
+            f"the last good checkpoint ({self.checkpoint_path}, step {self.last_checkpoint_step}) "
+            "is kept unchanged"
+            if self.last_checkpoint_step is not None
+            else "no checkpoint had been written yet"
+        )
+        return (
+            f"training stopped at step {self.step + 1}: the loss became {loss} (gradient norm "
+            f"{norm}); the update was not applied and {kept}. Try a lower learning rate (now "
+            f"{lr:.3g}; on resume pass --lr), precision='fp32', or a smaller grad_clip"
+        )
+
+    def _should_checkpoint(self, evaluated: bool) -> bool:
+        if self.checkpoint_path is None:
+            return False
+        if self.config.checkpoint_every is None:
+            return evaluated
+        return self.step % self.config.checkpoint_every == 0
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        config = self.config
+        if config.steps is not None:
+            return tqdm(total=config.steps, initial=self.step, unit="step",
+                        disable=not config.progress, dynamic_ncols=True)
+        return tqdm(total=round(60 * config.minutes), initial=round(self.elapsed), unit="s",
+                    disable=not config.progress, dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s [{elapsed}{postfix}]")
+
+    def run(self) -> History:
+        """Train until the budget is spent; returns the history (also at `self.history`)."""
+        bar = self._progress_bar()
+        try:
+            with _stop_signals_finish_step(self):
+                while not self.finished():
+                    self._timed_step(bar)
+                    for callback in self.callbacks:
+                        callback(self)
+                    if self.stop_requested:
+                        raise KeyboardInterrupt
+                if self.checkpoint_path is not None and self.last_checkpoint_step != self.step:
+                    self.save()
+        except KeyboardInterrupt:
+            self._save_after_interrupt()
+            raise
+        finally:
+            bar.close()
+        return self.history
+
+    def _timed_step(self, bar) -> None:
+        """One step, its clock, the progress bar, and a history record when one is due."""
+        config = self.config
+        started = time.perf_counter()
+        loss, lr = self.train_step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        self.elapsed += seconds
+        window = self.log_window
+        window["loss"] += loss
+        window["steps"] += 1
+        window["tokens"] += config.batch_size * config.block_size * config.grad_accum
+        window["seconds"] += seconds
+        if config.steps is not None:
+            bar.update(1)
+        else:
+            bar.n = min(round(self.elapsed), bar.total)
+            bar.refresh()
+        evaluate = self.step % config.eval_every == 0 or self.finished()
+        if evaluate or self.step % config.log_every == 0:
+            self._record(lr, evaluate, bar)
+
+    def _record(self, lr: float, evaluate: bool, bar) -> None:
+        window = self.log_window
+        mean_loss = window["loss"] / window["steps"]
+        val_bpc = self.evaluate() if evaluate else None
+        self.history.append(step=self.step, tokens=self.tokens_seen, elapsed=self.elapsed,
+                            train_loss=mean_loss, train_bpc=mean_loss / LN2, val_bpc=val_bpc,
+                            lr=lr)
+        postfix = {"loss": f"{mean_loss:.3f}", "bpc": f"{mean_loss / LN2:.3f}", "lr": f"{lr:.2e}",
+                   "tok/s": f"{window['tokens'] / max(window['seconds'], 1e-9):,.0f}"}
+        if self.history.last_val_bpc is not None:
+            postfix["val_bpc"] = f"{self.history.last_val_bpc:.3f}"
+        bar.set_postfix(postfix, refresh=False)
+        self.log_window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
+        if self._should_checkpoint(evaluate):
+            self.save()
+
+    def _save_after_interrupt(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        if self._updating:
+            # Cut off inside optimizer.step(): some weights may hold the new values and some the
+            # old, which no step number describes. Keep the previous checkpoint instead.
+            print(f"interrupted during a weight update: kept {self.checkpoint_path} "
+                  f"(step {self.last_checkpoint_step})")
+            return
+        # Between steps, or inside one before its update: weights and optimizer are exactly those
+        # after `self.step` steps; a step under way is replayed from the random state it began
+        # with (the loss window holds only finished steps).
+        self.save(rng_state=self._step_start_rng)
+        self._step_start_rng = None
+        print(f"interrupted: saved {self.checkpoint_path} at step {self.step}; resume to continue")
+
+
+@contextlib.contextmanager
+def _stop_signals_finish_step(trainer: Trainer):
+    """While training in the main thread, a first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop
+    after the current step (it then saves a checkpoint and raises KeyboardInterrupt); a second one
+    interrupts at once. Signals someone else already handles are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {signum: signal.getsignal(signum) for signum in defaults}
+    ours = [signum for signum, handler in previous.items() if handler is defaults[signum]]
+
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        trainer.stop_signal = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step and saving a checkpoint (again to stop now)")
+
+    for signum in ours:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum in ours:
+            signal.signal(signum, previous[signum])
+
+
+def train(model: nn.Module, data, config: TrainConfig | None = None, *,
+          checkpoint_path: str | os.PathLike | None = None, resume: bool = False,
+          overwrite: bool = False, callbacks: Sequence[Callable[[Trainer], None]] = (),
+          metadata: dict[str, Any] | None = None) -> History:
+    """Train `model` (in place) on `data` (a `PreparedData`: tokenizer, train_ids, val_ids).
+
+    checkpoint_path: where to keep the run's checkpoint (written at every evaluation, or every
+        `config.checkpoint_every` steps, at the end and on Ctrl-C); None trains without saving.
+        Its folder is locked for the whole run: a second run into it is refused.
+    resume: continue the run stored at `checkpoint_path` (same model, data and recipe; a new
+        budget or learning rate is accepted and printed).
+    overwrite: allow a fresh run to replace an existing checkpoint at `checkpoint_path`.
+
+    Returns the `History`. Raises `TrainingDiverged` if the loss stops being finite.
+    """
+    if checkpoint_path is None:
+        if resume:
+            raise ValueError("resume=True needs a checkpoint_path")
+        return Trainer(model, data, config, callbacks=callbacks, metadata=metadata).run()
+    with run_folder_lock(Path(checkpoint_path).parent):
+        trainer = Trainer(model, data, config, checkpoint_path=checkpoint_path,
+                          callbacks=callbacks, metadata=metadata)
+        exists = Path(checkpoint_path).exists()
+        if resume:
+            if not exists:
+                raise FileNotFoundError(f"nothing to resume: no checkpoint at {checkpoint_path}")
+            trainer.resume(checkpoint_path)
+            for change in trainer.resumed_changes:
+                print(f"resuming with a changed setting: {change}")
+        elif exists and not overwrite:
+            raise ValueError(
+                f"{checkpoint_path} already holds a checkpoint: resume it (resume=True / --resume) "
+                "or choose another path (overwrite=True replaces it)"
+            )
+        return trainer.run()
