@@ -19,6 +19,7 @@ import pytest
 
 from hourglass_edu import data
 from hourglass_edu.data import CORPORA, CorpusSpec, DownloadError, RemoteFile, load_corpus
+from hourglass_edu.data import download as download_module
 
 POEMS = "old pond\na frog jumps in\nsplash\n\nautumn moon\n\nfirst snow\non the stone\n"
 STORY_A = "THE FIRST\n\nIt was dark.\n"
@@ -65,7 +66,7 @@ def isolated(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv(data.DATA_ENV, raising=False)
     monkeypatch.delenv(data.BASE_URL_ENV, raising=False)
     cache = tmp_path / "cache"
-    monkeypatch.setattr(data, "default_cache_dir", lambda: cache)
+    monkeypatch.setattr(download_module, "default_cache_dir", lambda: cache)
     return cache
 
 
@@ -220,11 +221,12 @@ def test_a_found_file_that_differs_from_the_pinned_one_is_rejected(mirror, isola
 
 
 def test_default_cache_dir_is_data_folder_in_a_checkout():
-    assert data.default_cache_dir() == Path(data.__file__).resolve().parent.parent / "data"
+    assert data.default_cache_dir() == Path(download_module.__file__).resolve().parents[2] / "data"
 
 
 def test_default_cache_dir_of_an_installed_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages/hourglass_edu/data.py"))
+    monkeypatch.setattr(download_module, "__file__",
+                        str(tmp_path / "site-packages/hourglass_edu/data/download.py"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data.default_cache_dir() == tmp_path / "xdg" / "hourglass_edu"
     monkeypatch.delenv("XDG_CACHE_HOME")
