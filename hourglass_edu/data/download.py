@@ -8,12 +8,13 @@ file on its own, so an interrupted download resumes where it stopped):
    else is consulted.
 2. `$HOURGLASS_EDU_DATA`: a directory laid out like the cache (`haiku/haiku.txt`,
    `lovecraft/*.txt`), for a copy you already have. It is only read, never written.
-3. The cache directory (`default_cache_dir()`): `data/` in a source checkout, otherwise
-   `$XDG_CACHE_HOME/hourglass_edu` (default `~/.cache/hourglass_edu`).
-4. Download into the cache directory, unless `download=False`. Downloads come from the pinned
-   upstream URLs, or from a mirror laid out like the cache when `base_url` (or
+3. The cache directory (`default_cache_dir()`): `data/` in a source checkout, otherwise the
+   user's cache folder from platformdirs (`~/.cache/hourglass_edu` on Linux).
+4. Download into the cache directory with pooch, unless `download=False`. Downloads come from the
+   pinned upstream URLs, or from a mirror laid out like the cache when `base_url` (or
    `$HOURGLASS_EDU_BASE_URL`) is set: file `haiku/haiku.txt` is fetched from
-   `{base_url}/haiku/haiku.txt`.
+   `{base_url}/haiku/haiku.txt`. A file reaches its final name only when its size and sha256
+   match; a failed transfer is tried again, and what fails for good leaves nothing behind.
 
 `read_verified` checks every file that is read against its pinned size and sha256. Hashing costs a
 few milliseconds per megabyte and the bytes are read anyway, so there is no reason to trust a stale
@@ -23,18 +24,18 @@ on different text.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import http.client
+import logging
 import os
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
+import pooch
+import requests  # pooch's own HTTP client (a dependency of pooch): its errors are caught here
 from tqdm.auto import tqdm
-
-from hourglass_edu.files import atomic_writer
 
 __all__ = [
     "DATA_ENV",
@@ -48,6 +49,8 @@ __all__ = [
 
 DATA_ENV = "HOURGLASS_EDU_DATA"
 BASE_URL_ENV = "HOURGLASS_EDU_BASE_URL"
+DOWNLOAD_RETRIES = 2  # more tries after a dropped connection, a timeout or a corrupted transfer
+DOWNLOAD_TIMEOUT = 30.0  # seconds to wait for the server to connect or send the next bytes
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,13 @@ class DownloadError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """`data/` beside the package in a source checkout, else the user's cache directory."""
+    """`data/` beside the package in a source checkout, else the user's cache directory, from
+    platformdirs: `$XDG_CACHE_HOME/hourglass_edu` (default `~/.cache/hourglass_edu`) on Linux,
+    `~/Library/Caches/hourglass_edu` on macOS, `%LOCALAPPDATA%\\hourglass_edu\\Cache` on Windows."""
     repo_root = Path(__file__).resolve().parents[2]
     if (repo_root / "pyproject.toml").is_file() and (repo_root / "data" / "README.md").is_file():
         return repo_root / "data"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "hourglass_edu"
+    return Path(platformdirs.user_cache_dir("hourglass_edu", appauthor=False))
 
 
 def _env_data_dir() -> Path | None:
@@ -119,49 +122,110 @@ def read_verified(remote: RemoteFile, path: Path) -> bytes:
 
 
 def _download(remotes: Sequence[RemoteFile], target_dir: Path, base_url: str | None,
-              desc: str, timeout: float = 30.0) -> None:
-    """Fetch each file into target_dir, verified, atomically: a file appears under its final name
-    only when its size and sha256 match; on any failure its partial download is removed."""
-    with tqdm(total=sum(r.size for r in remotes), unit="B", unit_scale=True, desc=desc) as bar:
+              desc: str) -> None:
+    """Fetch each file into target_dir with pooch. pooch streams a file into a temporary file beside
+    its target and moves it into place only when its sha256 matches, deleting it otherwise, so a
+    failed or wrong download leaves nothing behind; a failed transfer is tried again
+    DOWNLOAD_RETRIES times. Every failure is raised as a DownloadError that says what to do."""
+    urls = {remote.path: _download_url(remote, base_url) for remote in remotes}
+    fetcher = pooch.create(
+        path=target_dir, base_url="", urls=urls, retry_if_failed=DOWNLOAD_RETRIES,
+        registry={remote.path: f"sha256:{remote.sha256}" for remote in remotes},
+        allow_updates=False,  # never overwrite a file that is there (only missing ones come here)
+    )
+    total = sum(remote.size for remote in remotes)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc) as bar, _quiet_pooch():
         for remote in remotes:
-            url = _download_url(remote, base_url)
-            with atomic_writer(target_dir / remote.path) as handle:
-                _fetch_into(handle, remote, url, bar, timeout)
+            try:
+                fetcher.fetch(remote.path, downloader=_PinnedDownloader(remote, bar))
+            except (ValueError, requests.RequestException) as error:
+                raise _download_error(error, remote, urls[remote.path]) from error
 
 
-def _fetch_into(handle, remote: RemoteFile, url: str, bar, timeout: float) -> None:
-    remedy = _where_to_get_it(remote, url)
-    hasher = hashlib.sha256()
-    received = 0
+@contextlib.contextmanager
+def _quiet_pooch() -> Iterator[None]:
+    """Silence pooch's INFO lines ("Downloading file ... from ... to ...", one per file) while the
+    progress bar, which says the same, is up: lovecraft alone would print 67 of them."""
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            # Read at most one byte more than expected: enough to detect a wrong file without
-            # letting a misbehaving server fill the disk.
-            while received <= remote.size:
-                chunk = response.read(min(1 << 16, remote.size + 1 - received))
-                if not chunk:
-                    break
-                handle.write(chunk)
-                hasher.update(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    except urllib.error.HTTPError as error:
-        raise DownloadError(f"downloading {url} failed: HTTP {error.code} {error.reason}. "
-                            f"{remedy}") from error
-    except (urllib.error.URLError, TimeoutError, ConnectionError,
-            http.client.HTTPException) as error:
-        reason = getattr(error, "reason", error)
-        raise DownloadError(f"could not download {url} ({reason}); are you offline? "
-                            f"{remedy}") from error
-    if received != remote.size:
-        raise DownloadError(
-            f"downloaded {url} but got {'more than ' if received > remote.size else ''}"
-            f"{received:,} bytes, not the pinned {remote.size:,}; nothing was saved. {remedy}")
-    digest = hasher.hexdigest()
-    if digest != remote.sha256:
-        raise DownloadError(
-            f"downloaded {url} but its sha256 is {digest}, not the pinned {remote.sha256}; "
-            f"nothing was saved. {remedy}")
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class _PinnedDownloader:
+    """A pooch downloader for one pinned file: pooch's HTTPDownloader does the HTTP, and hands each
+    chunk to `write` here, which moves the corpus-wide progress bar and stops a download that
+    outgrows the pinned size.
+
+    Kept by hand because pooch checks nothing until the whole body has arrived, and then only the
+    hash: without the size check a misbehaving server could fill the disk, and a short file would
+    be reported as a hash mismatch. pooch's own progress bar is per file (67 bars for lovecraft).
+    """
+
+    def __init__(self, remote: RemoteFile, bar: tqdm) -> None:
+        self.remote, self.bar = remote, bar
+        self.http = pooch.HTTPDownloader(progressbar=False, timeout=DOWNLOAD_TIMEOUT)
+        self.received, self.url, self.handle = 0, "", None
+
+    def __call__(self, url: str, output_file: str, fetcher: pooch.Pooch,
+                 check_only: bool = False) -> bool | None:
+        if check_only:
+            return self.http(url, output_file, fetcher, check_only=True)
+        self.bar.update(-self.received)  # pooch is trying again: start the count over
+        self.received, self.url = 0, url
+        try:
+            with open(output_file, "wb") as self.handle:
+                self.http(url, self, fetcher)  # HTTPDownloader writes into `self`
+        except requests.HTTPError as error:
+            if _asking_again_is_useless(error):  # pooch would retry even a 404
+                raise _download_error(error, self.remote, url) from error
+            raise
+        if self.received != self.remote.size:
+            raise self._size_error(f"{self.received:,}")
+        return None
+
+    def write(self, chunk: bytes) -> int:
+        if self.received + len(chunk) > self.remote.size:
+            raise self._size_error(f"more than {self.remote.size:,}")
+        self.handle.write(chunk)
+        self.received += len(chunk)
+        self.bar.update(len(chunk))
+        return len(chunk)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def _size_error(self, got: str) -> DownloadError:
+        return DownloadError(
+            f"downloaded {self.url} but got {got} bytes, not the pinned {self.remote.size:,}; "
+            f"nothing was saved. {_where_to_get_it(self.remote, self.url)}")
+
+
+def _asking_again_is_useless(error: requests.HTTPError) -> bool:
+    """A 4xx answer (the file is not there, or not for us) will be the same next time, except 408
+    (request timeout) and 429 (too many requests), which mean: try later."""
+    status = error.response.status_code if error.response is not None else 0
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+def _download_error(error: Exception, remote: RemoteFile, url: str) -> DownloadError:
+    """What pooch or requests raised, as a DownloadError that names the URL and the remedy."""
+    remedy = _where_to_get_it(remote, url)
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        response = error.response
+        return DownloadError(f"downloading {url} failed: HTTP {response.status_code} "
+                             f"{response.reason}. {remedy}")
+    if isinstance(error, requests.RequestException):
+        # requests wraps the cause (e.g. "[Errno 111] Connection refused") in a long message.
+        reason = getattr(error.args[0] if error.args else None, "reason", None) or error
+        return DownloadError(f"could not download {url} ({reason}); are you offline? {remedy}")
+    # pooch raises ValueError when the bytes that arrived do not have the pinned sha256 (its
+    # message, with the digest they do have, stays attached as the cause).
+    return DownloadError(f"downloaded {url} but its sha256 is not the pinned {remote.sha256}; "
+                         f"nothing was saved. {remedy}")
 
 
 def locate_files(name: str, remotes: Sequence[RemoteFile], data_dir: str | Path | None = None,
