@@ -19,6 +19,7 @@ import pytest
 
 from hourglass_edu import data
 from hourglass_edu.data import CORPORA, CorpusSpec, DownloadError, RemoteFile, load_corpus
+from hourglass_edu.data import download as download_module
 
 POEMS = "old pond\na frog jumps in\nsplash\n\nautumn moon\n\nfirst snow\non the stone\n"
 STORY_A = "THE FIRST\n\nIt was dark.\n"
@@ -30,10 +31,31 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class _FlakyHandler(_QuietHandler):
+    """Records every request in `requests`; answers the first one for each path badly when
+    `failure` is set, later ones normally."""
+
+    failure: str | None = None  # "503", or "corrupted": the right size, the wrong bytes
+    requests: list[str] = []
+
+    def do_GET(self) -> None:
+        first = self.path not in self.requests
+        self.requests.append(self.path)
+        if not first or self.failure is None:
+            return super().do_GET()
+        if self.failure == "503":
+            return self.send_error(503, "try later")
+        body = Path(self.translate_path(self.path)).read_bytes().swapcase()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 @contextlib.contextmanager
-def serve(directory: Path):
+def serve(directory: Path, handler_class: type = _QuietHandler):
     """Serve `directory` over HTTP on a free port of 127.0.0.1; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
+    handler = functools.partial(handler_class, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
                               daemon=True)
@@ -61,11 +83,13 @@ def remote(path: str, content: bytes) -> RemoteFile:
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch) -> Path:
-    """No env overrides, and a cache directory inside tmp_path; returns that cache directory."""
+    """No env overrides, no retries (each waits a second or more; test_failed_transfer_is_retried
+    covers them), and a cache directory inside tmp_path; returns that cache directory."""
+    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 0)
     monkeypatch.delenv(data.DATA_ENV, raising=False)
     monkeypatch.delenv(data.BASE_URL_ENV, raising=False)
     cache = tmp_path / "cache"
-    monkeypatch.setattr(data, "default_cache_dir", lambda: cache)
+    monkeypatch.setattr(download_module, "default_cache_dir", lambda: cache)
     return cache
 
 
@@ -140,11 +164,31 @@ def test_checksum_mismatch_removes_partial_and_leaves_cache_untouched(mirror, is
     assert {p: p.read_bytes() for p in leftovers(isolated)} == before  # nothing added or changed
 
 
-def test_http_404_names_the_url(mirror, isolated):
+def test_a_server_sending_more_than_the_pinned_size_is_cut_off(mirror, isolated):
+    (mirror / "tinypoems/poems.txt").write_bytes(POEMS.encode() + b"x" * 100_000)
+    with serve(mirror) as url, pytest.raises(DownloadError, match=f"more than {len(POEMS)} bytes"):
+        load_corpus("tinypoems", base_url=url)
+    assert leftovers(isolated) == []
+
+
+@pytest.mark.parametrize("failure", ["503", "corrupted"])
+def test_failed_transfer_is_retried(mirror, isolated, monkeypatch, failure):
+    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 1)
+    flaky = type("Flaky", (_FlakyHandler,), {"failure": failure, "requests": []})
+    with serve(mirror, flaky) as url:
+        assert len(load_corpus("tinypoems", base_url=url).documents) == 3
+    assert flaky.requests == ["/tinypoems/poems.txt"] * 2
+    assert leftovers(isolated) == [isolated / "tinypoems/poems.txt"]
+
+
+def test_http_404_names_the_url_and_is_not_retried(mirror, isolated, monkeypatch):
+    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
     (mirror / "tinypoems/poems.txt").unlink()
-    with serve(mirror) as url, pytest.raises(DownloadError, match="HTTP 404") as caught:
+    counting = type("Counting", (_FlakyHandler,), {"requests": []})
+    with serve(mirror, counting) as url, pytest.raises(DownloadError, match="HTTP 404") as caught:
         load_corpus("tinypoems", base_url=url)
     assert f"{url}/tinypoems/poems.txt" in str(caught.value)
+    assert counting.requests == ["/tinypoems/poems.txt"]  # a missing file stays missing
     assert leftovers(isolated) == []
 
 
@@ -220,11 +264,12 @@ def test_a_found_file_that_differs_from_the_pinned_one_is_rejected(mirror, isola
 
 
 def test_default_cache_dir_is_data_folder_in_a_checkout():
-    assert data.default_cache_dir() == Path(data.__file__).resolve().parent.parent / "data"
+    assert data.default_cache_dir() == Path(download_module.__file__).resolve().parents[2] / "data"
 
 
 def test_default_cache_dir_of_an_installed_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "__file__", str(tmp_path / "site-packages/hourglass_edu/data.py"))
+    monkeypatch.setattr(download_module, "__file__",
+                        str(tmp_path / "site-packages/hourglass_edu/data/download.py"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data.default_cache_dir() == tmp_path / "xdg" / "hourglass_edu"
     monkeypatch.delenv("XDG_CACHE_HOME")
@@ -305,7 +350,9 @@ def test_real_corpora_download_from_a_local_mirror(corpus_dir, isolated, tmp_pat
     for spec in (CORPORA["haiku"], CORPORA["lovecraft"]):
         for f in spec.files:
             assert hashlib.sha256((tmp_path / "dl" / f.path).read_bytes()).hexdigest() == f.sha256
-    assert not list((tmp_path / "dl").rglob("*.part"))
+    expected = {tmp_path / "dl" / f.path for name in ("haiku", "lovecraft")
+                for f in CORPORA[name].files}
+    assert set(leftovers(tmp_path / "dl")) == expected  # no temporary files left behind
 
 
 @pytest.mark.corpus

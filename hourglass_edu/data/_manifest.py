@@ -2,9 +2,9 @@
 """The pinned corpus files: one row per file, generated once from the project's data manifest.
 
 Each row is (corpus, path inside a data directory, size in bytes, sha256 of the bytes, URL of those
-exact bytes at a fixed upstream commit). `data.py` turns these rows into `CORPORA`; nothing else
-should read them. To add a corpus, append rows (sizes and hashes of the files you checked) and
-describe it in data.py's `_DESCRIPTIONS`.
+exact bytes at a fixed upstream commit). `corpora.py` turns these rows into `CORPORA`; nothing
+else should read them. To add a corpus, append rows (sizes and hashes of the files you checked)
+and describe it in corpora.py's `_DESCRIPTIONS`.
 """
 
 FILES: tuple[tuple[str, str, int, str, str], ...] = (

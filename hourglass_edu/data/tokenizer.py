@@ -1,0 +1,170 @@
+"""The character tokenizer: `CharTokenizer` maps each character to an integer id and back.
+
+Ids: `<eot>` (end of text, `EOT`) is 0, `<unk>` (`UNK`, only with unk=True) is 1, then one id per
+character. `encode_documents` lays documents out as `<eot> doc1 <eot> doc2 <eot> ...`, so a model
+learns where a document starts and where it ends. A tokenizer saves to, and loads from, JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hourglass_edu.files import atomic_write
+
+__all__ = ["EOT", "UNK", "NORMALIZATION_FORMS", "CharTokenizer"]
+
+EOT = "<eot>"  # end of text: separates documents; how `decode` renders it
+UNK = "<unk>"  # unknown character, only in tokenizers built with unk=True
+NORMALIZATION_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+
+
+class CharTokenizer:
+    """Characters <-> integer ids, plus special tokens.
+
+    Ids: `<eot>` is 0, `<unk>` is 1 when present, then one id per character in `chars` order.
+    `normalize` ("NFC", "NFD", "NFKC", "NFKD" or None) is applied to all text before encoding,
+    so e.g. "e" + combining acute and the single character "é" become the same id under "NFC".
+    The text "<eot>" inside a string is just five characters; only the id is end-of-text.
+    """
+
+    FORMAT = "hourglass_edu.CharTokenizer"
+    VERSION = 1
+
+    def __init__(self, chars: Iterable[str], *, unk: bool = False, normalize: str | None = None):
+        chars = tuple(chars)
+        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+        if bad:
+            raise ValueError(f"chars must be single characters, got {bad[:10]!r}")
+        duplicates = sorted(c for c, n in Counter(chars).items() if n > 1)
+        if duplicates:
+            raise ValueError(f"chars lists these characters more than once: {duplicates!r}")
+        if normalize is not None and normalize not in NORMALIZATION_FORMS:
+            raise ValueError(f"normalize must be None or one of {NORMALIZATION_FORMS}, "
+                             f"got {normalize!r}")
+        self.chars = chars
+        self.unk = bool(unk)
+        self.normalize = normalize
+        self.specials = (EOT, UNK) if unk else (EOT,)
+        self.eot_id = 0
+        self.unk_id = 1 if unk else None
+        self.tokens = self.specials + chars  # id -> how decode renders it
+        # Vectorised lookup: sorted code points, and the id of each.
+        codepoints = np.array([ord(c) for c in chars], dtype=np.int64)
+        order = np.argsort(codepoints, kind="stable")
+        self._sorted_codepoints = codepoints[order]
+        self._sorted_ids = order + len(self.specials)
+
+    @classmethod
+    def from_documents(cls, documents: Iterable[str], unk: bool = False,
+                       normalize: str | None = None) -> CharTokenizer:
+        """The vocabulary is every character in the (normalised) documents, in code point order."""
+        if normalize is not None and normalize not in NORMALIZATION_FORMS:
+            raise ValueError(f"normalize must be None or one of {NORMALIZATION_FORMS}, "
+                             f"got {normalize!r}")
+        seen: set[str] = set()
+        for doc in documents:
+            seen.update(unicodedata.normalize(normalize, doc) if normalize else doc)
+        return cls(sorted(seen), unk=unk, normalize=normalize)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CharTokenizer) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return (f"CharTokenizer(vocab_size={self.vocab_size}, specials={self.specials}, "
+                f"normalize={self.normalize!r})")
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def _normalized(self, text: str) -> str:
+        return unicodedata.normalize(self.normalize, text) if self.normalize else text
+
+    def _encode_array(self, text: str) -> np.ndarray:
+        """(length,) int64 ids of an already normalised text."""
+        codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"),
+                                   dtype="<u4").astype(np.int64)
+        if len(self._sorted_codepoints) == 0:
+            found = np.zeros(len(codepoints), dtype=bool)
+            ids = np.zeros(len(codepoints), dtype=np.int64)
+        else:
+            slot = np.searchsorted(self._sorted_codepoints, codepoints)
+            slot = np.minimum(slot, len(self._sorted_codepoints) - 1)
+            found = self._sorted_codepoints[slot] == codepoints
+            ids = self._sorted_ids[slot]
+        if not found.all():
+            if self.unk_id is None:
+                unknown = Counter(chr(c) for c in codepoints[~found].tolist())
+                listed = ", ".join(f"{c!r} (U+{ord(c):04X}) x{n}"
+                                   for c, n in unknown.most_common(20))
+                more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+                raise ValueError(
+                    f"{len(unknown)} character(s) not in the vocabulary: {listed}{more}. Build the "
+                    f"tokenizer from text that contains them, or with unk=True to map them to "
+                    f"{UNK}")
+            ids = np.where(found, ids, self.unk_id)
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids. Unknown characters raise ValueError listing them (or become unk_id)."""
+        return self._encode_array(self._normalized(text)).tolist()
+
+    def encode_documents(self, documents: Iterable[str]) -> torch.Tensor:
+        """Documents -> one 1-D LongTensor laid out as `<eot> d1 <eot> d2 <eot> ... dn <eot>`
+        (just `<eot>` for no documents)."""
+        docs = [self._normalized(doc) for doc in documents]
+        body = self._encode_array("".join(docs))
+        boundaries = np.cumsum([0] + [len(doc) for doc in docs])
+        return torch.from_numpy(np.insert(body, boundaries, self.eot_id))
+
+    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special: bool = False) -> str:
+        """Ids -> text. Special tokens appear as "<eot>" / "<unk>", or are dropped with
+        skip_special=True. So decode(encode(text)) == text for any text the vocabulary covers
+        (after normalisation)."""
+        if isinstance(ids, (torch.Tensor, np.ndarray)):
+            ids = ids.tolist()
+        ids = list(ids)
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"ids outside the vocabulary [0, {self.vocab_size}): {bad[:10]}")
+        first_char = len(self.specials)
+        if skip_special:
+            return "".join(self.tokens[i] for i in ids if i >= first_char)
+        return "".join(self.tokens[i] for i in ids)
+
+    # -- saving --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {"format": self.FORMAT, "version": self.VERSION, "chars": list(self.chars),
+                "unk": self.unk, "normalize": self.normalize, "specials": list(self.specials)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CharTokenizer:
+        if d.get("format") != cls.FORMAT or d.get("version") != cls.VERSION:
+            raise ValueError(f"not a {cls.FORMAT} version {cls.VERSION} dict: format="
+                             f"{d.get('format')!r}, version={d.get('version')!r}")
+        tokenizer = cls(d["chars"], unk=d["unk"], normalize=d["normalize"])
+        if "specials" in d and list(d["specials"]) != list(tokenizer.specials):
+            raise ValueError(f"specials {d['specials']!r} do not match unk={d['unk']}")
+        return tokenizer
+
+    def save(self, path: str | Path) -> None:
+        """Write as UTF-8 JSON, atomically (a crash leaves the old file or none, never half)."""
+        atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharTokenizer:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
