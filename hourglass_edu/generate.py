@@ -4,12 +4,7 @@
     for piece in stream(model, tokenizer, "An old pond", 200, seed=0):
         print(piece, end="", flush=True)
 
-How one new character is chosen (`sample_token`), in this order:
-1. divide the logits by the temperature (`temperature=0` means greedy: always the most likely);
-2. top-k: keep the k most likely characters;
-3. top-p (nucleus): keep the smallest set of most likely characters whose probabilities add up to
-   at least p (of the distribution left after steps 1-2);
-4. draw from what is left, with a seeded `torch.Generator` so that a seed reproduces a sample.
+How one new character is chosen from the logits: see `hourglass_edu.sampling`.
 
 Prompts (`encode_prompt`): the model was trained on `<eot> doc1 <eot> doc2 <eot> ...`, so a prompt
 is read as the beginning of a document: generation conditions on `<eot>` + prompt (an empty prompt
@@ -37,113 +32,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-# ---------------------------------------------------------------------------------------------
-# Sampling one token from a vector of logits
-# ---------------------------------------------------------------------------------------------
-
-
-def check_sampling_settings(
-    temperature: float, top_k: int | None, top_p: float | None
-) -> None:
-    """Raise ValueError, saying what to change, for settings that cannot define a distribution."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    if not temperature >= 0 or temperature == float("inf"):
-        raise ValueError(
-            f"temperature must be >= 0 and finite (0 = greedy), got {temperature!r}"
-        )
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 or None (no limit), got {top_k!r}")
-    if top_p is not None:
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None (no limit), got {top_p!r}")
-
-
-def keep_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Set every logit below the k-th largest to -inf. logits: (..., vocab).
-
-    Ties with the k-th largest are kept, so slightly more than k may survive on exact ties.
-    """
-    if top_k >= logits.shape[-1]:
-        return logits
-    kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth_largest, float("-inf"))
-
-
-def keep_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filter: keep the smallest set of most likely tokens with total probability >= top_p.
-
-    A token is kept when the probability of the tokens ranked strictly above it is still below
-    top_p; so the most likely token is always kept, and the token that crosses top_p is kept too.
-    logits: (..., vocab); returns logits with the rest set to -inf.
-    """
-    if top_p >= 1:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    sorted_probs = torch.softmax(sorted_logits, dim=-1)
-    mass_above = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    drop_sorted = mass_above >= top_p
-    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def next_token_probabilities(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-) -> torch.Tensor:
-    """The distribution `sample_token` draws from: (vocab,) logits -> (vocab,) probabilities.
-
-    With temperature 0 it is one-hot on the most likely token (the first one on ties).
-    """
-    check_sampling_settings(temperature, top_k, top_p)
-    logits = logits.detach().float()
-    if temperature == 0:
-        probs = torch.zeros_like(logits)
-        probs.scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-        return probs
-    logits = logits / temperature
-    if top_k is not None:
-        logits = keep_top_k(logits, top_k)
-    if top_p is not None:
-        logits = keep_top_p(logits, top_p)
-    return torch.softmax(logits, dim=-1)
-
-
-def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
-    """A CPU torch.Generator: the one given, one seeded with `seed`, or a freshly seeded one."""
-    if isinstance(seed, torch.Generator):
-        if seed.device.type != "cpu":
-            raise ValueError("pass a CPU torch.Generator (sampling draws on the CPU)")
-        return seed
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    elif isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
-    else:
-        generator.manual_seed(seed)
-    return generator
-
-
-def sample_token(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Choose the next token id from (vocab,) logits (see the module docstring for the rules)."""
-    if temperature == 0:
-        check_sampling_settings(temperature, top_k, top_p)
-        return int(logits.argmax())
-    probs = next_token_probabilities(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    # Draw on the CPU so that a seed gives the same text whatever device the model runs on.
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
-
+from hourglass_edu.sampling import check_sampling_settings, make_generator, sample_token
 
 # ---------------------------------------------------------------------------------------------
 # Prompts
