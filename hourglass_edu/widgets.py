@@ -25,7 +25,7 @@ import time
 import ipywidgets as widgets
 
 from hourglass_edu import viz
-from hourglass_edu.generate import stream
+from hourglass_edu.generation import GenerationSettings, stream
 
 #: Resolution of the explorers' pictures: sharp on a laptop, quick to redraw.
 WIDGET_DPI = 80
@@ -50,7 +50,8 @@ class GenerationDemo(widgets.VBox):
     Attributes (the controls): `prompt`, `temperature`, `top_k` (0 = off), `top_p` (1 = off),
     `length` (new characters), `seed`, `stop_at_end`, `generate_button`, `stop_button`,
     `output` (a Textarea holding prompt + generated text), `status` (an HTML line).
-    `running` says whether a generation is under way; `wait(timeout)` blocks until it ends.
+    `settings()` is the `GenerationSettings` the controls show; `running` says whether a
+    generation is under way; `wait(timeout)` blocks until it ends.
     """
 
     def __init__(
@@ -132,6 +133,17 @@ class GenerationDemo(widgets.VBox):
             thread.join(timeout)
         return not self.running
 
+    def settings(self) -> GenerationSettings:
+        """The settings the controls show now (top-k 0 and top-p 1 mean: no limit)."""
+        return GenerationSettings(
+            temperature=float(self.temperature.value),
+            top_k=int(self.top_k.value) or None,
+            top_p=float(self.top_p.value) if self.top_p.value < 1 else None,
+            seed=int(self.seed.value),
+            stop_at_end=bool(self.stop_at_end.value),
+            use_cache=bool(self.use_cache),
+        )
+
     def stop(self) -> None:
         """Ask the running generation to end after the current character."""
         self._stop_requested.set()
@@ -146,13 +158,8 @@ class GenerationDemo(widgets.VBox):
             prompt = self.prompt.value
             try:
                 pieces = stream(
-                    self.model, self.tokenizer, prompt, int(self.length.value),
-                    temperature=float(self.temperature.value),
-                    top_k=int(self.top_k.value) or None,
-                    top_p=float(self.top_p.value) if self.top_p.value < 1 else None,
-                    seed=int(self.seed.value), stop_at_end=bool(self.stop_at_end.value),
-                    use_cache=self.use_cache,
-                )  # fmt: skip
+                    self.model, self.tokenizer, prompt, int(self.length.value), self.settings()
+                )
             except ValueError as error:
                 self.status.value = _error_html(str(error))
                 return

@@ -6,6 +6,7 @@ hourglass itself (and its cache) is tested in test_generate.py.
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from hourglass_edu.data import CharTokenizer
-from hourglass_edu.generate import encode_prompt, generate, stream
+from hourglass_edu.generation import GenerationSettings, encode_prompt, generate, stream
 from hourglass_edu.sampling import (
     keep_top_k,
     keep_top_p,
@@ -161,14 +162,45 @@ def test_generation_at_a_tiny_temperature_equals_greedy(tokenizer):
         ({"seed": "seven"}, "seed"),
         ({"stop": ""}, "stop"),
         ({"stop": ["ab", 3]}, "stop"),
+        ({"stop": 3}, "stop"),
+        ({"use_cache": "yes"}, "use_cache"),
+        ({"stop_at_end": None}, "stop_at_end"),
+        ({"replace_unknown": 0}, "replace_unknown"),
     ],
 )
 def test_bad_settings_raise_clear_errors(tokenizer, settings, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationSettings(**settings)
     model = cycling_model(tokenizer)
     with pytest.raises(ValueError, match=message):
         generate(model, tokenizer, "ab", 5, **settings)
     with pytest.raises(ValueError, match=message):
         stream(model, tokenizer, "ab", 5, **settings)  # fails at the call, not on first next()
+    assert model.seen == []
+
+
+def test_settings_object_and_keyword_overrides(tokenizer):
+    model = cycling_model(tokenizer)
+    settings = GenerationSettings(temperature=0, stop="ef")
+    assert settings.stop == ("ef",) and GenerationSettings().stop == ()
+    assert settings == GenerationSettings(temperature=0, stop=["ef"])
+    assert generate(model, tokenizer, "", 30, settings) == "abcd"
+    assert generate(model, tokenizer, "", 12, settings, stop=None) == "abcdefgh abc"
+    assert generate(model, tokenizer, "", 9, GenerationSettings(stop="ef"), temperature=0) == "abcd"
+    assert settings.replace(stop="cd") == GenerationSettings(temperature=0, stop="cd")
+    assert settings.stop == ("ef",)  # overrides make a copy; the object never changes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.temperature = 1.0
+    with pytest.raises(ValueError, match="top_p"):
+        settings.replace(top_p=2.0)
+
+
+def test_unknown_settings_are_type_errors_naming_them(tokenizer):
+    model = cycling_model(tokenizer)
+    with pytest.raises(TypeError, match="temprature.*the settings are temperature, top_k"):
+        generate(model, tokenizer, "a", 3, temprature=0.5)
+    with pytest.raises(TypeError, match="GenerationSettings"):
+        stream(model, tokenizer, "a", 3, 0.5)  # the old keyword-only settings, by position
     assert model.seen == []
 
 
