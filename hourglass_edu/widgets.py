@@ -63,38 +63,7 @@ class GenerationDemo(widgets.VBox):
         self._stop_requested = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        style = {"description_width": "90px"}
-        wide = widgets.Layout(width="100%")
-        self.prompt = _classed(
-            widgets.Textarea(value=prompt, description="Prompt", placeholder="(empty: a new poem)",
-                             layout=widgets.Layout(width="100%", height="60px"), style=style),
-            "hg-prompt",
-        )  # fmt: skip
-        self.temperature = _classed(
-            widgets.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="Temperature",
-                                style=style, tooltip="0 = always the most likely character"),
-            "hg-temperature",
-        )  # fmt: skip
-        self.top_k = _classed(
-            widgets.IntSlider(value=0, min=0, max=max(1, tokenizer.vocab_size), description="Top-k",
-                              style=style, tooltip="keep the k most likely characters (0 = all)"),
-            "hg-top-k",
-        )  # fmt: skip
-        self.top_p = _classed(
-            widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="Top-p",
-                                style=style, tooltip="nucleus sampling (1 = off)"),
-            "hg-top-p",
-        )  # fmt: skip
-        self.length = _classed(
-            widgets.IntSlider(value=min(300, max_length), min=1, max=max_length, step=1,
-                              description="Length", style=style),
-            "hg-length",
-        )  # fmt: skip
-        self.seed = _classed(widgets.IntText(value=0, description="Seed", style=style), "hg-seed")
-        self.stop_at_end = _classed(
-            widgets.Checkbox(value=True, description="stop at end of text", indent=False),
-            "hg-stop-at-end",
-        )
+        self._make_controls(prompt, max_length)
         self.generate_button = _classed(
             widgets.Button(description="Generate", button_style="primary", icon="play"),
             "hg-generate",
@@ -118,8 +87,55 @@ class GenerationDemo(widgets.VBox):
             ]
         )
         buttons = widgets.HBox([self.generate_button, self.stop_button, self.status])
-        super().__init__([self.prompt, controls, buttons, self.output], layout=wide)
+        super().__init__([self.prompt, controls, buttons, self.output],
+                         layout=widgets.Layout(width="100%"))  # fmt: skip
         self.add_class("hg-generation-demo")
+
+    def _make_controls(self, prompt: str, max_length: int) -> None:
+        """The prompt box and the controls that `settings()` reads."""
+        style = {"description_width": "90px"}
+        self.prompt = _classed(
+            widgets.Textarea(value=prompt, description="Prompt", placeholder="(empty: a new poem)",
+                             layout=widgets.Layout(width="100%", height="60px"), style=style),
+            "hg-prompt",
+        )  # fmt: skip
+        self.temperature = _classed(
+            widgets.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="Temperature",
+                                style=style, tooltip="0 = always the most likely character"),
+            "hg-temperature",
+        )  # fmt: skip
+        self.top_k = _classed(
+            widgets.IntSlider(value=0, min=0, max=max(1, self.tokenizer.vocab_size),
+                              description="Top-k", style=style,
+                              tooltip="keep the k most likely characters (0 = all)"),
+            "hg-top-k",
+        )  # fmt: skip
+        self.top_p = _classed(
+            widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="Top-p",
+                                style=style, tooltip="nucleus sampling (1 = off)"),
+            "hg-top-p",
+        )  # fmt: skip
+        self.length = _classed(
+            widgets.IntSlider(value=min(300, max_length), min=1, max=max_length, step=1,
+                              description="Length", style=style),
+            "hg-length",
+        )  # fmt: skip
+        self.seed = _classed(widgets.IntText(value=0, description="Seed", style=style), "hg-seed")
+        self.stop_at_end = _classed(
+            widgets.Checkbox(value=True, description="stop at end of text", indent=False),
+            "hg-stop-at-end",
+        )
+
+    def settings(self) -> GenerationSettings:
+        """The settings the controls show now (top-k 0 and top-p 1 mean: no limit)."""
+        return GenerationSettings(
+            temperature=float(self.temperature.value),
+            top_k=int(self.top_k.value) or None,
+            top_p=float(self.top_p.value) if self.top_p.value < 1 else None,
+            seed=int(self.seed.value),
+            stop_at_end=bool(self.stop_at_end.value),
+            use_cache=bool(self.use_cache),
+        )
 
     @property
     def running(self) -> bool:
@@ -132,17 +148,6 @@ class GenerationDemo(widgets.VBox):
         if thread is not None:
             thread.join(timeout)
         return not self.running
-
-    def settings(self) -> GenerationSettings:
-        """The settings the controls show now (top-k 0 and top-p 1 mean: no limit)."""
-        return GenerationSettings(
-            temperature=float(self.temperature.value),
-            top_k=int(self.top_k.value) or None,
-            top_p=float(self.top_p.value) if self.top_p.value < 1 else None,
-            seed=int(self.seed.value),
-            stop_at_end=bool(self.stop_at_end.value),
-            use_cache=bool(self.use_cache),
-        )
 
     def stop(self) -> None:
         """Ask the running generation to end after the current character."""
