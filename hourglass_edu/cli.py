@@ -74,27 +74,35 @@ def _add_sample(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=None, help="makes the sample reproducible")
     parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
                         help="stop before this text appears (may be given several times)")
-    parser.add_argument("--no-stop-at-end", action="store_true",
+    parser.add_argument("--no-stop-at-end", dest="stop_at_end", action="store_false",
                         help="keep going past <eot> (the end of a document)")
     parser.add_argument("--replace-unknown", default=None, metavar="TEXT",
                         help="put TEXT in place of prompt characters outside the vocabulary "
                         "(default: refuse them)")
-    parser.add_argument("--no-cache", action="store_true",
+    parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole window for every character (slow; to compare)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
     parser.set_defaults(run=_run_sample)
 
 
+def _generation_settings(args):
+    """The GenerationSettings of a `sample` command line: each of its options that sets a
+    setting has the setting's name as `dest`, so the fields are picked out by name."""
+    from dataclasses import fields
+
+    from hourglass_edu.generation import GenerationSettings
+
+    names = [field.name for field in fields(GenerationSettings) if hasattr(args, field.name)]
+    return GenerationSettings(**{name: getattr(args, name) for name in names})
+
+
 def _run_sample(args) -> int:
-    from hourglass_edu.generate import stream
+    from hourglass_edu.generation import stream
     from hourglass_edu.training import load_model
 
+    settings = _generation_settings(args)  # checked before the checkpoint is loaded
     model, tokenizer = load_model(args.ckpt, device=args.device)
-    pieces = stream(
-        model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache,
-        stop_at_end=not args.no_stop_at_end, stop=args.stop, replace_unknown=args.replace_unknown,
-    )
+    pieces = stream(model, tokenizer, args.prompt, args.max_new_tokens, settings)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
     try:
@@ -301,7 +309,7 @@ def _run_demo(args) -> int:
 
 def _print_samples(model, tokenizer, count, *, max_new_tokens=200, temperature=0.8, seed=0):
     """Print `count` documents generated from an empty prompt (the start of a document)."""
-    from hourglass_edu.generate import generate
+    from hourglass_edu.generation import generate
 
     model.eval()
     for index in range(count):

@@ -25,7 +25,7 @@ import time
 import ipywidgets as widgets
 
 from hourglass_edu import viz
-from hourglass_edu.generate import stream
+from hourglass_edu.generation import GenerationSettings, stream
 
 #: Resolution of the explorers' pictures: sharp on a laptop, quick to redraw.
 WIDGET_DPI = 80
@@ -50,7 +50,8 @@ class GenerationDemo(widgets.VBox):
     Attributes (the controls): `prompt`, `temperature`, `top_k` (0 = off), `top_p` (1 = off),
     `length` (new characters), `seed`, `stop_at_end`, `generate_button`, `stop_button`,
     `output` (a Textarea holding prompt + generated text), `status` (an HTML line).
-    `running` says whether a generation is under way; `wait(timeout)` blocks until it ends.
+    `settings()` is the `GenerationSettings` the controls show; `running` says whether a
+    generation is under way; `wait(timeout)` blocks until it ends.
     """
 
     def __init__(
@@ -62,38 +63,7 @@ class GenerationDemo(widgets.VBox):
         self._stop_requested = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        style = {"description_width": "90px"}
-        wide = widgets.Layout(width="100%")
-        self.prompt = _classed(
-            widgets.Textarea(value=prompt, description="Prompt", placeholder="(empty: a new poem)",
-                             layout=widgets.Layout(width="100%", height="60px"), style=style),
-            "hg-prompt",
-        )  # fmt: skip
-        self.temperature = _classed(
-            widgets.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="Temperature",
-                                style=style, tooltip="0 = always the most likely character"),
-            "hg-temperature",
-        )  # fmt: skip
-        self.top_k = _classed(
-            widgets.IntSlider(value=0, min=0, max=max(1, tokenizer.vocab_size), description="Top-k",
-                              style=style, tooltip="keep the k most likely characters (0 = all)"),
-            "hg-top-k",
-        )  # fmt: skip
-        self.top_p = _classed(
-            widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="Top-p",
-                                style=style, tooltip="nucleus sampling (1 = off)"),
-            "hg-top-p",
-        )  # fmt: skip
-        self.length = _classed(
-            widgets.IntSlider(value=min(300, max_length), min=1, max=max_length, step=1,
-                              description="Length", style=style),
-            "hg-length",
-        )  # fmt: skip
-        self.seed = _classed(widgets.IntText(value=0, description="Seed", style=style), "hg-seed")
-        self.stop_at_end = _classed(
-            widgets.Checkbox(value=True, description="stop at end of text", indent=False),
-            "hg-stop-at-end",
-        )
+        self._make_controls(prompt, max_length)
         self.generate_button = _classed(
             widgets.Button(description="Generate", button_style="primary", icon="play"),
             "hg-generate",
@@ -117,8 +87,55 @@ class GenerationDemo(widgets.VBox):
             ]
         )
         buttons = widgets.HBox([self.generate_button, self.stop_button, self.status])
-        super().__init__([self.prompt, controls, buttons, self.output], layout=wide)
+        super().__init__([self.prompt, controls, buttons, self.output],
+                         layout=widgets.Layout(width="100%"))  # fmt: skip
         self.add_class("hg-generation-demo")
+
+    def _make_controls(self, prompt: str, max_length: int) -> None:
+        """The prompt box and the controls that `settings()` reads."""
+        style = {"description_width": "90px"}
+        self.prompt = _classed(
+            widgets.Textarea(value=prompt, description="Prompt", placeholder="(empty: a new poem)",
+                             layout=widgets.Layout(width="100%", height="60px"), style=style),
+            "hg-prompt",
+        )  # fmt: skip
+        self.temperature = _classed(
+            widgets.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="Temperature",
+                                style=style, tooltip="0 = always the most likely character"),
+            "hg-temperature",
+        )  # fmt: skip
+        self.top_k = _classed(
+            widgets.IntSlider(value=0, min=0, max=max(1, self.tokenizer.vocab_size),
+                              description="Top-k", style=style,
+                              tooltip="keep the k most likely characters (0 = all)"),
+            "hg-top-k",
+        )  # fmt: skip
+        self.top_p = _classed(
+            widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="Top-p",
+                                style=style, tooltip="nucleus sampling (1 = off)"),
+            "hg-top-p",
+        )  # fmt: skip
+        self.length = _classed(
+            widgets.IntSlider(value=min(300, max_length), min=1, max=max_length, step=1,
+                              description="Length", style=style),
+            "hg-length",
+        )  # fmt: skip
+        self.seed = _classed(widgets.IntText(value=0, description="Seed", style=style), "hg-seed")
+        self.stop_at_end = _classed(
+            widgets.Checkbox(value=True, description="stop at end of text", indent=False),
+            "hg-stop-at-end",
+        )
+
+    def settings(self) -> GenerationSettings:
+        """The settings the controls show now (top-k 0 and top-p 1 mean: no limit)."""
+        return GenerationSettings(
+            temperature=float(self.temperature.value),
+            top_k=int(self.top_k.value) or None,
+            top_p=float(self.top_p.value) if self.top_p.value < 1 else None,
+            seed=int(self.seed.value),
+            stop_at_end=bool(self.stop_at_end.value),
+            use_cache=bool(self.use_cache),
+        )
 
     @property
     def running(self) -> bool:
@@ -146,13 +163,8 @@ class GenerationDemo(widgets.VBox):
             prompt = self.prompt.value
             try:
                 pieces = stream(
-                    self.model, self.tokenizer, prompt, int(self.length.value),
-                    temperature=float(self.temperature.value),
-                    top_k=int(self.top_k.value) or None,
-                    top_p=float(self.top_p.value) if self.top_p.value < 1 else None,
-                    seed=int(self.seed.value), stop_at_end=bool(self.stop_at_end.value),
-                    use_cache=self.use_cache,
-                )  # fmt: skip
+                    self.model, self.tokenizer, prompt, int(self.length.value), self.settings()
+                )
             except ValueError as error:
                 self.status.value = _error_html(str(error))
                 return

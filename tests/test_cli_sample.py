@@ -9,7 +9,7 @@ import torch
 
 from hourglass_edu import cli
 from hourglass_edu.data import CharTokenizer, Corpus, prepare_data
-from hourglass_edu.generate import generate
+from hourglass_edu.generation import GenerationSettings, generate
 from hourglass_edu.training import PRESETS, build_model, load_model, train
 
 DOCUMENTS = [
@@ -34,6 +34,20 @@ def checkpoint(one_thread, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
     train(model, data, config, checkpoint_path=path)
     return path
+
+
+def test_sample_options_are_the_generation_settings():
+    args = cli.build_parser().parse_args([
+        "sample", "--ckpt", "run", "--temperature", "0", "--top-k", "5", "--top-p", "0.5",
+        "--seed", "4", "--stop", "a", "--stop", "bc", "--no-stop-at-end", "--no-cache",
+        "--replace-unknown", " ",
+    ])  # fmt: skip
+    assert cli._generation_settings(args) == GenerationSettings(
+        temperature=0.0, top_k=5, top_p=0.5, seed=4, stop=("a", "bc"), stop_at_end=False,
+        use_cache=False, replace_unknown=" ",
+    )  # fmt: skip
+    defaults = cli._generation_settings(cli.build_parser().parse_args(["sample", "--ckpt", "x"]))
+    assert defaults == GenerationSettings(temperature=0.8)
 
 
 def test_sample_streams_the_cached_generation(checkpoint, capsys):

@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hourglass_edu import HourglassConfig, HourglassLM
+from hourglass_edu.cached_decoding import IncrementalDecoder, KeyValueCache
 from hourglass_edu.data import CharTokenizer
-from hourglass_edu.decoding import IncrementalDecoder, KeyValueCache
-from hourglass_edu.generate import generate, stream
+from hourglass_edu.generation import generate, stream
 
 VOCAB_CHARS = "abcdefghij \n"
 TOLERANCE = 1e-4

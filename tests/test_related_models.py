@@ -211,7 +211,7 @@ def test_too_long_input_is_a_clear_error():
 @pytest.mark.parametrize("name", NAMES)
 def test_generate_works_and_the_cache_request_falls_back_to_recomputing(name):
     from hourglass_edu import CharTokenizer
-    from hourglass_edu.generate import generate
+    from hourglass_edu.generation import generate
 
     tokenizer = CharTokenizer.from_documents(["abcdefghij", "klm"])
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ hourglass itself (and its cache) is tested in test_generate.py.
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -13,14 +14,13 @@ import torch
 from torch import nn
 
 from hourglass_edu.data import CharTokenizer
-from hourglass_edu.generate import (
-    encode_prompt,
-    generate,
+from hourglass_edu.generation import GenerationSettings, encode_prompt, generate, stream
+from hourglass_edu.sampling import (
     keep_top_k,
     keep_top_p,
     next_token_probabilities,
     sample_token,
-    stream,
+    scale_by_temperature,
 )
 
 
@@ -117,6 +117,38 @@ def test_temperature_zero_is_greedy_and_low_temperature_approaches_it():
     )
 
 
+def test_a_temperature_too_small_to_divide_by_is_greedy():
+    logits = torch.tensor([0.3, 2.0, 1.9, float("-inf"), -50.0])
+    greedy = next_token_probabilities(logits, temperature=0)
+    for tiny in (1e-40, 1e-50, 5e-324):  # (logits - max) / tiny overflows, or tiny rounds to 0
+        assert scale_by_temperature(logits, tiny) is None
+        torch.testing.assert_close(next_token_probabilities(logits, temperature=tiny), greedy)
+        torch.testing.assert_close(
+            next_token_probabilities(logits, temperature=tiny, top_k=2, top_p=0.5), greedy
+        )
+        generator = torch.Generator().manual_seed(0)
+        state = generator.get_state()
+        assert sample_token(logits, temperature=tiny, generator=generator) == 1
+        assert torch.equal(generator.get_state(), state)  # greedy draws no random number
+    tied = torch.tensor([1.0, 3.0, 3.0])
+    assert sample_token(tied, temperature=1e-40) == sample_token(tied, temperature=0) == 1
+
+
+def test_large_logits_do_not_overflow_the_softmax():
+    logits = torch.tensor([1e30, 1e30 - 1e24, -1e30])
+    for temperature in (1e-6, 1e-9):  # logits / 1e-9 alone would be inf, and softmax nan
+        probs = next_token_probabilities(logits, temperature=temperature)
+        torch.testing.assert_close(probs, torch.tensor([1.0, 0.0, 0.0]))
+    shifted = scale_by_temperature(torch.tensor([1000.0, 999.0]), 0.5)
+    torch.testing.assert_close(shifted, torch.tensor([0.0, -2.0]))
+
+
+def test_generation_at_a_tiny_temperature_equals_greedy(tokenizer):
+    model = cycling_model(tokenizer, sharpness=1.0)
+    greedy = generate(model, tokenizer, "ab", 30, temperature=0, seed=1)
+    assert generate(model, tokenizer, "ab", 30, temperature=1e-40, seed=2) == greedy
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [
@@ -130,14 +162,45 @@ def test_temperature_zero_is_greedy_and_low_temperature_approaches_it():
         ({"seed": "seven"}, "seed"),
         ({"stop": ""}, "stop"),
         ({"stop": ["ab", 3]}, "stop"),
+        ({"stop": 3}, "stop"),
+        ({"use_cache": "yes"}, "use_cache"),
+        ({"stop_at_end": None}, "stop_at_end"),
+        ({"replace_unknown": 0}, "replace_unknown"),
     ],
 )
 def test_bad_settings_raise_clear_errors(tokenizer, settings, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationSettings(**settings)
     model = cycling_model(tokenizer)
     with pytest.raises(ValueError, match=message):
         generate(model, tokenizer, "ab", 5, **settings)
     with pytest.raises(ValueError, match=message):
         stream(model, tokenizer, "ab", 5, **settings)  # fails at the call, not on first next()
+    assert model.seen == []
+
+
+def test_settings_object_and_keyword_overrides(tokenizer):
+    model = cycling_model(tokenizer)
+    settings = GenerationSettings(temperature=0, stop="ef")
+    assert settings.stop == ("ef",) and GenerationSettings().stop == ()
+    assert settings == GenerationSettings(temperature=0, stop=["ef"])
+    assert generate(model, tokenizer, "", 30, settings) == "abcd"
+    assert generate(model, tokenizer, "", 12, settings, stop=None) == "abcdefgh abc"
+    assert generate(model, tokenizer, "", 9, GenerationSettings(stop="ef"), temperature=0) == "abcd"
+    assert settings.replace(stop="cd") == GenerationSettings(temperature=0, stop="cd")
+    assert settings.stop == ("ef",)  # overrides make a copy; the object never changes
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.temperature = 1.0
+    with pytest.raises(ValueError, match="top_p"):
+        settings.replace(top_p=2.0)
+
+
+def test_unknown_settings_are_type_errors_naming_them(tokenizer):
+    model = cycling_model(tokenizer)
+    with pytest.raises(TypeError, match="temprature.*the settings are temperature, top_k"):
+        generate(model, tokenizer, "a", 3, temprature=0.5)
+    with pytest.raises(TypeError, match="GenerationSettings"):
+        stream(model, tokenizer, "a", 3, 0.5)  # the old keyword-only settings, by position
     assert model.seen == []
 
 

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, widgets  # noqa: E402
-from hourglass_edu.generate import generate  # noqa: E402
+from hourglass_edu.generation import GenerationSettings, generate  # noqa: E402
 
 TEXT = "old pond\na frog"
 
@@ -48,6 +48,8 @@ def test_generate_button_streams_text_into_the_output(model, tokenizer):
     demo.stop_at_end.value = False
     demo.temperature.value = 1.5
     demo.top_k.value = 3
+    assert demo.settings() == GenerationSettings(temperature=1.5, top_k=3, seed=3,
+                                                 stop_at_end=False)  # fmt: skip
     demo.generate_button.click()
     assert demo.wait(timeout=30)
     expected = generate(model, tokenizer, "the old", 12, temperature=1.5, top_k=3, seed=3,

@@ -1,4 +1,4 @@
-"""Cached incremental decoding through every level of the hourglass.
+"""Cached decoding: per-level key/value caches that decode the hourglass one token at a time.
 
 Recomputing the whole window for each new character costs a full forward pass per character.
 Here every level keeps what it has already computed, so a new character costs one position of
@@ -33,8 +33,8 @@ token (a step) run the same code, so the prefill builds exactly the caches the s
 It reuses the model's own layers (their norms, projections and feed-forwards); only the
 bookkeeping of what is new lives here. Dropout is not applied: decode in eval mode.
 
-Beyond ``config.max_length`` the decoder raises, like the model; `generate` slides its window
-(see generate.py) and re-prefills.
+Beyond ``config.max_length`` the decoder raises, like the model; `CachedDecoder` (decoders.py)
+slides its window and re-prefills, so `generate` never gets there.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ from hourglass_edu.attention import funnel_down_mask, funnel_up_mask
 from hourglass_edu.blocks import TransformerBlock
 from hourglass_edu.hourglass import HourglassLevel, HourglassLM
 from hourglass_edu.resampling import AttentionShortening, AttentionUpsampling
+
+__all__ = ["IncrementalDecoder", "KeyValueCache", "LevelDecoder", "block_extend"]
 
 
 class KeyValueCache:

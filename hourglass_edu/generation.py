@@ -1,0 +1,297 @@
+"""Generation: continue a prompt, as one string (`generate`) or piece by piece (`stream`).
+
+    text = generate(model, tokenizer, "An old pond", 200, temperature=0.8, top_p=0.95, seed=0)
+    settings = GenerationSettings(temperature=0.8, top_k=20, stop="\n\n")
+    for piece in stream(model, tokenizer, "An old pond", 200, settings, seed=0):
+        print(piece, end="", flush=True)
+
+Everything that shapes a generation, except the prompt and how many characters at most, is one
+`GenerationSettings` (checked when it is made, so bad settings fail at the call). `generate` and
+`stream` take one, or its fields as keywords, or both (the keywords override the object's
+fields); the command line's `sample` and the generation widget build one too.
+
+How one new character is chosen from the logits: `hourglass_edu.sampling`. Which decoder gives
+the logits (cached or recomputed), and what happens when the context window is full:
+`hourglass_edu.decoders`.
+
+Prompts (`encode_prompt`): the model was trained on `<eot> doc1 <eot> doc2 <eot> ...`, so a prompt
+is read as the beginning of a document: generation conditions on `<eot>` + prompt (an empty prompt
+is just `<eot>`). Characters outside the vocabulary raise a ValueError naming them, unless
+`replace_unknown` says what to put in their place.
+
+Stop strings: generation ends before the first stop string that appears; the stop string is not
+part of the text. While streaming, text that might be the start of a stop string is held back
+until it is clear that it is not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from hourglass_edu.decoders import make_decoder
+from hourglass_edu.sampling import check_sampling_settings, check_seed, make_generator, sample_token
+
+__all__ = ["GenerationSettings", "encode_prompt", "generate", "stream"]
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    """How to generate: sampling rule, seed, decoder, when to stop, unknown prompt characters.
+
+    temperature: 0 = greedy (always the most likely); higher = more surprising.
+    top_k: sample only among the k most likely characters (None = no limit).
+    top_p: nucleus sampling, the smallest set with probability >= p (None = no limit).
+    seed: an int, a CPU torch.Generator (its state advances), or None (a fresh random seed).
+    use_cache: decode an HourglassLM with per-level key/value caches (same text, much faster);
+        other models always recompute the window.
+    stop_at_end: stop when the model writes `<eot>` (the end of a document; not included).
+    stop: a string or several; generation stops before the first one that appears. Stored as a
+        tuple of strings (empty: no stop strings).
+    replace_unknown: what to put in place of prompt characters outside the vocabulary ("" drops
+        them; None = raise a ValueError naming them).
+
+    Settings are checked when made (ValueError saying what to change) and cannot be changed
+    afterwards; `settings.replace(top_k=5)` makes a checked copy with some fields changed.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | torch.Generator | None = None
+    use_cache: bool = True
+    stop_at_end: bool = True
+    stop: str | Sequence[str] | None = ()
+    replace_unknown: str | None = None
+
+    def __post_init__(self):
+        check_sampling_settings(self.temperature, self.top_k, self.top_p)
+        check_seed(self.seed)
+        for name in ("use_cache", "stop_at_end"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        object.__setattr__(self, "stop", _stop_strings(self.stop))
+        if self.replace_unknown is not None and not isinstance(self.replace_unknown, str):
+            raise ValueError(
+                f"replace_unknown must be a string or None, got {self.replace_unknown!r}"
+            )
+
+    def replace(self, **changes) -> GenerationSettings:
+        """A copy with some fields changed, checked again. Unknown names raise a TypeError."""
+        names = [field.name for field in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(names))
+        if unknown:
+            raise TypeError(
+                f"unknown generation setting(s) {', '.join(unknown)}; the settings are "
+                f"{', '.join(names)}"
+            )
+        return dataclasses.replace(self, **changes)
+
+
+def _stop_strings(stop) -> tuple[str, ...]:
+    """`stop` as a tuple of non-empty strings (None or an empty sequence: no stop strings)."""
+    if stop is None:
+        return ()
+    try:
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    except TypeError:
+        stops = (stop,)
+    for item in stops:
+        if not isinstance(item, str) or item == "":
+            raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return stops
+
+
+def _resolve(settings: GenerationSettings | None, overrides: dict) -> GenerationSettings:
+    """The settings a call uses: `settings` (default: all defaults) with `overrides` applied."""
+    if settings is None:
+        settings = GenerationSettings()
+    elif not isinstance(settings, GenerationSettings):
+        raise TypeError(
+            f"settings must be a GenerationSettings (or None), got {type(settings).__name__}; "
+            "pass sampling options by keyword, e.g. temperature=0.8"
+        )
+    return settings.replace(**overrides) if overrides else settings
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and stop strings
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_prompt(tokenizer, prompt: str, *, replace_unknown: str | None = None) -> list[int]:
+    """Token ids for `<eot>` + prompt: generation starts where a document would start.
+
+    Characters the tokenizer does not know raise a ValueError that names them, unless
+    `replace_unknown` is given: each unknown character is then replaced by that string ("" drops
+    them). A tokenizer built with an unknown-character token maps them to it on its own.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError as error:
+        if replace_unknown is None:
+            raise ValueError(
+                f"the prompt has characters the model's vocabulary lacks: {error} "
+                "(remove them, or pass replace_unknown=' ' to replace them, or '' to drop them)"
+            ) from error
+        unknown = {char for char in set(prompt) if not _encodes(tokenizer, char)}
+        if replace_unknown and not _encodes(tokenizer, replace_unknown):
+            raise ValueError(
+                f"replace_unknown={replace_unknown!r} is itself not in the vocabulary"
+            ) from error
+        cleaned = "".join(replace_unknown if char in unknown else char for char in prompt)
+        ids = tokenizer.encode(cleaned)
+    return [tokenizer.eot_id, *ids]
+
+
+def _encodes(tokenizer, text: str) -> bool:
+    try:
+        tokenizer.encode(text)
+    except ValueError:
+        return False
+    return True
+
+
+class _StopStringFilter:
+    """The text generated so far, cut before the first stop string, released once it is safe.
+
+    `add(piece)` returns the text that can be shown now: everything except an end that could
+    still grow into a stop string. Once a stop string appears, `stopped` is True and the text
+    ends just before it; `rest()` returns what was held back and not yet shown.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = stops
+        self.longest = max((len(stop) for stop in stops), default=0)
+        self.text = ""
+        self.shown = 0  # characters of text already returned
+        self.stopped = False
+
+    def add(self, piece: str) -> str:
+        searched_from = max(0, len(self.text) - self.longest + 1)
+        self.text += piece
+        found = [self.text.find(stop, searched_from) for stop in self.stops]
+        found = [position for position in found if position >= 0]
+        if found:
+            self.text = self.text[: min(found)]
+            self.stopped = True
+            return ""
+        return self._release(len(self.text) - self._held_back())
+
+    def rest(self) -> str:
+        return self._release(len(self.text))
+
+    def _release(self, end: int) -> str:
+        if end <= self.shown:
+            return ""
+        piece, self.shown = self.text[self.shown : end], end
+        return piece
+
+    def _held_back(self) -> int:
+        """Length of the longest end of the text that could still grow into a stop string."""
+        longest = 0
+        for stop in self.stops:
+            for length in range(min(len(stop) - 1, len(self.text)), longest, -1):
+                if self.text.endswith(stop[:length]):
+                    longest = length
+                    break
+        return longest
+
+
+# ---------------------------------------------------------------------------------------------
+# The public API: stream and generate
+# ---------------------------------------------------------------------------------------------
+
+
+def stream(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    settings: GenerationSettings | None = None,
+    **overrides,
+) -> Iterator[str]:
+    """Yield the generated text piece by piece, as it is made (same text as `generate`).
+
+    Each piece is normally one character. Text that might be the start of a stop string is held
+    back until it is clear that it is not; the stop string itself is never yielded. Breaking out
+    of the loop stops generation at once (no token is computed after the last piece consumed).
+    The model is put in eval mode while generating and restored afterwards.
+    """
+    # Check everything before the first token, so that bad input fails at the call.
+    settings = _resolve(settings, overrides)
+    count_ok = isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
+    if not count_ok or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    prompt_ids = encode_prompt(tokenizer, prompt, replace_unknown=settings.replace_unknown)
+    generator = make_generator(settings.seed)
+    return _stream(model, tokenizer, prompt_ids, max_new_tokens, settings, generator)
+
+
+def _stream(
+    model, tokenizer, prompt_ids, max_new_tokens, settings: GenerationSettings, generator
+) -> Iterator[str]:
+    if max_new_tokens == 0:
+        return
+    with _eval_mode(model):
+        decoder = make_decoder(model, settings.use_cache)
+        logits = decoder.start(prompt_ids)
+        stops = _StopStringFilter(settings.stop)
+        for index in range(max_new_tokens):
+            token = sample_token(
+                logits, temperature=settings.temperature, top_k=settings.top_k,
+                top_p=settings.top_p, generator=generator,
+            )  # fmt: skip
+            if settings.stop_at_end and token == tokenizer.eot_id:
+                break
+            ready = stops.add(tokenizer.decode([token]))
+            if stops.stopped:
+                break
+            if ready:
+                yield ready
+            if index + 1 < max_new_tokens:  # the last token needs no logits after it
+                logits = decoder.feed(token)
+        rest = stops.rest()
+        if rest:
+            yield rest
+
+
+@contextmanager
+def _eval_mode(model):
+    """Eval mode (no dropout) inside the block; training mode restored afterwards if it was on."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def generate(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    settings: GenerationSettings | None = None,
+    **overrides,
+) -> str:
+    """Continue `prompt` by up to `max_new_tokens` characters and return the new text only.
+
+    model: any `model(tokens (batch, length)) -> logits (batch, length, vocab)`; an HourglassLM
+        decodes with per-level caches when `use_cache` (same result, much faster).
+    tokenizer: `encode(str) -> list[int]`, `decode(list[int]) -> str`, `eot_id`.
+    settings: a `GenerationSettings` (None: the defaults); `overrides`: any of its fields by
+        keyword (`temperature=0.8, seed=0`), applied on top of it.
+    """
+    return "".join(stream(model, tokenizer, prompt, max_new_tokens, settings, **overrides))

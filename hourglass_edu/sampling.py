@@ -1,0 +1,161 @@
+"""Sampling: how one next token is chosen from a vector of logits (pure functions, no model).
+
+How one new character is chosen (`sample_token`), in this order:
+1. divide the logits by the temperature (`temperature=0` means greedy: always the most likely);
+2. top-k: keep the k most likely characters;
+3. top-p (nucleus): keep the smallest set of most likely characters whose probabilities add up to
+   at least p (of the distribution left after steps 1-2);
+4. draw from what is left, with a seeded `torch.Generator` so that a seed reproduces a sample.
+
+Numerical safety: the largest logit is subtracted before dividing by the temperature, so the
+softmax never sees a large positive number. A temperature so small that the division overflows
+(say `1e-40`: every other logit becomes -inf, or 0/0) is treated exactly like `temperature=0`:
+greedy, the first most likely token, without a random draw.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "check_sampling_settings",
+    "check_seed",
+    "keep_top_k",
+    "keep_top_p",
+    "make_generator",
+    "next_token_probabilities",
+    "sample_token",
+    "scale_by_temperature",
+]
+
+
+def check_sampling_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise ValueError, saying what to change, for settings that cannot define a distribution."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if not temperature >= 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None (no limit), got {top_k!r}")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None (no limit), got {top_p!r}")
+
+
+def check_seed(seed) -> None:
+    """Raise ValueError unless `seed` is an int, a CPU torch.Generator or None."""
+    if isinstance(seed, torch.Generator):
+        if seed.device.type != "cpu":
+            raise ValueError("pass a CPU torch.Generator (sampling draws on the CPU)")
+    elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
+
+
+def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
+    """A CPU torch.Generator: the one given, one seeded with `seed`, or a freshly seeded one."""
+    check_seed(seed)
+    if isinstance(seed, torch.Generator):
+        return seed
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def scale_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor | None:
+    """`(logits - max) / temperature` in float32 (the largest becomes 0), or None for greedy.
+
+    None means: pick the most likely token. That is the case for `temperature == 0`, and for a
+    temperature so small that the division overflows (a finite logit would become inf or nan).
+    Logits already at -inf stay -inf. logits: (..., vocab).
+    """
+    if temperature == 0:
+        return None
+    logits = logits.detach().float()
+    shifted = logits - logits.max(dim=-1, keepdim=True).values
+    scaled = shifted / temperature
+    if not torch.isfinite(scaled[torch.isfinite(shifted)]).all():
+        return None
+    return scaled
+
+
+def keep_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Set every logit below the k-th largest to -inf. logits: (..., vocab).
+
+    Ties with the k-th largest are kept, so slightly more than k may survive on exact ties.
+    """
+    if top_k >= logits.shape[-1]:
+        return logits
+    kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def keep_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens with total probability >= top_p.
+
+    A token is kept when the probability of the tokens ranked strictly above it is still below
+    top_p; so the most likely token is always kept, and the token that crosses top_p is kept too.
+    logits: (..., vocab); returns logits with the rest set to -inf.
+    """
+    if top_p >= 1:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    sorted_probs = torch.softmax(sorted_logits, dim=-1)
+    mass_above = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    drop_sorted = mass_above >= top_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token_probabilities(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """The distribution `sample_token` draws from: (vocab,) logits -> (vocab,) probabilities.
+
+    When greedy (temperature 0, or too small to divide by) it is one-hot on the most likely token
+    (the first one on ties).
+    """
+    check_sampling_settings(temperature, top_k, top_p)
+    scaled = scale_by_temperature(logits, temperature)
+    if scaled is None:
+        logits = logits.detach().float()
+        probs = torch.zeros_like(logits)
+        probs.scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
+        return probs
+    return _filtered_softmax(scaled, top_k, top_p)
+
+
+def _filtered_softmax(scaled: torch.Tensor, top_k: int | None, top_p: float | None):
+    """Steps 2-3 of the rules on temperature-scaled logits, then the softmax."""
+    if top_k is not None:
+        scaled = keep_top_k(scaled, top_k)
+    if top_p is not None:
+        scaled = keep_top_p(scaled, top_p)
+    return torch.softmax(scaled, dim=-1)
+
+
+def sample_token(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Choose the next token id from (vocab,) logits (see the module docstring for the rules).
+
+    Greedy choices (see `scale_by_temperature`) take the argmax and draw no random number.
+    """
+    check_sampling_settings(temperature, top_k, top_p)
+    scaled = scale_by_temperature(logits, temperature)
+    if scaled is None:
+        return int(logits.argmax())
+    probs = _filtered_softmax(scaled, top_k, top_p)
+    # Draw on the CPU so that a seed gives the same text whatever device the model runs on.
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
