@@ -54,13 +54,15 @@ def _run_corpus(args) -> int:
 def _add_sample(subparsers) -> None:
     parser = subparsers.add_parser(
         "sample",
-        help="stream text from a trained checkpoint (cached decoding)",
-        description="Load a checkpoint written by `train` and continue PROMPT, printing each "
-        "character as it is made. Decoding keeps key/value caches at every level of the "
-        "hourglass, so each character costs one position of work.",
+        help="stream text from a trained model (cached decoding)",
+        description="Load a checkpoint written by `train`, a model folder, or a shipped model, "
+        "and continue PROMPT, printing each character as it is made. Decoding keeps key/value "
+        "caches at every level of the hourglass, so each character costs one position of work.",
     )
-    parser.add_argument("--ckpt", required=True,
-                        help="checkpoint file, or the run directory holding checkpoint.pt")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint file, run directory or model folder")
+    source.add_argument("--pretrained", metavar="NAME",
+                        help="a model shipped with the package (see `models`)")
     parser.add_argument("--prompt", default="",
                         help="text to continue (default: empty = the start of a new document)")
     parser.add_argument("--max-new-tokens", type=int, default=500,
@@ -98,10 +100,14 @@ def _generation_settings(args):
 
 def _run_sample(args) -> int:
     from hourglass_edu.generation import stream
+    from hourglass_edu.pretrained import load_pretrained
     from hourglass_edu.training import load_model
 
     settings = _generation_settings(args)  # checked before the checkpoint is loaded
-    model, tokenizer = load_model(args.ckpt, device=args.device)
+    if args.pretrained is not None:
+        model, tokenizer = load_pretrained(args.pretrained, device=args.device)
+    else:
+        model, tokenizer = load_model(args.ckpt, device=args.device)
     pieces = stream(model, tokenizer, args.prompt, args.max_new_tokens, settings)
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
@@ -320,7 +326,63 @@ def _print_samples(model, tokenizer, count, *, max_new_tokens=200, temperature=0
         print(text)
 
 
-_SUBCOMMANDS: list = [_add_corpus, _add_sample, _add_train, _add_finetune, _add_demo]
+def _add_models(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "models", help="list the trained models shipped with the package, with their figures",
+        description="The models inside the package (hourglass_edu/pretrained), each with the "
+        "figures its model card records: corpus, structure, parameters, training time and "
+        "steps, validation bits per character. Use one with `sample --pretrained NAME` or "
+        "`load_pretrained(NAME)`.")
+    parser.set_defaults(run=_run_models)
+
+
+def _run_models(args) -> int:
+    from hourglass_edu.pretrained import list_pretrained, pretrained_card
+
+    names = list_pretrained()
+    if not names:
+        print("no shipped models are installed (the package data is missing)")
+        return 1
+    print(f"{'name':<17}{'corpus':<11}{'structure':<14}{'params':>10}{'minutes':>9}"
+          f"{'steps':>8}{'val bpc':>9}")
+    for name in names:
+        card = pretrained_card(name)
+        print(f"{name:<17}{card.get('corpus', '?'):<11}{card.get('structure', '?'):<14}"
+              f"{card.get('parameters', 0):>10,}{card.get('training_seconds', 0) / 60:>9.0f}"
+              f"{card.get('steps', 0):>8,}{card.get('val_bpc', float('nan')):>9.3f}")
+    return 0
+
+
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="save a trained checkpoint as a shareable model folder",
+        description="Write CKPT's model as a folder laid out like a Hugging Face model "
+        "repository: config.json, tokenizer.json, model.safetensors (no pickle) and a model "
+        "card README.md with the weights' sha256. Load it with `sample --ckpt OUT` or "
+        "`load_model(OUT)`.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint file or run directory")
+    parser.add_argument("--out", required=True, help="the model folder to write")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="float32 (exact, default) or a half-size float16 / bfloat16")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from hourglass_edu.model_folders import export_model_folder
+    from hourglass_edu.training import load_checkpoint, model_from_checkpoint
+
+    checkpoint = load_checkpoint(args.ckpt)
+    model, tokenizer = model_from_checkpoint(checkpoint)
+    card = {"corpus": checkpoint.get("data", {}).get("corpus"), "steps": checkpoint["step"],
+            "tokens_seen": checkpoint["tokens_seen"],
+            "training_seconds": round(checkpoint["elapsed"])}
+    folder = export_model_folder(model, tokenizer, args.out, dtype=args.dtype, card=card)
+    print(f"wrote {folder} ({type(model).__name__}, {model.num_parameters():,} parameters)")
+    return 0
+
+
+_SUBCOMMANDS: list = [_add_corpus, _add_sample, _add_train, _add_finetune, _add_demo,
+                      _add_models, _add_export]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ __all__ = [
     "LanguageModel",
     "ModelConfig",
     "build_model_from_config",
+    "check_weights",
     "model_class",
 ]
 
@@ -218,3 +219,18 @@ def build_model_from_config(class_name: str, config: dict[str, Any],
         return cls(model_config)
     with torch.device(device):
         return cls(model_config)
+
+
+def check_weights(model: LanguageModel, weights: dict, where: str) -> None:
+    """Raise ValueError unless `weights` has exactly the model's tensors, shape for shape."""
+    expected = model.state_dict()
+    bad = [name for name, value in weights.items() if not isinstance(value, torch.Tensor)]
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if bad or missing or unexpected:
+        raise ValueError(f"{where}: the weights do not fit the config (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, not tensors {bad[:5]})")
+    for name, value in expected.items():
+        if tuple(weights[name].shape) != tuple(value.shape):
+            raise ValueError(f"{where}: weight {name} has shape {tuple(weights[name].shape)}, "
+                             f"the config needs {tuple(value.shape)}; the file is damaged")

@@ -24,7 +24,8 @@ from filelock import FileLock, Timeout
 
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.files import atomic_writer
-from hourglass_edu.lm import LanguageModel, build_model_from_config
+from hourglass_edu.lm import build_model_from_config, check_weights
+from hourglass_edu.model_folders import is_model_folder, load_model_folder
 from hourglass_edu.training.precision import resolve_device
 
 __all__ = [
@@ -143,21 +144,6 @@ def _check_schema(checkpoint: Any, where: str) -> None:
         raise ValueError(f"{where}: 'model_class' must be a class name string")
 
 
-def check_weights(model: LanguageModel, weights: dict, where: str) -> None:
-    """Raise ValueError unless `weights` has exactly the model's tensors, shape for shape."""
-    expected = model.state_dict()
-    bad = [name for name, value in weights.items() if not isinstance(value, torch.Tensor)]
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    if bad or missing or unexpected:
-        raise ValueError(f"{where}: the weights do not fit the config (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, not tensors {bad[:5]})")
-    for name, value in expected.items():
-        if tuple(weights[name].shape) != tuple(value.shape):
-            raise ValueError(f"{where}: weight {name} has shape {tuple(weights[name].shape)}, "
-                             f"the config needs {tuple(value.shape)}; the file is damaged")
-
-
 def validate_checkpoint(checkpoint: Any, where: str = "checkpoint") -> None:
     """Schema, config, tokenizer and tensor shapes, checked without allocating the model."""
     _check_schema(checkpoint, where)
@@ -189,7 +175,10 @@ def model_from_checkpoint(checkpoint: dict | str | os.PathLike, device: str = "c
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
-    """`(model, tokenizer)` from a checkpoint file or run directory, ready to sample from."""
+    """`(model, tokenizer)` ready to sample from, out of a checkpoint file, a run directory
+    (DIR/checkpoint.pt) or a model folder (`export_model_folder`)."""
+    if is_model_folder(path):
+        return load_model_folder(path, device=resolve_device(device))
     return model_from_checkpoint(load_checkpoint(path), device=device)
 
 

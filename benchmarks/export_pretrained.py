@@ -1,0 +1,128 @@
+"""Export the runs of `train_pretrained.py` to model folders with measured model cards.
+
+Called by `train_pretrained.py` once every job is done (run that script, not this one). For each
+run: the weights go to fp16 safetensors; the *exported* weights are then loaded back and measured
+(whole validation split, the fixed 20,000-character slice the tests re-measure, and for poem
+models how many of 20 seeded samples end by themselves); the card records those figures with how
+the model was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from hourglass_edu.data import prepare_data
+from hourglass_edu.generation import generate
+from hourglass_edu.model_folders import export_model_folder, load_model_folder
+from hourglass_edu.training import evaluate_bpc, load_checkpoint, model_from_checkpoint
+from hourglass_edu.training.precision import resolve_device, resolve_precision
+
+SLICE_CHARACTERS = 20_000  # the tests re-measure this slice in seconds
+ENDING_SAMPLES, ENDING_LIMIT = 20, 200
+POEM_CORPORA = {"haiku"}
+PROMPTS = {"haiku": "", "lovecraft": "The "}
+COMPARE = {"lovecraft-plain": "lovecraft-20min", "lovecraft-20min": "lovecraft-plain"}
+DESCRIPTIONS = {
+    "haiku": "Hourglass `2@1 8@3 2@1` trained on the haiku corpus.",
+    "lovecraft": "Hourglass `2@1 8@3 2@1` trained on H. P. Lovecraft's stories: the 20-minute run "
+                 "`lovecraft-20min`, continued with a longer budget.",
+    "lovecraft-20min": "Hourglass `2@1 8@3 2@1` trained on Lovecraft for 20 minutes: the equal-"
+                       "compute partner of `lovecraft-plain`.",
+    "lovecraft-plain": "Plain transformer `12@1` of the same width, trained on Lovecraft with the "
+                       "same recipe and the same 20 minutes as `lovecraft-20min`.",
+    "lovecraft-haiku": "`lovecraft` fine-tuned on the haiku corpus: poems that end with `<eot>`.",
+}
+
+
+def measure(model, tokenizer, corpus_name: str, block_size: int) -> dict:
+    """Card figures of the exported (fp16-rounded) weights."""
+    ids = prepare_data(corpus_name, tokenizer=tokenizer).val_ids  # the split training used
+    figures = {
+        "val_bpc": round(evaluate_bpc(model, ids, batch_size=16, block_size=block_size), 4),
+        "val_tokens": int(ids.numel()),
+        "slice_bpc": round(evaluate_bpc(model, ids[:SLICE_CHARACTERS], batch_size=16,
+                                        block_size=block_size), 4),
+        "slice": f"the first {SLICE_CHARACTERS:,} tokens of the validation split, windows of "
+                 f"{block_size}",
+    }
+    if corpus_name in POEM_CORPORA:
+        ended = sum(len(generate(model, tokenizer, "", ENDING_LIMIT, temperature=0.8, seed=seed))
+                    < ENDING_LIMIT for seed in range(ENDING_SAMPLES))
+        figures["samples_ending_by_themselves"] = f"{ended}/{ENDING_SAMPLES}"
+    return figures
+
+
+def card_body(name: str, fields: dict, samples: list[str]) -> str:
+    rows = "\n".join(f"| {key} | {value} |" for key, value in fields.items())
+    quoted = "\n\n".join("```text\n" + text + "\n```" for text in samples)
+    partner = COMPARE.get(name)
+    see = (f"\nCompare with `{partner}`: the same width, recipe and training time.\n"
+           if partner else "")
+    return f"""# {name}
+
+{DESCRIPTIONS.get(name, '')}
+{see}
+Load it with `from hourglass_edu import load_pretrained; model, tokenizer =
+load_pretrained("{name}")`, or sample from the shell with
+`python -m hourglass_edu sample --pretrained {name}`.
+
+Every figure below was measured and written by `benchmarks/train_pretrained.py` (bits per
+character on the exported fp16 weights, every token counted, `<eot>` included, windows of
+`block_size` characters, so positions early in a window see little context).
+
+| field | value |
+|---|---|
+{rows}
+
+## Samples (temperature 0.8, seeds 0-2)
+
+{quoted}
+"""
+
+
+def export_one(job, runs: Path, folder: Path, argv: list[str]) -> dict:
+    done = json.loads((job.out(runs) / "done.json").read_text())
+    checkpoint = load_checkpoint(job.out(runs))
+    model, tokenizer = model_from_checkpoint(checkpoint)
+    train_config = checkpoint["train_config"]
+    corpus_name = checkpoint["data"]["corpus"]
+    fields = {
+        "name": job.name, "model_class": checkpoint.get("model_class", "HourglassLM"),
+        "structure": model.config.structure, "d_model": model.config.d_model,
+        "n_heads": model.config.n_heads, "parameters": model.num_parameters(),
+        "corpus": corpus_name, "seed": train_config["seed"],
+        "command": "python benchmarks/train_pretrained.py " + " ".join(argv[1:]),
+        "job_command": " ".join(done["command"][1:]).replace(str(runs), "RUNS"),
+        "commit": done["commit"], "hardware": done["hardware"], "threads": done["threads"],
+        "precision": resolve_precision(train_config["precision"], resolve_device("cpu")),
+        "training_seconds": round(checkpoint["elapsed"]), "steps": checkpoint["step"],
+        "tokens_seen": checkpoint["tokens_seen"], "batch_size": train_config["batch_size"],
+        "block_size": train_config["block_size"], "lr": train_config["lr"],
+        "compare_with": COMPARE.get(job.name), "exported": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__.split("+")[0], "python": platform.python_version(),
+    }
+    if "finetuned_from" in checkpoint.get("metadata", {}):
+        fields["finetuned_from"] = "lovecraft"
+    export_model_folder(model, tokenizer, folder, dtype="float16", card=fields)
+    shipped, tokenizer = load_model_folder(folder)
+    fields.update(measure(shipped, tokenizer, corpus_name, train_config["block_size"]))
+    prompt = PROMPTS.get(corpus_name, "")
+    samples = [prompt + generate(shipped, tokenizer, prompt, 300, temperature=0.8, seed=seed)
+               for seed in range(3)]
+    fields = {key: value for key, value in fields.items() if value is not None}
+    export_model_folder(model, tokenizer, folder, dtype="float16", card=fields,
+                        card_body=card_body(job.name, fields, samples))
+    return fields
+
+
+def export_all(jobs, runs: Path, target: Path, argv: list[str]) -> None:
+    torch.set_num_threads(1)  # small models: one thread is fastest, and leaves a core free
+    for job in jobs:
+        fields = export_one(job, runs, target / job.name, argv)
+        print(f"exported {job.name}: val {fields['val_bpc']} bpc, {fields['steps']} steps, "
+              f"{fields['training_seconds']} s -> {target / job.name}", flush=True)
