@@ -13,10 +13,12 @@ No drawing here: every function returns tensors or plain data, which `viz` turns
   or level without running the model again.
 - `principal_components`: exact PCA of a level's hidden states.
 - `model_levels`, `token_chars`: a model's level layout; one display character per token.
+- `saved_activation_bytes`: the activations autograd keeps for the backward pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ __all__ = [
     "model_levels",
     "pooled_spans",
     "principal_components",
+    "saved_activation_bytes",
     "token_chars",
 ]
 
@@ -364,3 +367,37 @@ def _gradient_dependency(model, tokens, generator):
         handle.remove()
     return grad.float().norm(dim=-1).cpu()  # (output copy t, input s, dim) -> (t, s)
 
+
+# ---------------------------------------------------------------------------------------------
+# Memory: what the backward pass keeps
+# ---------------------------------------------------------------------------------------------
+
+
+def saved_activation_bytes(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    context=None,
+    targets: torch.Tensor | None = None,
+) -> int:
+    """Bytes autograd keeps for the backward pass of `model(tokens)` (parameters excluded).
+
+    Every tensor autograd saves is counted through saved-tensor hooks, each storage once.
+    `context` (an autocast context, for example) wraps the forward pass. With `targets`, the
+    cross-entropy of the logits (in float32) against them is computed inside it too, as in a
+    training step, so what the loss keeps counts as well.
+    """
+    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameter_storages:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with context if context is not None else contextlib.nullcontext():
+            logits = model(tokens)
+            if targets is not None:
+                torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    return sum(storages.values())
