@@ -245,12 +245,32 @@ def test_training_curves_several_runs_steps_and_wall_time():
         viz.plot_training_curves({"x": [{"train_loss": 1.0}]})
 
 
+def test_plot_history_one_run_against_steps_and_training_time():
+    history = History()
+    for step in range(10, 101, 10):
+        history.append(step=step, elapsed=step * 0.5, train_bpc=3.0 - step / 100,
+                       val_bpc=2.5 if step % 50 == 0 else None)  # fmt: skip
+    fig = viz.plot_history(history, title="toy")
+    assert isinstance(fig, Figure) and fig.get_suptitle() == "toy"
+    steps_ax, time_ax = fig.axes
+    assert steps_ax.get_xlabel() == "optimizer step"
+    assert time_ax.get_xlabel() == "training time (s)"
+    assert steps_ax.get_ylabel() == "bits per character"
+    assert [line.get_label() for line in steps_ax.get_lines()] == ["train", "validation"]
+    assert list(steps_ax.get_lines()[1].get_xdata()) == [50, 100]
+    assert list(time_ax.get_lines()[0].get_xdata())[:2] == [5.0, 10.0]
+    same = viz.plot_history(history.records)  # a list of record dicts works too
+    assert list(same.axes[0].get_lines()[0].get_ydata()) == history.column("train_bpc")
+    assert same.get_suptitle() == ""
+
+
 def test_figures_do_not_touch_pyplot_state(look):
     import matplotlib.pyplot as plt
 
     before = plt.get_fignums()
     viz.plot_activation_norms(look)
     viz.pooling_diagram()
+    viz.plot_history([{"step": 1, "elapsed": 0.1, "train_bpc": 3.0}])
     assert plt.get_fignums() == before
     png = viz.figure_to_png(viz.pooling_diagram("ab cd", 2))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ By subject:
 - `levels`: attention, activation, PCA and residual figures, all drawn from an `Inspection`
   made by `analysis.inspect_text(model, tokenizer, text)`, so a widget can redraw a different
   head or level without running the model again;
-- `training`: `plot_training_curves` (several runs);
+- `training`: `plot_history` (one run) and `plot_training_curves` (several runs);
 - `style`: the palette, Matplotlib settings and figure helpers they share.
 
 Every public name of those modules (each lists its own in `__all__`) is importable from

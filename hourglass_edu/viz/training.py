@@ -1,5 +1,5 @@
-"""How training went: bits per character against steps and against wall time, several runs on
-one plot (`plot_training_curves`)."""
+"""How training went: bits per character against optimizer steps and against time, for one run
+(`plot_history`) or several runs on one plot (`plot_training_curves`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from hourglass_edu.viz.style import PALETTE, new_figure, styled
 
-__all__ = ["plot_training_curves"]
+__all__ = ["plot_history", "plot_training_curves"]
 
 _STEP_KEYS = ("step",)
 _TIME_KEYS = ("wall_time", "time", "elapsed", "seconds")
@@ -114,3 +114,33 @@ def plot_training_curves(runs: Mapping[str, object], *, log_steps: bool = False)
     ax_steps.legend(loc="upper right")
     return fig
 
+
+@styled
+def plot_history(history, title: str | None = None) -> Figure:
+    """One run: bits per character against optimizer steps (left) and training time (right).
+
+    Args:
+        history: a `train.History`, anything with `.records`, or a list of record dicts. Records
+            carry `step`, `elapsed` (training seconds), and `train_bpc` and/or `val_bpc` (None
+            where not measured); the training curve is a line, validation has markers.
+        title: drawn above both panels.
+    """
+    records = _records_of(history)
+    train = [r for r in records if r.get("train_bpc") is not None]
+    val = [r for r in records if r.get("val_bpc") is not None]
+    fig = new_figure(10.0, 3.6)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, x_key, x_label in (
+        (axes[0], "step", "optimizer step"),
+        (axes[1], "elapsed", "training time (s)"),
+    ):
+        ax.plot([r[x_key] for r in train], [r["train_bpc"] for r in train], label="train",
+                alpha=0.8)  # fmt: skip
+        ax.plot([r[x_key] for r in val], [r["val_bpc"] for r in val], "o-", label="validation")
+        ax.set_xlabel(x_label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("bits per character")
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    return fig
