@@ -1,7 +1,7 @@
 """Figures that let a learner watch each level of the hourglass work, and how training went.
 
 Drawing only: what is drawn is measured in `hourglass_edu.analysis` (dependency matrices, one
-captured forward pass as an `Inspection`, PCA).
+captured forward pass as an `Inspection`, PCA) and `hourglass_edu.related.maps` (resolution maps).
 
 Every plotting function returns a `matplotlib.figure.Figure` built directly (not through pyplot),
 so calling one has no side effects: nothing is shown twice, nothing piles up in pyplot's figure
@@ -15,6 +15,7 @@ By subject:
   made by `analysis.inspect_text(model, tokenizer, text)`, so a widget can redraw a different
   head or level without running the model again;
 - `training`: `plot_history` (one run) and `plot_training_curves` (several runs);
+- `maps`: `plot_resolution_maps` (the related designs of notebook 10);
 - `style`: the palette, Matplotlib settings and figure helpers they share.
 
 Every public name of those modules (each lists its own in `__all__`) is importable from
@@ -23,9 +24,10 @@ Every public name of those modules (each lists its own in `__all__`) is importab
 
 from hourglass_edu import glyphs
 from hourglass_edu.glyphs import *  # noqa: F403
-from hourglass_edu.viz import causality, levels, style, training
+from hourglass_edu.viz import causality, levels, maps, style, training
 from hourglass_edu.viz.causality import *  # noqa: F403
 from hourglass_edu.viz.levels import *  # noqa: F403
+from hourglass_edu.viz.maps import *  # noqa: F403
 from hourglass_edu.viz.style import *  # noqa: F403
 from hourglass_edu.viz.training import *  # noqa: F403
 
@@ -36,4 +38,5 @@ __all__ = [
     *causality.__all__,
     *levels.__all__,
     *training.__all__,
+    *maps.__all__,
 ]
