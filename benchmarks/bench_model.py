@@ -33,27 +33,12 @@ from _results import publish  # benchmarks/ is on sys.path when run as a script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hourglass_edu import HourglassConfig, HourglassLM  # noqa: E402
+from hourglass_edu.analysis import saved_activation_bytes  # noqa: E402
+
+__all__ = ["main"]
 
 STRUCTURES = {"hourglass": "2@1 8@3 2@1", "plain": "12@1"}
 VOCAB = 128
-
-
-def saved_activation_bytes(model, tokens, targets, dtype_context) -> int:
-    """Bytes of tensors autograd keeps for backward during one forward (parameters excluded)."""
-    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameter_storages:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        with dtype_context():
-            loss = F.cross_entropy(model(tokens).flatten(0, 1).float(), targets.flatten())
-    del loss
-    return sum(storages.values())
 
 
 def measure(structure, length, precision, args, device) -> dict:
@@ -95,7 +80,7 @@ def measure(structure, length, precision, args, device) -> dict:
     synchronize()
     seconds = (time.perf_counter() - start) / args.steps
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    saved = saved_activation_bytes(model, inputs, targets, dtype_context)
+    saved = saved_activation_bytes(model, inputs, dtype_context(), targets=targets)
     return dict(tokens_per_s=batch * length / seconds, seconds=seconds, batch=batch, peak=peak,
                 saved=saved, flops=model.flops_per_token(length)["total"])
 

@@ -26,9 +26,12 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 
-from hourglass_edu import viz  # noqa: E402
+from hourglass_edu import analysis, viz  # noqa: E402
 from hourglass_edu.data import prepare_data  # noqa: E402
+from hourglass_edu.hourglass import without_shift  # noqa: E402
 from hourglass_edu.training import History, build_model, get_preset, load_checkpoint, train  # noqa: E402
+
+__all__ = ["main"]
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_PNG_BYTES = 300_000
@@ -131,19 +134,19 @@ def main(argv=None) -> int:
     print(f"drawing into {out}")
     sizes = {}
     sizes["pooling"] = save(viz.pooling_diagram("an old silent pond", 3), out / "pooling.png")
-    look = viz.inspect_text(model, tokenizer, text)
+    look = analysis.inspect_text(model, tokenizer, text)
     sizes["attention"] = save(viz.plot_attention(look, block=0), out / "attention.png")
     sizes["norms"] = save(viz.plot_activation_norms(look), out / "activation_norms.png")
     sizes["activations"] = save(viz.plot_level_activations(look, level=1), out / "activations.png")
     sizes["residual"] = save(viz.plot_residual_similarity(look), out / "residual_similarity.png")
-    long_look = viz.inspect_text(model, tokenizer, long_text)
+    long_look = analysis.inspect_text(model, tokenizer, long_text)
     sizes["pca"] = save(viz.plot_pca(long_look, annotate=0), out / "pca.png")
     tokens = torch.tensor([tokenizer.eot_id, *tokenizer.encode(short_text)])
     matrices = {
-        "with the k-1 shift": viz.dependency_matrix(model, tokens),
-        "shift disabled (leaks)": viz.dependency_matrix(viz.without_shift(model), tokens),
+        "with the k-1 shift": analysis.dependency_matrix(model, tokens),
+        "shift disabled (leaks)": analysis.dependency_matrix(without_shift(model), tokens),
     }
-    labels = viz.token_chars(tokenizer, tokens.tolist())
+    labels = analysis.token_chars(tokenizer, tokens.tolist())
     sizes["dependency"] = save(viz.plot_dependency(matrices, labels), out / "dependency.png")
     sizes["curves"] = save(viz.plot_training_curves(runs), out / "training_curves.png")
     summary = {name: history.last_val_bpc for name, history in runs.items()}

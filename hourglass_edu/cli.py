@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+__all__ = ["build_parser", "main"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -162,6 +164,7 @@ def _run_training(args, model, data, config, out, *, resume, overwrite=False, me
     import json
     from pathlib import Path
 
+    from hourglass_edu import viz
     from hourglass_edu.training import CHECKPOINT_NAME, evaluate_bpc, train
 
     out = Path(out)
@@ -180,7 +183,7 @@ def _run_training(args, model, data, config, out, *, resume, overwrite=False, me
               "command with --resume to continue", file=sys.stderr)
         raise SystemExit(130) from None
     (out / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
-    history.plot(title=f"{data.corpus.name}, {model.config.structure}").savefig(
+    viz.plot_history(history, title=f"{data.corpus.name}, {model.config.structure}").savefig(
         out / "history.png", dpi=100)
     last = history.records[-1]
     val_bpc = evaluate_bpc(model, data.val_ids, batch_size=config.batch_size,

@@ -327,3 +327,16 @@ class HourglassLM(LanguageModel):
         flops["head"] = 2 * d * config.vocab_size
         flops["total"] = sum(flops.values())
         return flops
+
+
+def without_shift(model: HourglassLM) -> HourglassLM:
+    """A copy of an HourglassLM with the same weights but the k-1 shift switched off.
+
+    Flips the config's `unsafe_disable_shift`. For teaching only: the copy leaks the future (see
+    `analysis.dependency_matrix` / `viz.plot_dependency`).
+    """
+    config = dataclasses.replace(model.config, unsafe_disable_shift=True)
+    leaky = type(model)(config)
+    leaky.load_state_dict(model.state_dict())
+    device = next(model.parameters(), torch.empty(0)).device
+    return leaky.to(device).train(model.training)

@@ -24,8 +24,17 @@ import time
 
 import ipywidgets as widgets
 
-from hourglass_edu import viz
+from hourglass_edu import analysis, viz
 from hourglass_edu.generation import GenerationSettings, stream
+
+__all__ = [
+    "ActivationExplorer",
+    "AttentionExplorer",
+    "GenerationDemo",
+    "activation_explorer",
+    "attention_explorer",
+    "generation_demo",
+]
 
 #: Resolution of the explorers' pictures: sharp on a laptop, quick to redraw.
 WIDGET_DPI = 80
@@ -228,7 +237,7 @@ class _ExplorerBase(widgets.VBox):
     def __init__(self, model, tokenizer, text: str, extra_controls: list):
         self.model = model
         self.tokenizer = tokenizer
-        self.inspection: viz.Inspection | None = None
+        self.inspection: analysis.Inspection | None = None
         self.text = _classed(
             widgets.Textarea(value=text, description="Text", continuous_update=False,
                              layout=widgets.Layout(width="100%", height="60px")),
@@ -247,7 +256,7 @@ class _ExplorerBase(widgets.VBox):
     def _rerun(self) -> None:
         """Run the model on the current text, then redraw (errors go to the status line)."""
         try:
-            self.inspection = viz.inspect_text(self.model, self.tokenizer, self.text.value)
+            self.inspection = analysis.inspect_text(self.model, self.tokenizer, self.text.value)
         except ValueError as error:
             self.status.value = _error_html(str(error))
             return

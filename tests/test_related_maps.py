@@ -16,10 +16,10 @@ from hourglass_edu.related.h_transformer import number_of_levels
 from hourglass_edu.related.maps import (
     h_attention_map,
     long_short_map,
-    plot_resolution_maps,
     simple_hierarchical_map,
     sliding_window_map,
 )
+from hourglass_edu.viz import plot_resolution_maps
 
 matplotlib.use("Agg")
 
@@ -87,8 +87,12 @@ def test_simple_hierarchical_map_support_is_the_measured_one_layer_receptive_fie
 def test_sliding_window_map_and_plot():
     resolution = sliding_window_map(6, 2)
     assert resolution.sum() == 11
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
     figure = plot_resolution_maps({"window": resolution, "long-short": long_short_map(6, 2, 2, 1)})
     assert len(figure.axes) == 3  # two maps and the colour bar
+    assert plt.get_fignums() == before  # a plain Figure: nothing registered with pyplot
 
 
 def test_comparison_helpers_build_measure_and_tabulate():

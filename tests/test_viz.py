@@ -13,7 +13,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, viz  # noqa: E402
+from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, analysis, viz  # noqa: E402
+from hourglass_edu.hourglass import without_shift  # noqa: E402
 from hourglass_edu.training import History  # noqa: E402
 
 TEXT = "the old pond\na frog jumps in, splash!"
@@ -36,7 +37,7 @@ def model(tokenizer):
 
 @pytest.fixture(scope="module")
 def look(model, tokenizer):
-    return viz.inspect_text(model, tokenizer, TEXT)
+    return analysis.inspect_text(model, tokenizer, TEXT)
 
 
 def tick_texts(ax, axis="x"):
@@ -48,18 +49,18 @@ def tick_texts(ax, axis="x"):
 
 
 def test_pooled_spans_shift_moves_groups_back_by_k_minus_one():
-    shifted = viz.pooled_spans(8, [3], shift=True)[1]
+    shifted = analysis.pooled_spans(8, [3], shift=True)[1]
     assert shifted == [range(0, 1), range(1, 4), range(4, 7)]
-    unshifted = viz.pooled_spans(8, [3], shift=False)[1]
+    unshifted = analysis.pooled_spans(8, [3], shift=False)[1]
     assert unshifted == [range(0, 3), range(3, 6), range(6, 8)]
     # nested: level 2 position j pools level-1 positions 2j-1, 2j -> characters 4j-3 .. 4j
-    level2 = viz.pooled_spans(20, [2, 2], shift=True)[2]
+    level2 = analysis.pooled_spans(20, [2, 2], shift=True)[2]
     assert level2[:3] == [range(0, 1), range(1, 5), range(5, 9)]
 
 
 def test_with_shift_no_position_holds_a_character_after_the_ones_it_serves():
     for factors in ([2], [3], [2, 4], [3, 3]):
-        spans = viz.pooled_spans(50, factors, shift=True)
+        spans = analysis.pooled_spans(50, factors, shift=True)
         total = 1
         for level, factor in enumerate(factors, start=1):
             total *= factor
@@ -80,13 +81,13 @@ def test_labels_match_model_level_lengths_and_show_pooled_chars(look):
 
 def test_bad_input_raises_clear_errors(model, tokenizer):
     with pytest.raises(ValueError, match="lacks"):
-        viz.inspect_text(model, tokenizer, "the ÿ")
+        analysis.inspect_text(model, tokenizer, "the ÿ")
     with pytest.raises(ValueError, match="non-empty"):
-        viz.inspect_text(model, tokenizer, "")
+        analysis.inspect_text(model, tokenizer, "")
     with pytest.raises(ValueError, match="at most"):
-        viz.inspect_text(model, tokenizer, "the " * 40)
+        analysis.inspect_text(model, tokenizer, "the " * 40)
     with pytest.raises(ValueError, match="positive integers"):
-        viz.pooled_spans(5, [0])
+        analysis.pooled_spans(5, [0])
     with pytest.raises(ValueError, match="at most 40"):
         viz.pooling_diagram("x" * 41)
 
@@ -167,7 +168,7 @@ def test_pca_projects_each_level_and_colours_character_classes(look):
 def test_principal_components_recover_a_line():
     direction = torch.tensor([3.0, 4.0]) / 5
     points = torch.linspace(-2, 2, 9)[:, None] * direction
-    projected, explained = viz.principal_components(points)
+    projected, explained = analysis.principal_components(points)
     assert torch.allclose(projected[:, 0].abs(), torch.linspace(-2, 2, 9).abs(), atol=1e-5)
     assert explained[0] > 0.999
 
@@ -186,10 +187,10 @@ def test_residual_similarity_matches_a_direct_computation(look):
 
 def test_dependency_matrix_causal_with_shift_leaks_without(model, tokenizer):
     tokens = torch.tensor([tokenizer.eot_id, *tokenizer.encode("the old pond, a frog")])
-    leaky = viz.without_shift(model)
+    leaky = without_shift(model)
     for method in ("perturbation", "gradient"):
-        causal = viz.dependency_matrix(model, tokens, method=method)
-        leaking = viz.dependency_matrix(leaky, tokens, method=method)
+        causal = analysis.dependency_matrix(model, tokens, method=method)
+        leaking = analysis.dependency_matrix(leaky, tokens, method=method)
         assert causal.shape == (len(tokens), len(tokens))
         assert torch.equal(torch.triu(causal, diagonal=1), torch.zeros_like(causal))
         assert causal.diagonal().min() > 0  # every output reads its own input
@@ -197,7 +198,7 @@ def test_dependency_matrix_causal_with_shift_leaks_without(model, tokenizer):
         assert leaking[1, 2] > 0 and leaking[1, 3] > 0
         assert torch.triu(leaking, diagonal=1).max() > 1e-3
     fig = viz.plot_dependency({"with shift": causal, "without shift": leaking},
-                              labels=viz.token_chars(tokenizer, tokens.tolist()))  # fmt: skip
+                              labels=analysis.token_chars(tokenizer, tokens.tolist()))  # fmt: skip
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0].endswith("0 future dependencies")
     assert not titles[1].endswith(" 0 future dependencies")
@@ -208,14 +209,14 @@ def test_dependency_matrix_works_for_any_function_and_rejects_bad_input():
     def cumulative(tokens):  # output t = one-hot sums of tokens <= t: causal by construction
         return torch.nn.functional.one_hot(tokens, 5).float().cumsum(1)
 
-    matrix = viz.dependency_matrix(cumulative, [1, 2, 3, 4])
+    matrix = analysis.dependency_matrix(cumulative, [1, 2, 3, 4])
     assert torch.equal(matrix > 0, torch.ones(4, 4).tril().bool())
     with pytest.raises(ValueError, match="method"):
-        viz.dependency_matrix(cumulative, [1, 2], method="guess")
+        analysis.dependency_matrix(cumulative, [1, 2], method="guess")
     with pytest.raises(ValueError, match="nn.Module"):
-        viz.dependency_matrix(cumulative, [1, 2], method="gradient")
+        analysis.dependency_matrix(cumulative, [1, 2], method="gradient")
     with pytest.raises(ValueError, match="1-D"):
-        viz.dependency_matrix(cumulative, [[1, 2]])
+        analysis.dependency_matrix(cumulative, [[1, 2]])
 
 
 def test_training_curves_several_runs_steps_and_wall_time():
@@ -244,12 +245,32 @@ def test_training_curves_several_runs_steps_and_wall_time():
         viz.plot_training_curves({"x": [{"train_loss": 1.0}]})
 
 
+def test_plot_history_one_run_against_steps_and_training_time():
+    history = History()
+    for step in range(10, 101, 10):
+        history.append(step=step, elapsed=step * 0.5, train_bpc=3.0 - step / 100,
+                       val_bpc=2.5 if step % 50 == 0 else None)  # fmt: skip
+    fig = viz.plot_history(history, title="toy")
+    assert isinstance(fig, Figure) and fig.get_suptitle() == "toy"
+    steps_ax, time_ax = fig.axes
+    assert steps_ax.get_xlabel() == "optimizer step"
+    assert time_ax.get_xlabel() == "training time (s)"
+    assert steps_ax.get_ylabel() == "bits per character"
+    assert [line.get_label() for line in steps_ax.get_lines()] == ["train", "validation"]
+    assert list(steps_ax.get_lines()[1].get_xdata()) == [50, 100]
+    assert list(time_ax.get_lines()[0].get_xdata())[:2] == [5.0, 10.0]
+    same = viz.plot_history(history.records)  # a list of record dicts works too
+    assert list(same.axes[0].get_lines()[0].get_ydata()) == history.column("train_bpc")
+    assert same.get_suptitle() == ""
+
+
 def test_figures_do_not_touch_pyplot_state(look):
     import matplotlib.pyplot as plt
 
     before = plt.get_fignums()
     viz.plot_activation_norms(look)
     viz.pooling_diagram()
+    viz.plot_history([{"step": 1, "elapsed": 0.1, "train_bpc": 3.0}])
     assert plt.get_fignums() == before
     png = viz.figure_to_png(viz.pooling_diagram("ab cd", 2))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,6 @@ as well.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from hourglass_edu.analysis import saved_activation_bytes
 from hourglass_edu.hourglass import HourglassConfig, HourglassLM
 from hourglass_edu.related.h_transformer import HTransformerConfig, HTransformerLM
 from hourglass_edu.related.long_short import LongShortConfig, LongShortLM
@@ -31,6 +31,14 @@ from hourglass_edu.related.simple_hierarchical import (
     SimpleHierarchicalConfig,
     SimpleHierarchicalLM,
 )
+
+__all__ = [
+    "MODEL_NAMES",
+    "build_comparison_models",
+    "markdown_table",
+    "measure_cost",
+    "train_comparison",
+]
 
 MODEL_NAMES = ("transformer", "hourglass", "long_short", "h_transformer", "simple_hierarchical")
 
@@ -122,23 +130,6 @@ def train_comparison(
             ),
         }
     return results
-
-
-def saved_activation_bytes(model: nn.Module, tokens: torch.Tensor, context=None) -> int:
-    """Bytes autograd keeps for the backward pass of ``model(tokens)`` (parameters excluded)."""
-    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameter_storages:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        with context if context is not None else contextlib.nullcontext():
-            model(tokens)
-    return sum(storages.values())
 
 
 def measure_cost(

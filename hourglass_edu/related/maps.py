@@ -10,17 +10,23 @@ Every function returns a float tensor ``(query, key)`` of shape ``(length, lengt
 
 Where a position is seen both exactly and through a summary, the map shows the finest (smallest)
 resolution. The tests check these maps against the receptive fields measured on the real modules.
-``plot_resolution_maps`` draws them side by side.
+``hourglass_edu.viz.plot_resolution_maps`` draws them side by side.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
 from hourglass_edu.related.h_transformer import number_of_levels
+
+__all__ = [
+    "full_causal_map",
+    "h_attention_map",
+    "long_short_map",
+    "simple_hierarchical_map",
+    "sliding_window_map",
+]
 
 
 def _finest(current: Tensor, candidate: Tensor) -> Tensor:
@@ -88,33 +94,3 @@ def simple_hierarchical_map(
         resolution = _finest(resolution, seen.float() * factor)
     return resolution
 
-
-def plot_resolution_maps(
-    maps: dict[str, Tensor], *, axes=None, max_resolution: float | None = None
-):
-    """Draw ``{title: (query, key) map}`` side by side: white = unseen, dark = exact, lighter =
-    coarser summaries (log colour scale). Returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    if axes is None:
-        figure, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
-        axes = axes[0]
-    else:
-        figure = axes[0].figure
-    top = max_resolution or max(float(m.max()) for m in maps.values())
-    top = max(top, 2.0)
-    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
-    image = None
-    for axis, (title, resolution) in zip(axes, maps.items(), strict=True):
-        masked = resolution.masked_fill(resolution == 0, math.nan).numpy()
-        image = axis.imshow(masked, cmap=cmap, norm=LogNorm(1, top), interpolation="nearest")
-        axis.set_title(title, fontsize=10)
-        axis.set_xlabel("key position")
-        axis.set_ylabel("query position")
-    bar = figure.colorbar(image, ax=list(axes), shrink=0.8)
-    ticks = [2**power for power in range(int(math.log2(top)) + 1)]
-    bar.set_ticks(ticks, labels=[str(tick) for tick in ticks])
-    bar.minorticks_off()
-    bar.set_label("positions per vector seen (1 = exact)")
-    return figure
