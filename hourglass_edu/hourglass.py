@@ -47,6 +47,7 @@ level's total is divided by the number of tokens, so levels are comparable and a
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
