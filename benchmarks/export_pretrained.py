@@ -97,7 +97,7 @@ def export_one(job, runs: Path, folder: Path, argv: list[str]) -> dict:
         "n_heads": model.config.n_heads, "parameters": model.num_parameters(),
         "corpus": corpus_name, "seed": train_config["seed"],
         "command": "python benchmarks/train_pretrained.py " + " ".join(argv[1:]),
-        "job_command": " ".join(done["command"][1:]).replace(str(runs), "RUNS"),
+        "job_command": "python " + " ".join(done["command"][1:]).replace(str(runs), "RUNS"),
         "commit": done["commit"], "hardware": done["hardware"], "threads": done["threads"],
         "precision": resolve_precision(train_config["precision"], resolve_device("cpu")),
         "training_seconds": round(checkpoint["elapsed"]), "steps": checkpoint["step"],

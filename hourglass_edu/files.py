@@ -18,6 +18,11 @@ from typing import IO
 
 __all__ = ["atomic_write", "atomic_writer"]
 
+# mkstemp makes owner-only files; a finished file gets the usual permissions (0o666 minus the
+# umask), as open() would have given it. os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
@@ -38,6 +43,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

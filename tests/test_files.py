@@ -23,3 +23,14 @@ def test_an_error_inside_the_block_keeps_the_old_file_and_leaves_no_temporary(tm
         raise RuntimeError("crash in the middle of a write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_written_files_get_the_usual_permissions_not_owner_only(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "shared.json", "{}")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
