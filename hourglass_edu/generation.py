@@ -32,7 +32,7 @@ from contextlib import contextmanager
 
 import torch
 
-from hourglass_edu.decoders import make_decoder
+from hourglass_edu.decoders import CachedDecoder, make_decoder
 from hourglass_edu.sampling import check_sampling_settings, check_seed, make_generator, sample_token
 
 __all__ = ["GenerationSettings", "encode_prompt", "generate", "stream"]
@@ -57,6 +57,10 @@ class GenerationSettings:
         tuple of strings (empty: no stop strings).
     replace_unknown: what to put in place of prompt characters outside the vocabulary ("" drops
         them; None = raise a ValueError naming them).
+    threads: CPU threads torch may use while it computes each character. None = one thread for
+        cached decoding on a CPU (a character's work is too small to share, and a second thread
+        that has to wait for a busy core stalls every step: benchmarks/bench_generate.py measures
+        it), torch's own setting otherwise.
 
     Settings are checked when made (ValueError saying what to change) and cannot be changed
     afterwards; `settings.replace(top_k=5)` makes a checked copy with some fields changed.
@@ -70,6 +74,7 @@ class GenerationSettings:
     stop_at_end: bool = True
     stop: str | Sequence[str] | None = ()
     replace_unknown: str | None = None
+    threads: int | None = None
 
     def __post_init__(self):
         check_sampling_settings(self.temperature, self.top_k, self.top_p)
@@ -78,6 +83,9 @@ class GenerationSettings:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         object.__setattr__(self, "stop", _stop_strings(self.stop))
+        if self.threads is not None and (isinstance(self.threads, bool)
+                                         or not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
         if self.replace_unknown is not None and not isinstance(self.replace_unknown, str):
             raise ValueError(
                 f"replace_unknown must be a string or None, got {self.replace_unknown!r}"
@@ -244,7 +252,9 @@ def _stream(
         return
     with _eval_mode(model):
         decoder = make_decoder(model, settings.use_cache)
-        logits = decoder.start(prompt_ids)
+        threads = _decoding_threads(decoder, settings.threads)
+        with _cpu_threads(threads):
+            logits = decoder.start(prompt_ids)
         stops = _StopStringFilter(settings.stop)
         for index in range(max_new_tokens):
             token = sample_token(
@@ -259,10 +269,35 @@ def _stream(
             if ready:
                 yield ready
             if index + 1 < max_new_tokens:  # the last token needs no logits after it
-                logits = decoder.feed(token)
+                with _cpu_threads(threads):  # only around the work: the caller keeps its setting
+                    logits = decoder.feed(token)
         rest = stops.rest()
         if rest:
             yield rest
+
+
+CACHED_DECODING_THREADS = 1  # see GenerationSettings.threads
+
+
+def _decoding_threads(decoder, threads: int | None) -> int | None:
+    if threads is not None:
+        return threads
+    on_cpu = decoder.device.type == "cpu"
+    return CACHED_DECODING_THREADS if on_cpu and isinstance(decoder, CachedDecoder) else None
+
+
+@contextmanager
+def _cpu_threads(count: int | None):
+    """torch uses `count` CPU threads inside the block (None: leave the setting alone)."""
+    previous = torch.get_num_threads()
+    if count is None or count == previous:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextmanager

@@ -216,3 +216,33 @@ def test_long_prompt_and_window_overflow_match_recompute(tokenizer):
         for use_cache in (True, False)
     )
     assert cached == recomputed
+
+
+def test_cached_decoding_runs_on_one_thread_and_gives_the_caller_its_setting_back(monkeypatch):
+    import hourglass_edu.cached_decoding as cached_decoding
+
+    torch.manual_seed(0)
+    model = HourglassLM(HourglassConfig(vocab_size=12, d_model=16, n_heads=2,
+                                        structure="1@1 1@2 1@1", max_length=64))
+    tokenizer = CharTokenizer("abcdefghi\n")
+    seen = []
+    extend = cached_decoding.IncrementalDecoder.extend
+
+    def spy(self, tokens):
+        seen.append(torch.get_num_threads())
+        return extend(self, tokens)
+
+    monkeypatch.setattr(cached_decoding.IncrementalDecoder, "extend", spy)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        text = generate(model, tokenizer, "ab", 6, temperature=0, stop_at_end=False)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        assert generate(model, tokenizer, "ab", 6, temperature=0, stop_at_end=False,
+                        threads=2) == text
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(previous)
+    with pytest.raises(ValueError, match="threads"):
+        generate(model, tokenizer, "ab", 6, threads=0)
