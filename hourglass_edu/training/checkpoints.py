@@ -34,6 +34,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "RESUMABLE_CHANGES",
     "config_differences",
+    "data_fingerprint",
     "load_checkpoint",
     "load_model",
     "model_from_checkpoint",
@@ -194,8 +195,19 @@ def config_differences(saved: dict, current: dict, prefix: str, *, ignore: Itera
     return lines
 
 
+def data_fingerprint(data) -> dict[str, Any]:
+    """What identifies the training data of a run (a resumed run must see the same)."""
+    corpus = getattr(data, "corpus", None)
+    return {
+        "corpus": getattr(corpus, "name", None),
+        "train_tokens": int(data.train_ids.numel()),
+        "val_tokens": int(data.val_ids.numel()),
+        "train_sum": int(data.train_ids.sum()),
+    }
+
+
 def resumable_differences(checkpoint: dict, model, train_config, tokenizer,
-                          data_fingerprint: dict) -> list[str]:
+                          fingerprint: dict) -> list[str]:
     """What keeps a run from resuming `checkpoint`: another model, recipe, vocabulary or data."""
     saved_class = checkpoint.get("model_class", DEFAULT_MODEL_CLASS)
     lines = [] if saved_class == type(model).__name__ else [
@@ -208,7 +220,7 @@ def resumable_differences(checkpoint: dict, model, train_config, tokenizer,
                                 ignore=RESUMABLE_CHANGES)
     if checkpoint["tokenizer"] != tokenizer.to_dict():
         lines.append("tokenizer: the vocabularies differ")
-    lines += config_differences(checkpoint.get("data", {}), data_fingerprint, "data.")
+    lines += config_differences(checkpoint.get("data", {}), fingerprint, "data.")
     return lines
 
 

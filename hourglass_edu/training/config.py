@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "PRESETS", "Preset", "TrainConfig", "build_model", "get_preset"]
+__all__ = ["PRECISIONS", "PRESETS", "Preset", "TrainConfig", "build_model", "check_sizes",
+           "get_preset"]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -174,3 +175,27 @@ def build_model(preset: Preset | str, vocab_size: int, *, seed: int | None = Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return HourglassLM(config)
+
+
+def check_sizes(model, data, config: TrainConfig) -> None:
+    """Raise ValueError when the model, the data and the window size do not fit together."""
+    model_config = getattr(model, "config", None)
+    max_length = getattr(model_config, "max_length", None)
+    if max_length is not None and config.block_size > max_length:
+        raise ValueError(
+            f"block_size {config.block_size} exceeds the model's max_length {max_length}: "
+            "lower block_size or build the model with a larger max_length"
+        )
+    vocab_size = getattr(model_config, "vocab_size", None)
+    if vocab_size is not None and vocab_size != data.tokenizer.vocab_size:
+        raise ValueError(
+            f"the model has vocab_size {vocab_size} but the tokenizer "
+            f"{data.tokenizer.vocab_size}: build the model with vocab_size=tokenizer.vocab_size"
+        )
+    for split in ("train_ids", "val_ids"):
+        ids = getattr(data, split)
+        if ids.numel() <= config.block_size:
+            raise ValueError(
+                f"{split} holds {ids.numel()} tokens, not more than block_size "
+                f"{config.block_size}: lower block_size or use more text"
+            )

@@ -32,12 +32,13 @@ from hourglass_edu.training.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     config_differences,
+    data_fingerprint,
     load_checkpoint,
     resumable_differences,
     run_folder_lock,
     save_checkpoint,
 )
-from hourglass_edu.training.config import TrainConfig
+from hourglass_edu.training.config import TrainConfig, check_sizes
 from hourglass_edu.training.evaluation import LN2, History, evaluate_bpc, language_model_loss
 from hourglass_edu.training.optimization import learning_rate, parameter_groups
 from hourglass_edu.training.precision import (
@@ -73,7 +74,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.model = model.to(self.device)
-        self._check_sizes()
+        check_sizes(self.model, data, config)
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config.weight_decay),
                                            lr=config.lr, betas=(config.beta1, config.beta2))
@@ -96,38 +97,7 @@ class Trainer:
         self._step_start_rng: dict[str, Any] | None = None
         self._updating = False
 
-    def _check_sizes(self) -> None:
-        model_config = getattr(self.model, "config", None)
-        max_length = getattr(model_config, "max_length", None)
-        if max_length is not None and self.config.block_size > max_length:
-            raise ValueError(
-                f"block_size {self.config.block_size} exceeds the model's max_length {max_length}: "
-                "lower block_size or build the model with a larger max_length"
-            )
-        vocab_size = getattr(model_config, "vocab_size", None)
-        if vocab_size is not None and vocab_size != self.tokenizer.vocab_size:
-            raise ValueError(
-                f"the model has vocab_size {vocab_size} but the tokenizer "
-                f"{self.tokenizer.vocab_size}: build the model with vocab_size=tokenizer.vocab_size"
-            )
-        for split in ("train_ids", "val_ids"):
-            ids = getattr(self.data, split)
-            if ids.numel() <= self.config.block_size:
-                raise ValueError(
-                    f"{split} holds {ids.numel()} tokens, not more than block_size "
-                    f"{self.config.block_size}: lower block_size or use more text"
-                )
-
     # ----- state: everything a checkpoint holds
-    def data_fingerprint(self) -> dict[str, Any]:
-        corpus = getattr(self.data, "corpus", None)
-        return {
-            "corpus": getattr(corpus, "name", None),
-            "train_tokens": int(self.data.train_ids.numel()),
-            "val_tokens": int(self.data.val_ids.numel()),
-            "train_sum": int(self.data.train_ids.sum()),
-        }
-
     def checkpoint(self, rng_state: dict[str, Any] | None = None) -> dict[str, Any]:
         """The run's state as plain containers and tensors (what `save_checkpoint` writes)."""
         model_config = getattr(self.model, "config", None)
@@ -138,7 +108,7 @@ class Trainer:
             "model_config": model_config.to_dict() if model_config is not None else {},
             "tokenizer": self.tokenizer.to_dict(),
             "train_config": self.config.to_dict(),
-            "data": self.data_fingerprint(),
+            "data": data_fingerprint(self.data),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -163,7 +133,7 @@ class Trainer:
     def differences(self, checkpoint: dict[str, Any]) -> list[str]:
         """How this run differs from a checkpoint in ways resuming cannot accept."""
         return resumable_differences(checkpoint, self.model, self.config, self.tokenizer,
-                                     self.data_fingerprint())
+                                     data_fingerprint(self.data))
 
     def resume(self, checkpoint: dict[str, Any] | str | os.PathLike) -> None:
         """Continue the run stored in `checkpoint`; refuses (ValueError) a model, data or recipe
