@@ -15,15 +15,18 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from hourglass_edu.blocks import RotaryEmbedding, record
+from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
 
 __all__ = [
     "MODEL_CLASSES",
+    "BlockStackConfig",
+    "BlockStackLM",
     "LanguageModel",
     "ModelConfig",
     "build_model_from_config",
@@ -188,6 +191,53 @@ class LanguageModel(nn.Module):
         """Number of trainable parameters (tied weights counted once)."""
         total = sum(parameter.numel() for parameter in self.parameters())  # tied: listed once
         return total if include_embedding else total - self.embedding.weight.numel()
+
+
+@dataclass
+class BlockStackConfig(ModelConfig):
+    """The fields of a model whose body is a plain stack of `n_layers` blocks; a design adds its
+    own fields after these and checks them in its `__post_init__` (after calling this one)."""
+
+    vocab_size: int
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 6
+    d_ff: int | None = None
+    dropout: float = 0.0
+    max_length: int = 1024
+    rotary_base: float = 10000.0
+
+    def __post_init__(self):
+        self.check_common(("vocab_size", "d_model", "n_heads", "n_layers", "max_length"))
+
+
+class BlockStackLM(LanguageModel):
+    """A `LanguageModel` whose body is `n_layers` pre-norm blocks, each with the attention that
+    `make_attention()` builds: the related designs differ from a transformer only there.
+
+    Capture names: ``embedding``, ``block{j}`` (block output), ``block{j}.attn``, ``final_norm``.
+    """
+
+    config_class = BlockStackConfig
+
+    def __init__(self, config: BlockStackConfig):
+        super().__init__(config)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(config.d_model, config.n_heads, config.feed_forward_width,
+                             dropout=config.dropout, attention=self.make_attention())
+            for _ in range(config.n_layers)
+        )
+        self.init_weights()
+
+    def make_attention(self) -> nn.Module:
+        """One layer's attention module (it may use `self.config` and `self.rotary`)."""
+        raise NotImplementedError
+
+    def body(self, x: torch.Tensor, capture: dict | None) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        for j, block in enumerate(self.blocks):
+            x = block(x, positions, capture=capture, name=f"block{j}")
+        return x
 
 
 # Every model class a checkpoint or model folder may name, and the module that defines it.

@@ -33,7 +33,7 @@ from einops import rearrange, reduce, repeat
 from torch import nn
 
 from hourglass_edu.attention import MultiHeadAttention, funnel_down_mask, funnel_up_mask
-from hourglass_edu.blocks import FeedForward, RotaryEmbedding, record
+from hourglass_edu.blocks import FeedForward, record
 
 SHORTENINGS = ("avg", "linear", "attention")
 UPSAMPLINGS = ("repeat", "linear", "attention")
@@ -197,29 +197,28 @@ class AttentionUpsampling(_FunnelAttentionLayer):
         return x + self.ff(self.ff_norm(x))
 
 
-def make_shortening(kind: str, d_model: int, n_heads: int, d_ff: int, factor: int, *,
-                    dropout: float = 0.0, rotary: RotaryEmbedding | None = None,
-                    attention_impl: str = "fused") -> nn.Module:
-    """Build the shortening module named ``kind`` (one of ``SHORTENINGS``)."""
-    if kind == "avg":
-        return AvgShortening(factor)
-    if kind == "linear":
-        return LinearShortening(d_model, factor)
-    if kind == "attention":
-        return AttentionShortening(d_model, n_heads, d_ff, factor, dropout=dropout,
-                                   rotary=rotary, attention_impl=attention_impl)
-    raise ValueError(f"unknown shortening {kind!r}: use one of {SHORTENINGS}")
+def make_shortening(kind: str, d_model: int, n_heads: int, d_ff: int, factor: int,
+                    **attention_args) -> nn.Module:
+    """Build the shortening module named ``kind`` (one of ``SHORTENINGS``); ``attention_args``
+    (dropout, rotary, attention_impl) go to the attention variant."""
+    return _build("shortening", kind, {
+        "avg": lambda: AvgShortening(factor),
+        "linear": lambda: LinearShortening(d_model, factor),
+        "attention": lambda: AttentionShortening(d_model, n_heads, d_ff, factor, **attention_args),
+    })
 
 
-def make_upsampling(kind: str, d_model: int, n_heads: int, d_ff: int, factor: int, *,
-                    dropout: float = 0.0, rotary: RotaryEmbedding | None = None,
-                    attention_impl: str = "fused") -> nn.Module:
+def make_upsampling(kind: str, d_model: int, n_heads: int, d_ff: int, factor: int,
+                    **attention_args) -> nn.Module:
     """Build the upsampling module named ``kind`` (one of ``UPSAMPLINGS``)."""
-    if kind == "repeat":
-        return RepeatUpsampling(factor)
-    if kind == "linear":
-        return LinearUpsampling(d_model, factor)
-    if kind == "attention":
-        return AttentionUpsampling(d_model, n_heads, d_ff, factor, dropout=dropout,
-                                   rotary=rotary, attention_impl=attention_impl)
-    raise ValueError(f"unknown upsampling {kind!r}: use one of {UPSAMPLINGS}")
+    return _build("upsampling", kind, {
+        "repeat": lambda: RepeatUpsampling(factor),
+        "linear": lambda: LinearUpsampling(d_model, factor),
+        "attention": lambda: AttentionUpsampling(d_model, n_heads, d_ff, factor, **attention_args),
+    })
+
+
+def _build(what: str, kind: str, builders: dict) -> nn.Module:
+    if kind not in builders:
+        raise ValueError(f"unknown {what} {kind!r}: use one of {tuple(builders)}")
+    return builders[kind]()

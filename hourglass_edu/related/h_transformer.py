@@ -38,8 +38,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
-from hourglass_edu.blocks import TransformerBlock
-from hourglass_edu.lm import LanguageModel, ModelConfig
+from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 from hourglass_edu.related.long_short import _check_qkv, _pad_length, _upcast
 
 
@@ -197,7 +196,7 @@ class HAttention(MultiHeadAttention):
 
 
 @dataclass
-class HTransformerConfig(ModelConfig):
+class HTransformerConfig(BlockStackConfig):
     """Everything that defines an ``HTransformerLM`` (causal hierarchical attention).
 
     block_size: positions per finest block, seen exactly; also the number of pooled keys per
@@ -205,25 +204,17 @@ class HTransformerConfig(ModelConfig):
     block_size)).
     """
 
-    vocab_size: int
-    d_model: int = 256
-    n_heads: int = 4
-    n_layers: int = 6
     block_size: int = 16
-    d_ff: int | None = None
-    dropout: float = 0.0
-    max_length: int = 1024
-    rotary_base: float = 10000.0
 
     def __post_init__(self):
-        self.check_common(("vocab_size", "d_model", "n_heads", "n_layers", "max_length"))
+        super().__post_init__()
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int):
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
 
 
-class HTransformerLM(LanguageModel):
+class HTransformerLM(BlockStackLM):
     """Character LM: ``n_layers`` pre-norm blocks with causal hierarchical attention.
 
     Capture names: ``embedding``, ``block{j}``, ``block{j}.attn`` (weights ``(batch, heads,
@@ -232,27 +223,7 @@ class HTransformerLM(LanguageModel):
 
     config_class = HTransformerConfig
 
-    def __init__(self, config: HTransformerConfig):
-        super().__init__(config)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                config.d_model,
-                config.n_heads,
-                config.feed_forward_width,
-                dropout=config.dropout,
-                attention=HAttention(
-                    config.d_model,
-                    config.n_heads,
-                    block_size=config.block_size,
-                    rotary=self.rotary,
-                ),
-            )
-            for _ in range(config.n_layers)
-        )
-        self.init_weights()
-
-    def body(self, x: Tensor, capture: dict | None) -> Tensor:
-        positions = torch.arange(x.shape[1], device=x.device)
-        for j, block in enumerate(self.blocks):
-            x = block(x, positions, capture=capture, name=f"block{j}")
-        return x
+    def make_attention(self) -> HAttention:
+        config = self.config
+        return HAttention(config.d_model, config.n_heads, block_size=config.block_size,
+                          rotary=self.rotary)

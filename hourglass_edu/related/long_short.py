@@ -29,8 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
-from hourglass_edu.blocks import TransformerBlock
-from hourglass_edu.lm import LanguageModel, ModelConfig
+from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 
 NormFn = Callable[[Tensor], Tensor]
 
@@ -338,7 +337,7 @@ def check_long_short_arguments(
 
 
 @dataclass
-class LongShortConfig(ModelConfig):
+class LongShortConfig(BlockStackConfig):
     """Everything that defines a ``LongShortLM``.
 
     window: exact keys per query (itself included); segment_size, rank: each finished segment is
@@ -346,27 +345,19 @@ class LongShortConfig(ModelConfig):
     dual_norm: separate LayerNorms on window and summary keys/values.
     """
 
-    vocab_size: int
-    d_model: int = 256
-    n_heads: int = 4
-    n_layers: int = 6
     window: int = 32
     segment_size: int | None = 32
     rank: int | None = 4
     dual_norm: bool = True
-    d_ff: int | None = None
-    dropout: float = 0.0
-    max_length: int = 1024
-    rotary_base: float = 10000.0
 
     def __post_init__(self):
-        self.check_common(("vocab_size", "d_model", "n_heads", "n_layers", "max_length"))
+        super().__post_init__()
         check_long_short_arguments(
             self.d_model, self.n_heads, self.window, self.segment_size, self.rank
         )
 
 
-class LongShortLM(LanguageModel):
+class LongShortLM(BlockStackLM):
     """Character LM: ``n_layers`` pre-norm blocks with causal Long-Short attention.
 
     Capture names: ``embedding``, ``block{j}`` (block output), ``block{j}.attn`` (weights
@@ -375,34 +366,8 @@ class LongShortLM(LanguageModel):
 
     config_class = LongShortConfig
 
-    def __init__(self, config: LongShortConfig):
-        super().__init__(config)
-
-        def attention():
-            return LongShortAttention(
-                config.d_model,
-                config.n_heads,
-                window=config.window,
-                segment_size=config.segment_size,
-                rank=config.rank,
-                dual_norm=config.dual_norm,
-                rotary=self.rotary,
-            )
-
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                config.d_model,
-                config.n_heads,
-                config.feed_forward_width,
-                dropout=config.dropout,
-                attention=attention(),
-            )
-            for _ in range(config.n_layers)
-        )
-        self.init_weights()
-
-    def body(self, x: Tensor, capture: dict | None) -> Tensor:
-        positions = torch.arange(x.shape[1], device=x.device)
-        for j, block in enumerate(self.blocks):
-            x = block(x, positions, capture=capture, name=f"block{j}")
-        return x
+    def make_attention(self) -> LongShortAttention:
+        config = self.config
+        return LongShortAttention(config.d_model, config.n_heads, window=config.window,
+                                  segment_size=config.segment_size, rank=config.rank,
+                                  dual_norm=config.dual_norm, rotary=self.rotary)

@@ -30,13 +30,13 @@ from einops import repeat
 from torch import Tensor, nn
 
 from hourglass_edu.blocks import TransformerBlock, record
-from hourglass_edu.lm import LanguageModel, ModelConfig
+from hourglass_edu.lm import BlockStackConfig, LanguageModel
 from hourglass_edu.related.long_short import LongShortAttention
 from hourglass_edu.resampling import LinearShortening, pad_to_multiple, shift_right
 
 
 @dataclass
-class SimpleHierarchicalConfig(ModelConfig):
+class SimpleHierarchicalConfig(BlockStackConfig):
     """Everything that defines a ``SimpleHierarchicalLM``.
 
     compressions: one stream per entry; the first must be 1 (the predicting stream), the rest
@@ -46,19 +46,12 @@ class SimpleHierarchicalConfig(ModelConfig):
     n_layers: layers; each layer is one block per stream followed by one merge.
     """
 
-    vocab_size: int
-    d_model: int = 256
-    n_heads: int = 4
     n_layers: int = 4
     compressions: tuple[int, ...] = (1, 2, 8)
     windows: tuple[int | None, ...] = (32, None, None)
-    d_ff: int | None = None
-    dropout: float = 0.0
-    max_length: int = 1024
-    rotary_base: float = 10000.0
 
     def __post_init__(self):
-        self.check_common(("vocab_size", "d_model", "n_heads", "n_layers", "max_length"))
+        super().__post_init__()
         self.compressions = tuple(self.compressions)
         self.windows = tuple(self.windows)
         if not self.compressions or any(
