@@ -116,7 +116,8 @@ def export_one(job, runs: Path, folder: Path, argv: list[str]) -> dict:
                for seed in range(3)]
     fields = {key: value for key, value in fields.items() if value is not None}
     export_model_folder(model, tokenizer, folder, dtype="float16", card=fields,
-                        card_body=card_body(job.name, fields, samples))
+                        card_body=card_body(job.name, fields, samples),
+                        history=checkpoint["history"])
     return fields
 
 

@@ -7,6 +7,7 @@ The layout follows a Hugging Face model repository:
     model.safetensors    the weights: safetensors holds raw tensors only, so loading runs no code
     README.md            the model card: a front matter of `key: value` lines (JSON values, so
                          it is also valid YAML) with the figures and the weights' sha256, then text
+    history.json         (optional) the training history: what the run measured as it went
 
 `export_model_folder` writes one (every file atomically); `load_model_folder` checks the weights'
 sha256 against the card, the config, the tokenizer against the embedding and every tensor's shape
@@ -36,11 +37,12 @@ __all__ = [
     "is_model_folder",
     "load_model_folder",
     "read_card",
+    "read_history",
     "sha256_of",
 ]
 
 CONFIG_NAME, TOKENIZER_NAME = "config.json", "tokenizer.json"
-WEIGHTS_NAME, CARD_NAME = "model.safetensors", "README.md"
+WEIGHTS_NAME, CARD_NAME, HISTORY_NAME = "model.safetensors", "README.md", "history.json"
 FOLDER_FORMAT = "hourglass_edu.model"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -64,6 +66,12 @@ def card_text(fields: dict[str, Any], body: str) -> str:
     return "---\n" + "\n".join(lines) + "\n---\n\n" + body.strip() + "\n"
 
 
+def read_history(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """FOLDER/history.json as a dict (`History.from_dict` reads it), or None when absent."""
+    path = Path(folder) / HISTORY_NAME
+    return _read_json(path) if path.is_file() else None
+
+
 def read_card(folder: str | os.PathLike) -> dict[str, Any]:
     """The front-matter fields of FOLDER/README.md ({} when there is no card)."""
     path = Path(folder) / CARD_NAME
@@ -84,11 +92,13 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
 
 def export_model_folder(model: LanguageModel, tokenizer: CharTokenizer,
                         folder: str | os.PathLike, *, dtype: str = "float32",
-                        card: dict[str, Any] | None = None, card_body: str = "") -> Path:
+                        card: dict[str, Any] | None = None, card_body: str = "",
+                        history: dict[str, Any] | None = None) -> Path:
     """Write `model` and `tokenizer` to `folder` (created if needed); returns the folder.
 
     dtype: "float32" (exact), "float16" or "bfloat16" (half the size). The card's front matter
-    gets `weights_sha256` and `dtype` added to `card`; `card_body` is its text.
+    gets `weights_sha256` and `dtype` added to `card`; `card_body` is its text. `history` (a
+    `History.to_dict()`) is saved as history.json.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -103,6 +113,8 @@ def export_model_folder(model: LanguageModel, tokenizer: CharTokenizer,
               **model.config.to_dict()}
     atomic_write(folder / CONFIG_NAME, json.dumps(config, indent=1) + "\n")
     atomic_write(folder / TOKENIZER_NAME, json.dumps(tokenizer.to_dict(), indent=1) + "\n")
+    if history is not None:
+        atomic_write(folder / HISTORY_NAME, json.dumps(history) + "\n")
     fields = {**(card or {}), "dtype": dtype, "weights_sha256": sha256_of(folder / WEIGHTS_NAME)}
     atomic_write(folder / CARD_NAME, card_text(fields, card_body or f"# {folder.name}"))
     return folder

@@ -10,7 +10,12 @@ import torch
 from hourglass_edu import HourglassConfig, HourglassLM, load_model
 from hourglass_edu.cli import main
 from hourglass_edu.data import CharTokenizer
-from hourglass_edu.model_folders import export_model_folder, load_model_folder, read_card
+from hourglass_edu.model_folders import (
+    export_model_folder,
+    load_model_folder,
+    read_card,
+    read_history,
+)
 from hourglass_edu.pretrained import load_pretrained
 from hourglass_edu.related import LongShortConfig, LongShortLM
 
@@ -25,9 +30,12 @@ def tiny(structure="1@1 1@2 1@1"):
 
 def test_float32_round_trip_is_exact_and_the_card_holds_the_sha256(tmp_path):
     model = tiny()
-    folder = export_model_folder(model, TOKENIZER, tmp_path / "m", card={"corpus": "toy"})
+    history = {"records": [{"step": 1, "val_bpc": 4.0}]}
+    folder = export_model_folder(model, TOKENIZER, tmp_path / "m", card={"corpus": "toy"},
+                                 history=history)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "README.md", "config.json", "model.safetensors", "tokenizer.json"]
+        "README.md", "config.json", "history.json", "model.safetensors", "tokenizer.json"]
+    assert read_history(folder) == history
     card = read_card(folder)
     assert card["corpus"] == "toy" and len(card["weights_sha256"]) == 64
     loaded, tokenizer = load_model(folder)  # load_model knows model folders too

@@ -4,7 +4,8 @@
     model, tokenizer = load_pretrained("haiku")
 
 `list_pretrained()` names them; `pretrained_card(name)` gives a model's card figures (how it was
-trained and what it scores). `benchmarks/train_pretrained.py` trains and exports all of them; the
+trained and what it scores); `pretrained_history(name)` what its training run measured as it went
+(`viz.plot_history` draws it). `benchmarks/train_pretrained.py` trains and exports all of them; the
 figures in each card are written by that script.
 """
 
@@ -15,10 +16,15 @@ from typing import Any
 
 import torch
 
-from hourglass_edu.model_folders import is_model_folder, load_model_folder, read_card
+from hourglass_edu.model_folders import (
+    is_model_folder,
+    load_model_folder,
+    read_card,
+    read_history,
+)
 
 __all__ = ["PRETRAINED_DIR", "list_pretrained", "load_pretrained", "pretrained_card",
-           "pretrained_folder"]
+           "pretrained_folder", "pretrained_history"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 
@@ -46,3 +52,11 @@ def pretrained_card(name: str) -> dict[str, Any]:
 def load_pretrained(name: str, device: str | torch.device = "cpu"):
     """`(model, tokenizer)` of shipped model `name`, weights checked against their sha256."""
     return load_model_folder(pretrained_folder(name), device=device)
+
+
+def pretrained_history(name: str) -> dict[str, Any]:
+    """The training history of model `name` (a dict: `History.from_dict` turns it into one)."""
+    history = read_history(pretrained_folder(name))
+    if history is None:
+        raise ValueError(f"the shipped model {name!r} has no history.json")
+    return history
