@@ -35,6 +35,16 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+__all__ = [
+    "ATTENTION_IMPLS",
+    "MultiHeadAttention",
+    "causal_mask",
+    "explicit_attention",
+    "funnel_down_mask",
+    "funnel_up_mask",
+    "fused_attention",
+]
+
 ATTENTION_IMPLS = ("fused", "explicit")
 
 

@@ -32,6 +32,13 @@ from torch import nn
 
 from hourglass_edu.attention import MultiHeadAttention
 
+__all__ = [
+    "FeedForward",
+    "RotaryEmbedding",
+    "TransformerBlock",
+    "record",
+]
+
 
 class RotaryEmbedding(nn.Module):
     """Rotate pairs of features by angles proportional to the integer position.

@@ -67,6 +67,15 @@ from hourglass_edu.resampling import (
     pad_to_multiple,
 )
 
+__all__ = [
+    "HourglassConfig",
+    "HourglassLM",
+    "HourglassLevel",
+    "LevelSpec",
+    "parse_structure",
+    "without_shift",
+]
+
 
 @dataclass(frozen=True)
 class LevelSpec:

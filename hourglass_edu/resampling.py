@@ -35,6 +35,23 @@ from torch import nn
 from hourglass_edu.attention import MultiHeadAttention, funnel_down_mask, funnel_up_mask
 from hourglass_edu.blocks import FeedForward, record
 
+__all__ = [
+    "SHIFT_FILLS",
+    "SHORTENINGS",
+    "UPSAMPLINGS",
+    "AttentionShortening",
+    "AttentionUpsampling",
+    "AvgShortening",
+    "LinearShortening",
+    "LinearUpsampling",
+    "RepeatUpsampling",
+    "ShiftRight",
+    "make_shortening",
+    "make_upsampling",
+    "pad_to_multiple",
+    "shift_right",
+]
+
 SHORTENINGS = ("avg", "linear", "attention")
 UPSAMPLINGS = ("repeat", "linear", "attention")
 SHIFT_FILLS = ("zeros", "learned")

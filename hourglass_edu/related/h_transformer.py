@@ -41,6 +41,14 @@ from hourglass_edu.attention import MultiHeadAttention
 from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 from hourglass_edu.related.long_short import _check_qkv, _pad_length, _upcast
 
+__all__ = [
+    "HAttention",
+    "HTransformerConfig",
+    "HTransformerLM",
+    "h_attention",
+    "number_of_levels",
+]
+
 
 def number_of_levels(length: int, block_size: int) -> int:
     """Sibling levels needed so that block_size * 2**levels >= length (0 if one block suffices)."""

@@ -31,6 +31,20 @@ from torch import Tensor, nn
 from hourglass_edu.attention import MultiHeadAttention
 from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 
+__all__ = [
+    "DualLayerNorm",
+    "LongShortAttention",
+    "LongShortConfig",
+    "LongShortLM",
+    "check_long_short_arguments",
+    "compress_segments",
+    "finished_segments_mask",
+    "local_window_scores",
+    "long_short_attention",
+    "sliding_window_attention",
+    "window_mask",
+]
+
 NormFn = Callable[[Tensor], Tensor]
 
 

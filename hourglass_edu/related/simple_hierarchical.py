@@ -34,6 +34,11 @@ from hourglass_edu.lm import BlockStackConfig, LanguageModel
 from hourglass_edu.related.long_short import LongShortAttention
 from hourglass_edu.resampling import LinearShortening, pad_to_multiple, shift_right
 
+__all__ = [
+    "SimpleHierarchicalConfig",
+    "SimpleHierarchicalLM",
+]
+
 
 @dataclass
 class SimpleHierarchicalConfig(BlockStackConfig):
