@@ -23,7 +23,8 @@ the hourglass "2@1 8@3 2@1" and the plain transformer "12@1". Two tables:
     python benchmarks/bench_generate.py --threads-only --lengths 512   # table 2 only: minutes
     python benchmarks/bench_generate.py --quick    # smoke test: tiny sizes, well under a minute
 
-`--lengths` sets the numbers of new characters of both tables. Writes the tables to
+`--lengths` sets the numbers of new characters of both tables (``--quick``: 32 and 96 for the
+first, 32 in one round for the threads table). Writes the tables to
 benchmarks/results/bench_generate.md (``--quick``: bench_generate_quick.md).
 """
 
@@ -35,10 +36,16 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
-from common import command_line, machine_line, markdown_table, median, publish, results_path
+from common import (
+    benchmark_parser,
+    machine_line,
+    markdown_table,
+    median,
+    parse_benchmark_args,
+    publish,
+)
 
 from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, generate
 
@@ -52,31 +59,26 @@ BUSY_LOOP = "import sys\nsys.stdout.write('ready\\n')\nsys.stdout.flush()\nwhile
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads for recomputing (default: torch's choice; "
-                             "--quick: 1); cached decoding uses the library's default")
+    parser = benchmark_parser(__doc__, threads_help="torch CPU threads for recomputing "
+                              "(default: torch's choice; --quick: 1); cached decoding uses the "
+                              "library's default")
     parser.add_argument("--lengths", type=int, nargs="+", default=None,
                         help="numbers of new characters (default: 256 1024 2048 for the first "
                              "table, 512 for the threads table; --quick: 32 96 and 32)")
     parser.add_argument("--threads-only", action="store_true",
                         help="only the threads table (cached decoding, 1 and 2 threads)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="rounds of the threads table; it reports medians (default 3)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="rounds of the threads table; it reports medians (default 3; "
+                             "--quick: 1)")
     parser.add_argument("--busy-workers", type=int, default=os.cpu_count() or 2,
                         help="competing busy-loop processes for 'busy' (default: one per core)")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv, "bench_generate", quick_threads=1)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     if args.repeats < 1 or args.busy_workers < 1:
         parser.error("--repeats and --busy-workers must be at least 1")
-    args.threads = args.threads or (1 if args.quick else None)
     args.d_model, args.n_heads = (64, 2) if args.quick else (256, 4)
     args.mode_lengths = args.lengths or ([32, 96] if args.quick else [256, 1024, 2048])
     args.thread_lengths = args.lengths or ([32] if args.quick else [512])
-    args.out = results_path("bench_generate", args.quick, args.out)
-    args.command = command_line(__file__, argv)
     return args
 
 
@@ -224,8 +226,6 @@ def report(sections: list[str], args, device, elapsed: float) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     started = time.perf_counter()
     names = ["hourglass"] if args.threads_only else list(STRUCTURES)

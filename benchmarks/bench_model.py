@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import command_line, machine_line, markdown_table, publish, results_path
+from common import benchmark_parser, machine_line, markdown_table, parse_benchmark_args, publish
 
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.analysis import saved_activation_bytes
@@ -40,23 +39,16 @@ VOCAB = 128
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; --quick: 1, because "
-                             "tiny models on a busy machine lose more to thread contention)")
-    args = parser.parse_args(argv)
-    args.threads = args.threads or (1 if args.quick else None)
+    parser = benchmark_parser(__doc__, threads_help="torch CPU threads (default: torch's "
+                              "choice; --quick: 1, because tiny models on a busy machine lose "
+                              "more to thread contention)")
+    args = parse_benchmark_args(parser, argv, "bench_model", quick_threads=1)
     if args.quick:
         args.d_model, args.n_heads, args.lengths = 64, 2, [96, 192]
         args.tokens_per_step, args.warmup, args.steps = 384, 1, 2
     else:
         args.d_model, args.n_heads, args.lengths = 256, 4, [512, 1024, 2048]
         args.tokens_per_step, args.warmup, args.steps = 2048, 1, 3
-    args.out = results_path("bench_model", args.quick, args.out)
-    args.command = command_line(__file__, argv)
     return args
 
 
@@ -178,8 +170,6 @@ def report(measured: dict, args, device, elapsed: float) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     started = time.perf_counter()
     measured = measure_all(args, device)

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
-from common import command_line, machine_line, markdown_table, publish, results_path
+from common import benchmark_parser, machine_line, markdown_table, parse_benchmark_args, publish
 
 from hourglass_edu import prepare_data
 from hourglass_edu.related.compare import build_comparison_models, measure_cost, train_comparison
@@ -32,15 +31,11 @@ from hourglass_edu.training import TrainConfig, resolve_precision
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--corpus", default="haiku")
     parser.add_argument("--minutes", type=float, default=None,
                         help="training minutes per model (default 1.0; --quick: 10 steps)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv, "bench_related")
     if args.quick:
         args.size = dict(d_model=32, n_heads=2, n_layers=2, window=8)
         args.block_size, args.batch_size, args.lengths = 64, 8, [64, 128]
@@ -53,8 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.eval_batches = 10
     if args.minutes is not None:
         args.budget = dict(steps=None, minutes=args.minutes)
-    args.out = results_path("bench_related", args.quick, args.out)
-    args.command = command_line(__file__, argv)
     return args
 
 
@@ -133,8 +126,6 @@ def tabulate(quality_rows: list[dict], cost_rows: list[dict], args, elapsed: flo
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     data = prepare_data(args.corpus)
     quality_rows = measure_quality(data, args)

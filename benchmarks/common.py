@@ -7,6 +7,7 @@ installed package (``pip install -e .``), never through ``sys.path`` edits.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -20,8 +21,8 @@ import torch
 from hourglass_edu.files import atomic_write
 from hourglass_edu.related.compare import markdown_table
 
-__all__ = ["RESULTS", "command_line", "cpu_model", "hardware", "machine_line", "markdown_table",
-           "median", "publish", "results_path"]
+__all__ = ["RESULTS", "benchmark_parser", "command_line", "cpu_model", "hardware", "machine_line",
+           "markdown_table", "median", "parse_benchmark_args", "publish", "results_path"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -29,6 +30,31 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def results_path(name: str, quick: bool, out: Path | None = None) -> Path:
     """Where a table goes: ``out`` if given, else results/NAME.md (quick runs: NAME_quick.md)."""
     return out or RESULTS / (f"{name}_quick.md" if quick else f"{name}.md")
+
+
+def benchmark_parser(doc: str, threads_help: str = "torch CPU threads") -> argparse.ArgumentParser:
+    """The options every benchmark has: --quick, --device, --out, --threads (None = torch's)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=None, help="where the table goes")
+    parser.add_argument("--threads", type=int, default=None, help=threads_help)
+    return parser
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, name: str,
+                         quick_threads: int | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` (a `benchmark_parser`), then what every benchmark does with
+    the common options: torch uses ``--threads`` CPU threads (default: torch's choice; quick
+    runs: ``quick_threads``), ``args.out`` is where table NAME goes (`results_path`), and
+    ``args.command`` is the command line the table quotes."""
+    args = parser.parse_args(argv)
+    args.threads = args.threads or (quick_threads if args.quick else None)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out = results_path(name, args.quick, args.out)
+    args.command = command_line(f"{name}.py", argv)
+    return args
 
 
 def publish(text: str, out: Path) -> None:
