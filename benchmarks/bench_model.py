@@ -22,23 +22,34 @@ Writes the table to benchmarks/results/bench_model.md (``--quick``: bench_model_
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _results import publish  # benchmarks/ is on sys.path when run as a script
+from common import benchmark_parser, machine_line, markdown_table, parse_benchmark_args, publish
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hourglass_edu import HourglassConfig, HourglassLM  # noqa: E402
-from hourglass_edu.analysis import saved_activation_bytes  # noqa: E402
+from hourglass_edu import HourglassConfig, HourglassLM
+from hourglass_edu.analysis import saved_activation_bytes
 
 __all__ = ["main"]
 
 STRUCTURES = {"hourglass": "2@1 8@3 2@1", "plain": "12@1"}
+PRECISIONS = ("fp32", "bf16")
 VOCAB = 128
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = benchmark_parser(__doc__, threads_help="torch CPU threads (default: torch's "
+                              "choice; --quick: 1, because tiny models on a busy machine lose "
+                              "more to thread contention)")
+    args = parse_benchmark_args(parser, argv, "bench_model", quick_threads=1)
+    if args.quick:
+        args.d_model, args.n_heads, args.lengths = 64, 2, [96, 192]
+        args.tokens_per_step, args.warmup, args.steps = 384, 1, 2
+    else:
+        args.d_model, args.n_heads, args.lengths = 256, 4, [512, 1024, 2048]
+        args.tokens_per_step, args.warmup, args.steps = 2048, 1, 3
+    return args
 
 
 def measure(structure, length, precision, args, device) -> dict:
@@ -85,82 +96,85 @@ def measure(structure, length, precision, args, device) -> dict:
                 saved=saved, flops=model.flops_per_token(length)["total"])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; --quick: 1, because "
-                             "tiny models on a busy machine lose more to thread contention)")
-    args = parser.parse_args(argv)
-    threads = args.threads or (1 if args.quick else None)
-    if threads:
-        torch.set_num_threads(threads)
-    if args.quick:
-        args.d_model, args.n_heads, args.lengths = 64, 2, [96, 192]
-        args.tokens_per_step, args.warmup, args.steps = 384, 1, 2
-    else:
-        args.d_model, args.n_heads, args.lengths = 256, 4, [512, 1024, 2048]
-        args.tokens_per_step, args.warmup, args.steps = 2048, 1, 3
-    device = torch.device(args.device)
-    results_dir = Path(__file__).resolve().parent / "results"
-    out = args.out or results_dir / ("bench_model_quick.md" if args.quick else "bench_model.md")
-
+def measure_all(args, device) -> dict:
+    """{(model name, sequence length, precision): measure(...)} for every combination."""
     measured = {}
-    total_start = time.perf_counter()
     for length in args.lengths:
-        for precision in ("fp32", "bf16"):
+        for precision in PRECISIONS:
             for name, structure in STRUCTURES.items():
                 result = measure(structure, length, precision, args, device)
                 measured[name, length, precision] = result
                 print(f"  {name:9s} seq {length:5d} {precision}: "
                       f"{result['tokens_per_s']:9.0f} tokens/s", flush=True)
+    return measured
 
-    header = ("| seq | precision | model | tokens/s | step (s) | saved activations (MiB) | "
-              + ("peak CUDA (MiB) | " if device.type == "cuda" else "")
-              + "GFLOP/token (fwd) |")
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+
+def tabulate_speeds(measured: dict, args, device) -> str:
+    rows = []
     for length in args.lengths:
-        for precision in ("fp32", "bf16"):
+        for precision in PRECISIONS:
             for name in STRUCTURES:
                 r = measured[name, length, precision]
-                cells = [str(length), precision, f"{name} `{STRUCTURES[name]}`",
-                         f"{r['tokens_per_s']:.0f}", f"{r['seconds']:.3f}",
-                         f"{r['saved'] / 2**20:.1f}"]
-                if device.type == "cuda":
-                    cells.append(f"{r['peak'] / 2**20:.0f}")
-                cells.append(f"{r['flops'] / 1e9:.4f}")
-                lines.append("| " + " | ".join(cells) + " |")
-    ratio_header = ("| seq | precision | measured speed-up | FLOP-predicted speed-up | "
-                    "measured / predicted | activation memory ratio | bf16 / fp32 (hourglass) |")
-    ratio_lines = [ratio_header, "|" + "---|" * (ratio_header.count("|") - 1)]
+                rows.append({"seq": length, "precision": precision,
+                             "model": f"{name} `{STRUCTURES[name]}`", "tokens_s": r["tokens_per_s"],
+                             "seconds": r["seconds"], "saved": r["saved"] / 2**20,
+                             "peak": r["peak"] / 2**20 if r["peak"] is not None else None,
+                             "gflops": r["flops"] / 1e9})
+    peak = [("peak", "peak CUDA (MiB)", "{:.0f}")] if device.type == "cuda" else []
+    return markdown_table(rows, [
+        ("seq", "seq", "{}"), ("precision", "precision", "{}"), ("model", "model", "{}"),
+        ("tokens_s", "tokens/s", "{:.0f}"), ("seconds", "step (s)", "{:.3f}"),
+        ("saved", "saved activations (MiB)", "{:.1f}"), *peak,
+        ("gflops", "GFLOP/token (fwd)", "{:.4f}"),
+    ])
+
+
+def tabulate_ratios(measured: dict, args) -> str:
+    rows = []
     for length in args.lengths:
-        for precision in ("fp32", "bf16"):
-            hourglass, plain = measured["hourglass", length, precision], measured["plain", length,
-                                                                                   precision]
+        for precision in PRECISIONS:
+            hourglass = measured["hourglass", length, precision]
+            plain = measured["plain", length, precision]
             speedup = hourglass["tokens_per_s"] / plain["tokens_per_s"]
             predicted = plain["flops"] / hourglass["flops"]
-            bf16_gain = (measured["hourglass", length, "bf16"]["tokens_per_s"]
-                         / measured["hourglass", length, "fp32"]["tokens_per_s"])
-            ratio_lines.append(
-                f"| {length} | {precision} | {speedup:.2f}x | {predicted:.2f}x | "
-                f"{speedup / predicted:.0%} | {plain['saved'] / hourglass['saved']:.2f}x less | "
-                f"{bf16_gain:.2f}x |")
-    elapsed = time.perf_counter() - total_start
-    setup = (f"{'quick smoke run, ' if args.quick else ''}device {device.type} "
-             f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-             f"torch {torch.__version__}, d_model {args.d_model}, {args.n_heads} heads, "
+            rows.append({"seq": length, "precision": precision, "speedup": speedup,
+                         "predicted": predicted, "share": speedup / predicted,
+                         "memory": plain["saved"] / hourglass["saved"],
+                         "bf16": measured["hourglass", length, "bf16"]["tokens_per_s"]
+                         / measured["hourglass", length, "fp32"]["tokens_per_s"]})
+    return markdown_table(rows, [
+        ("seq", "seq", "{}"), ("precision", "precision", "{}"),
+        ("speedup", "measured speed-up", "{:.2f}x"),
+        ("predicted", "FLOP-predicted speed-up", "{:.2f}x"),
+        ("share", "measured / predicted", "{:.0%}"),
+        ("memory", "activation memory ratio", "{:.2f}x less"),
+        ("bf16", "bf16 / fp32 (hourglass)", "{:.2f}x"),
+    ])
+
+
+def report(measured: dict, args, device, elapsed: float) -> str:
+    setup = (f"{'quick smoke run, ' if args.quick else ''}{machine_line(device)}, "
+             f"d_model {args.d_model}, {args.n_heads} heads, "
              f"{args.tokens_per_step} tokens per step, {args.steps} timed steps after "
              f"{args.warmup} warm-up, avg shortening + repeat upsampling, fused attention; "
              f"took {elapsed:.0f} s")
-    text = "\n".join([
+    return "\n".join([
         "# Model benchmark: hourglass vs plain transformer, training", "",
         f"Setup: {setup}.", "",
-        "Command: `python benchmarks/bench_model.py" + (" --quick`" if args.quick else "`"), "",
-        *lines, "", "Ratios (hourglass over plain unless said otherwise):", "", *ratio_lines, "",
+        f"Command: `{args.command}`", "",
+        tabulate_speeds(measured, args, device), "",
+        "Ratios (hourglass over plain unless said otherwise):", "",
+        tabulate_ratios(measured, args), "",
     ])
-    publish(text, out)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    started = time.perf_counter()
+    measured = measure_all(args, device)
+    text = report(measured, args, device, time.perf_counter() - started)
+    publish(text, args.out)
     return 0
 
 

@@ -21,17 +21,14 @@ Writes the table to benchmarks/results/bench_quality.md (``--quick``: bench_qual
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 from pathlib import Path
 
 import torch
+from common import command_line, machine_line, markdown_table, publish, results_path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hourglass_edu import HourglassConfig, HourglassLM  # noqa: E402
-from hourglass_edu.data import prepare_data  # noqa: E402
-from hourglass_edu.training import (  # noqa: E402
+from hourglass_edu import HourglassConfig, HourglassLM
+from hourglass_edu.data import prepare_data
+from hourglass_edu.training import (
     TrainConfig,
     evaluate_bpc,
     resolve_device,
@@ -40,6 +37,34 @@ from hourglass_edu.training import (  # noqa: E402
 )
 
 STRUCTURES = {"hourglass": "2@1 8@3 2@1", "plain": "12@1"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--minutes", type=float, default=10.0, help="budget per run (setting 1)")
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--n-heads", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-batches", type=int, default=None,
+                        help="validation batches (default: the whole split)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.minutes, args.d_model, args.n_heads = 0.05, 32, 2
+        args.batch_size, args.block_size, args.warmup_steps = 8, 96, 5
+        args.lr, args.val_batches = 3e-3, 8
+    args.out = results_path("bench_quality", args.quick, args.out)
+    args.command = command_line(__file__, argv)
+    return args
 
 
 def build(structure: str, vocab_size: int, args) -> HourglassLM:
@@ -82,33 +107,8 @@ def run_one(structure: str, data, args, *, steps=None, minutes=None) -> dict:
             "tokens": last["tokens"], "seconds": last["elapsed"], "val_bpc": val_bpc}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--minutes", type=float, default=10.0, help="budget per run (setting 1)")
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--n-heads", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--block-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup-steps", type=int, default=50)
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-batches", type=int, default=None,
-                        help="validation batches (default: the whole split)")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.minutes, args.d_model, args.n_heads = 0.05, 32, 2
-        args.batch_size, args.block_size, args.warmup_steps = 8, 96, 5
-        args.lr, args.val_batches = 3e-3, 8
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-
-    data = prepare_data("lovecraft", data_dir=args.data_dir)
+def measure(data, args) -> list[dict]:
+    """Both models for the same time, then both for the plain model's number of steps."""
     rows = []
     for name, structure in STRUCTURES.items():
         print(f"[same time] {name} {structure}: {args.minutes:g} minutes", flush=True)
@@ -119,27 +119,30 @@ def main(argv=None) -> int:
         print(f"[same steps] {name} {structure}: {equal_steps} steps", flush=True)
         rows.append({"setting": f"same steps ({equal_steps})", "name": name,
                      **run_one(structure, data, args, steps=equal_steps)})
+    return rows
 
+
+def tabulate(rows: list[dict], args) -> str:
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     lines = [
         "# Quality at equal compute: hourglass vs plain transformer (Lovecraft)",
         "",
-        f"Command: `python benchmarks/bench_quality.py{' --quick' if args.quick else ''}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, "
-        f"torch {torch.__version__}, device {device}, precision {precision}  ",
+        f"Command: `{args.command}`  ",
+        f"Machine: {machine_line(device)}, precision {precision}  ",
         f"Models: d_model {args.d_model}, {args.n_heads} heads, 12 blocks; batch "
         f"{args.batch_size} x {args.block_size} tokens, peak lr {args.lr:g}, seed {args.seed}  ",
         "Validation: " + ("the whole split" if args.val_batches is None
                           else f"a fixed sample of {args.val_batches} batches"),
         "",
-        "| setting | model | structure | params | steps | tokens seen | train s | val bpc |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        markdown_table(rows, [
+            ("setting", "setting", "{}"), ("name", "model", "{}"),
+            ("structure", "structure", "`{}`"), ("params", "params", "{:,}"),
+            ("steps", "steps", "{:,}"), ("tokens", "tokens seen", "{:,}"),
+            ("seconds", "train s", "{:.0f}"), ("val_bpc", "val bpc", "{:.3f}"),
+        ]),
+        "",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['setting']} | {row['name']} | `{row['structure']}` | {row['params']:,} | "
-            f"{row['steps']:,} | {row['tokens']:,} | {row['seconds']:.0f} | {row['val_bpc']:.3f} |"
-        )
-    lines.append("")
     for first in (0, 2):
         hourglass, plain = rows[first], rows[first + 1]
         lines.append(
@@ -148,14 +151,13 @@ def main(argv=None) -> int:
             f"saw {hourglass['tokens'] / plain['tokens']:.2f}x the tokens in "
             f"{hourglass['seconds'] / max(plain['seconds'], 1e-9):.2f}x the time."
         )
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
-    results_dir = Path(__file__).resolve().parent / "results"
-    out = args.out or results_dir / ("bench_quality_quick.md" if args.quick
-                                     else "bench_quality.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table)
-    print(f"wrote {out}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data = prepare_data("lovecraft", data_dir=args.data_dir)
+    publish(tabulate(measure(data, args), args), args.out)
     return 0
 
 

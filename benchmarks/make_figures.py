@@ -2,7 +2,8 @@
 
     python benchmarks/make_figures.py                  # train two small models (2 x 6 min
                                                        # on a CPU), then draw into docs/figures/
-    python benchmarks/make_figures.py --quick          # smoke run: seconds, figures in a temp dir
+    python benchmarks/make_figures.py --quick          # smoke run: seconds, figures (and
+                                                       # checkpoints) in a temp dir or --out
     python benchmarks/make_figures.py --load runs/figures/hourglass.pt   # reuse a checkpoint
 
 It trains (with the library's trainer) an hourglass and, for the training-curve figure, a plain
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +28,16 @@ import torch  # noqa: E402
 
 from hourglass_edu import analysis, viz  # noqa: E402
 from hourglass_edu.data import prepare_data  # noqa: E402
+from hourglass_edu.files import atomic_write  # noqa: E402
 from hourglass_edu.hourglass import without_shift  # noqa: E402
-from hourglass_edu.training import History, build_model, get_preset, load_checkpoint, train  # noqa: E402
+from hourglass_edu.training import (  # noqa: E402
+    History,
+    build_model,
+    get_preset,
+    load_checkpoint,
+    model_from_checkpoint,
+    train,
+)
 
 __all__ = ["main"]
 
@@ -46,8 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--corpus", default="haiku", help="haiku, lovecraft, or a path")
     parser.add_argument("--minutes", type=float, default=6.0, help="training minutes per model")
     parser.add_argument("--out", type=Path, default=None, help="default: docs/figures")
-    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "figures",
-                        help="where the checkpoints go")  # fmt: skip
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="where the checkpoints go (default: runs/figures; --quick: "
+                        "OUT/runs)")  # fmt: skip
     parser.add_argument("--load", type=Path, default=None,
                         help="hourglass checkpoint to draw from instead of training")  # fmt: skip
     parser.add_argument("--preset", default=None,
@@ -101,36 +110,27 @@ def save(fig, path: Path) -> int:
     return size
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.quick and args.out is None:
-        args.out = Path(tempfile.mkdtemp(prefix="hourglass-figures-"))
-        args.runs = args.out / "runs"
-    out = args.out or REPO / "docs" / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    data = prepare_data(args.corpus)
+def load_or_train(data, args) -> tuple[torch.nn.Module, object, dict[str, History]]:
+    """(hourglass, tokenizer, training histories by label): from `--load`, or trained now."""
     runs: dict[str, History] = {}
-    if args.load is not None:
-        from hourglass_edu.training import model_from_checkpoint
-
-        checkpoint = load_checkpoint(args.load)
-        model, tokenizer = model_from_checkpoint(checkpoint)
-        runs[f"hourglass {model.config.structure}"] = History.from_dict(checkpoint["history"])
-        plain = args.load.with_name("plain.pt")
-        if plain.exists():
-            plain_checkpoint = load_checkpoint(plain)
-            structure = plain_checkpoint["model_config"]["structure"]
-            runs[f"plain {structure}"] = History.from_dict(plain_checkpoint["history"])
-    else:
+    if args.load is None:
         model, runs[f"hourglass {HOURGLASS}"] = train_run("hourglass", HOURGLASS, data, args)
         _, runs[f"plain {PLAIN}"] = train_run("plain", PLAIN, data, args)
-        tokenizer = data.tokenizer
+        return model, data.tokenizer, runs
+    checkpoint = load_checkpoint(args.load)
+    model, tokenizer = model_from_checkpoint(checkpoint)
+    runs[f"hourglass {model.config.structure}"] = History.from_dict(checkpoint["history"])
+    plain = args.load.with_name("plain.pt")
+    if plain.exists():
+        plain_checkpoint = load_checkpoint(plain)
+        structure = plain_checkpoint["model_config"]["structure"]
+        runs[f"plain {structure}"] = History.from_dict(plain_checkpoint["history"])
+    return model, tokenizer, runs
 
-    docs = data.val_docs
-    short_text = pick_text(docs, 20, 40) if not args.quick else "the old pond"
-    text = pick_text(docs, 40, 60 if not args.quick else 50)
-    long_text = pick_text(docs, 80, 120 if not args.quick else 60)
+
+def draw(model, tokenizer, runs: dict[str, History], texts: list[str], out: Path) -> dict:
+    """Every figure into `out`; returns {figure: PNG bytes}. `texts`: short, medium, long."""
+    short_text, text, long_text = texts
     print(f"drawing into {out}")
     sizes = {}
     sizes["pooling"] = save(viz.pooling_diagram("an old silent pond", 3), out / "pooling.png")
@@ -149,12 +149,31 @@ def main(argv=None) -> int:
     labels = analysis.token_chars(tokenizer, tokens.tolist())
     sizes["dependency"] = save(viz.plot_dependency(matrices, labels), out / "dependency.png")
     sizes["curves"] = save(viz.plot_training_curves(runs), out / "training_curves.png")
+    return sizes
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.quick and args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="hourglass-figures-"))
+    out = args.out or REPO / "docs" / "figures"
+    if args.runs is None:  # a smoke run never overwrites the real run's checkpoints
+        args.runs = out / "runs" if args.quick else REPO / "runs" / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    data = prepare_data(args.corpus)
+    model, tokenizer, runs = load_or_train(data, args)
+    docs = data.val_docs
+    texts = [pick_text(docs, 20, 40) if not args.quick else "the old pond",
+             pick_text(docs, 40, 60 if not args.quick else 50),
+             pick_text(docs, 80, 120 if not args.quick else 60)]
+    sizes = draw(model, tokenizer, runs, texts, out)
     summary = {name: history.last_val_bpc for name, history in runs.items()}
-    (out / "figures.json").write_text(json.dumps(
-        {"corpus": args.corpus, "val_bpc": summary, "texts": [short_text, text, long_text],
-         "png_bytes": sizes}, indent=1, ensure_ascii=False) + "\n")  # fmt: skip
+    atomic_write(out / "figures.json", json.dumps(
+        {"corpus": args.corpus, "val_bpc": summary, "texts": texts, "png_bytes": sizes},
+        indent=1, ensure_ascii=False) + "\n")  # fmt: skip
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
