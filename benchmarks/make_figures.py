@@ -1,15 +1,18 @@
 """Make the README's pictures of the inside of a trained hourglass (one PNG per figure kind).
 
-    python benchmarks/make_figures.py                  # train two small models (2 x 6 min
-                                                       # on a CPU), then draw into docs/figures/
+    python benchmarks/make_figures.py                  # from the shipped models: seconds
+    python benchmarks/make_figures.py --train          # train two small models (2 x 6 min on
+                                                       # a CPU) and draw from them instead
     python benchmarks/make_figures.py --quick          # smoke run: seconds, figures (and
                                                        # checkpoints) in a temp dir or --out
     python benchmarks/make_figures.py --load runs/figures/hourglass.pt   # reuse a checkpoint
 
-It trains (with the library's trainer) an hourglass and, for the training-curve figure, a plain
-transformer of similar size on the same corpus and budget; checkpoints go to `--runs`, so a second
-call with `--load` redraws without training. Every figure is drawn from text the model did not
-train on (the validation split).
+By default it draws from the shipped `haiku` model (`--pretrained NAME` picks another), and the
+training-curve figure from the histories of the shipped equal-compute pair `lovecraft-20min`
+(hourglass) and `lovecraft-plain` (plain transformer). With `--train` it trains an hourglass and a
+plain transformer of similar size with the library's trainer; checkpoints go to `--runs`, so a
+second call with `--load` redraws without training. Every figure is drawn from text the model did
+not train on (the validation split).
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from hourglass_edu import analysis, viz  # noqa: E402
 from hourglass_edu.data import prepare_data  # noqa: E402
 from hourglass_edu.files import atomic_write  # noqa: E402
 from hourglass_edu.hourglass import without_shift  # noqa: E402
+from hourglass_edu.pretrained import (  # noqa: E402
+    load_pretrained,
+    pretrained_card,
+    pretrained_history,
+)
 from hourglass_edu.training import (  # noqa: E402
     History,
     build_model,
@@ -62,6 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", default=None,
                         help="train with this library preset (cpu, gpu) instead of the small "
                         "figures model (d_model 64, 4 heads, windows of 96)")  # fmt: skip
+    parser.add_argument("--pretrained", default="haiku",
+                        help="shipped model to draw from (default haiku; see `models`)")
+    parser.add_argument("--train", action="store_true",
+                        help="train two small models instead of using the shipped ones")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, seconds")
     return parser.parse_args(argv)
 
@@ -110,9 +122,22 @@ def save(fig, path: Path) -> int:
     return size
 
 
+def load_shipped(name: str) -> tuple[torch.nn.Module, object, dict[str, History]]:
+    """A shipped model, and the training histories of the shipped equal-compute pair."""
+    model, tokenizer = load_pretrained(name)
+    runs = {}
+    for pair in ("lovecraft-20min", "lovecraft-plain"):
+        label = f"{pretrained_card(pair)['structure']} ({pair})"
+        runs[label] = History.from_dict(pretrained_history(pair))
+    return model, tokenizer, runs
+
+
 def load_or_train(data, args) -> tuple[torch.nn.Module, object, dict[str, History]]:
-    """(hourglass, tokenizer, training histories by label): from `--load`, or trained now."""
+    """(hourglass, tokenizer, training histories by label): from `--load`, shipped models, or
+    trained now (`--train`, `--quick`)."""
     runs: dict[str, History] = {}
+    if args.load is None and not (args.train or args.quick or args.preset):
+        return load_shipped(args.pretrained)
     if args.load is None:
         model, runs[f"hourglass {HOURGLASS}"] = train_run("hourglass", HOURGLASS, data, args)
         _, runs[f"plain {PLAIN}"] = train_run("plain", PLAIN, data, args)
