@@ -110,12 +110,14 @@ class Trainer:
                 f"the model has vocab_size {vocab_size} but the tokenizer "
                 f"{self.tokenizer.vocab_size}: build the model with vocab_size=tokenizer.vocab_size"
             )
-        for split in ("train_ids", "val_ids"):
+        for split, fraction in (("train_ids", "smaller"), ("val_ids", "larger")):
             ids = getattr(self.data, split)
             if ids.numel() <= self.config.block_size:
                 raise ValueError(
                     f"{split} holds {ids.numel()} tokens, not more than block_size "
-                    f"{self.config.block_size}: lower block_size or use more text"
+                    f"{self.config.block_size}: lower block_size (--block-size), use more text, "
+                    f"or hold out a {fraction} share of the documents (val_fraction, "
+                    "--val-fraction)"
                 )
 
     # ----- state: everything a checkpoint holds
