@@ -1,4 +1,4 @@
-"""`python -m hourglass_edu ...` runs the command line (see cli.py)."""
+"""`python -m hourglass_edu ...` runs the command line (see the cli package)."""
 
 import sys
 

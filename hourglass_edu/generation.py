@@ -16,8 +16,10 @@ the logits (cached or recomputed), and what happens when the context window is f
 
 Prompts (`encode_prompt`): the model was trained on `<eot> doc1 <eot> doc2 <eot> ...`, so a prompt
 is read as the beginning of a document: generation conditions on `<eot>` + prompt (an empty prompt
-is just `<eot>`). Characters outside the vocabulary raise a ValueError naming them, unless
-`replace_unknown` says what to put in their place.
+is just `<eot>`), normalized as the tokenizer normalizes. Characters outside the vocabulary raise a
+ValueError naming them, unless `replace_unknown` says what to put in their place: the same rule for
+every model, even one whose tokenizer has an `<unk>` token. `prompt_as_seen` gives the prompt as
+the model reads it.
 
 Stop strings: generation ends before the first stop string that appears; the stop string is not
 part of the text. While streaming, text that might be the start of a stop string is held back
@@ -27,6 +29,7 @@ until it is clear that it is not.
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -35,7 +38,7 @@ import torch
 from hourglass_edu.decoders import CachedDecoder, make_decoder
 from hourglass_edu.sampling import check_sampling_settings, check_seed, make_generator, sample_token
 
-__all__ = ["GenerationSettings", "encode_prompt", "generate", "stream"]
+__all__ = ["GenerationSettings", "encode_prompt", "generate", "prompt_as_seen", "stream"]
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -137,28 +140,49 @@ def _resolve(settings: GenerationSettings | None, overrides: dict) -> Generation
 def encode_prompt(tokenizer, prompt: str, *, replace_unknown: str | None = None) -> list[int]:
     """Token ids for `<eot>` + prompt: generation starts where a document would start.
 
-    Characters the tokenizer does not know raise a ValueError that names them, unless
+    One rule for every model: the prompt is normalized as the tokenizer normalizes its text, and
+    characters outside the vocabulary raise a ValueError that names them, unless
     `replace_unknown` is given: each unknown character is then replaced by that string ("" drops
-    them). A tokenizer built with an unknown-character token maps them to it on its own.
+    them). This holds even for a tokenizer with an `<unk>` token: a prompt never silently turns
+    into `<unk>`s (the model saw few of them, so it would continue from near-noise).
     """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-    try:
-        ids = tokenizer.encode(prompt)
-    except ValueError as error:
+    text = _normalized(tokenizer, prompt)
+    unknown = _unknown_characters(tokenizer, text)
+    if unknown:
+        listed = ", ".join(f"{char!r} (U+{ord(char):04X})" for char in unknown[:20])
         if replace_unknown is None:
             raise ValueError(
-                f"the prompt has characters the model's vocabulary lacks: {error} "
-                "(remove them, or pass replace_unknown=' ' to replace them, or '' to drop them)"
-            ) from error
-        unknown = {char for char in set(prompt) if not _encodes(tokenizer, char)}
-        if replace_unknown and not _encodes(tokenizer, replace_unknown):
-            raise ValueError(
-                f"replace_unknown={replace_unknown!r} is itself not in the vocabulary"
-            ) from error
-        cleaned = "".join(replace_unknown if char in unknown else char for char in prompt)
-        ids = tokenizer.encode(cleaned)
-    return [tokenizer.eot_id, *ids]
+                f"the prompt has characters the model's vocabulary lacks: {listed} (remove them, "
+                "or pass replace_unknown=' ' (sample --replace-unknown ' ') to replace them, or "
+                "'' to drop them)"
+            )
+        if _unknown_characters(tokenizer, _normalized(tokenizer, replace_unknown)):
+            raise ValueError(f"replace_unknown={replace_unknown!r} is itself not in the vocabulary")
+        text = "".join(replace_unknown if char in unknown else char for char in text)
+    return [tokenizer.eot_id, *tokenizer.encode(text)]
+
+
+def prompt_as_seen(tokenizer, prompt: str, *, replace_unknown: str | None = None) -> str:
+    """The prompt as the model reads it: normalized, unknown characters replaced (see
+    `encode_prompt`, which raises the same errors). What `sample` prints before the continuation."""
+    return tokenizer.decode(encode_prompt(tokenizer, prompt, replace_unknown=replace_unknown)[1:])
+
+
+def _normalized(tokenizer, text: str) -> str:
+    form = getattr(tokenizer, "normalize", None)
+    return unicodedata.normalize(form, text) if form else text
+
+
+def _unknown_characters(tokenizer, text: str) -> list[str]:
+    """The distinct characters of (already normalized) `text` outside the vocabulary, in order of
+    appearance. A tokenizer without a `chars` list is asked character by character."""
+    chars = getattr(tokenizer, "chars", None)
+    if chars is not None:
+        known = set(chars)
+        return [char for char in dict.fromkeys(text) if char not in known]
+    return [char for char in dict.fromkeys(text) if not _encodes(tokenizer, char)]
 
 
 def _encodes(tokenizer, text: str) -> bool:

@@ -192,8 +192,11 @@ def split_documents(documents: Sequence[str], val_fraction: float = 0.05,
     if val_fraction == 0:
         return documents, []
     if len(set(documents)) < 2:
-        raise ValueError("need at least two distinct documents to make both a train and a "
-                         "validation split; use val_fraction=0 to train on everything")
+        raise ValueError(
+            f"the corpus holds {'one document' if len(documents) == 1 else 'only copies of one'}"
+            ", but training holds whole documents out to measure validation bits per character: "
+            "split the text into several documents (in a .txt file, separate them with blank "
+            "lines; or use a folder with one .txt file per document)")
     wanted = max(1, round(val_fraction * len(documents)))
 
     def key(doc: str) -> bytes:

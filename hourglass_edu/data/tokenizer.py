@@ -152,9 +152,18 @@ class CharTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> CharTokenizer:
+        if not isinstance(d, dict):
+            raise ValueError(f"a tokenizer is read from a dict, got {type(d).__name__}")
         if d.get("format") != cls.FORMAT or d.get("version") != cls.VERSION:
             raise ValueError(f"not a {cls.FORMAT} version {cls.VERSION} dict: format="
                              f"{d.get('format')!r}, version={d.get('version')!r}")
+        missing = [key for key in ("chars", "unk", "normalize") if key not in d]
+        if missing:
+            raise ValueError(f"the tokenizer dict is missing {missing}; it is damaged")
+        if not isinstance(d["chars"], (list, tuple)) or not isinstance(d["unk"], bool):
+            raise ValueError("the tokenizer dict needs 'chars' as a list of characters and 'unk' "
+                             f"as True or False, got {type(d['chars']).__name__} and "
+                             f"{d['unk']!r}; it is damaged")
         tokenizer = cls(d["chars"], unk=d["unk"], normalize=d["normalize"])
         if "specials" in d and list(d["specials"]) != list(tokenizer.specials):
             raise ValueError(f"specials {d['specials']!r} do not match unk={d['unk']}")

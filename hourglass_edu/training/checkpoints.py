@@ -224,21 +224,34 @@ def resumable_differences(checkpoint: dict, model, train_config, tokenizer,
     return lines
 
 
+# The run folders this process holds locked (so that a nested `run_folder_lock` on the same folder,
+# e.g. the command line's around `train`'s own, does not refuse its own process).
+_HELD_FOLDERS: set[Path] = set()
+
+
 @contextlib.contextmanager
 def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on a run folder (created if needed) while a run writes into it.
 
     Raises ValueError at once, before any training, when the folder cannot be a run folder (it
-    is a file, or cannot be created or written) or when another process holds its lock.
+    is a file, or cannot be created or written) or when another process holds its lock. Inside a
+    block that already holds the folder's lock, it holds it on (re-entrant within a process).
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"the run folder {folder} is a file: choose another --out")
+    key = folder.resolve()
+    if key in _HELD_FOLDERS:
+        yield folder
+        return
     lock = FileLock(folder / ".lock")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
+        if not (folder / ".lock").exists():  # so no one holds it: the folder is not writable
+            raise ValueError(f"cannot write into the run folder {folder}: choose another "
+                             "--out") from None
         raise ValueError(
             f"another run is training into {folder} right now: wait for it to finish and continue "
             "it with --resume, or choose another --out"
@@ -246,7 +259,9 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     except OSError as error:
         raise ValueError(f"cannot write into the run folder {folder} ({error.strerror or error}): "
                          "choose another --out") from None
+    _HELD_FOLDERS.add(key)
     try:
         yield folder
     finally:
+        _HELD_FOLDERS.discard(key)
         lock.release()

@@ -192,10 +192,11 @@ def check_sizes(model, data, config: TrainConfig) -> None:
             f"the model has vocab_size {vocab_size} but the tokenizer "
             f"{data.tokenizer.vocab_size}: build the model with vocab_size=tokenizer.vocab_size"
         )
-    for split in ("train_ids", "val_ids"):
+    for split, fraction in (("train_ids", "smaller"), ("val_ids", "larger")):
         ids = getattr(data, split)
         if ids.numel() <= config.block_size:
             raise ValueError(
                 f"{split} holds {ids.numel()} tokens, not more than block_size "
-                f"{config.block_size}: lower block_size or use more text"
+                f"{config.block_size}: lower block_size (--block-size), use more text, or hold "
+                f"out a {fraction} share of the documents (val_fraction, --val-fraction)"
             )

@@ -262,7 +262,8 @@ class Trainer:
                         raise KeyboardInterrupt
                 if self.checkpoint_path is not None and self.last_checkpoint_step != self.step:
                     self.save()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            interrupt.stop_signal = self.stop_signal  # so a caller can tell SIGTERM from Ctrl-C
             self._save_after_interrupt()
             raise
         finally:
@@ -367,7 +368,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *,
         budget or learning rate is accepted and printed).
     overwrite: allow a fresh run to replace an existing checkpoint at `checkpoint_path`.
 
-    Returns the `History`. Raises `TrainingDiverged` if the loss stops being finite.
+    Returns the `History`. Raises `TrainingDiverged` if the loss stops being finite. After Ctrl-C
+    or SIGTERM it saves the checkpoint and raises KeyboardInterrupt, whose `stop_signal` is the
+    signal's number (None when the interrupt came from elsewhere).
     """
     if checkpoint_path is None:
         if resume:

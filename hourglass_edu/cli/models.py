@@ -1,0 +1,60 @@
+"""`models` and `export`: the shipped models, and a checkpoint as a shareable model folder."""
+
+from __future__ import annotations
+
+__all__ = ["add_export", "add_models"]
+
+
+def add_models(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "models", help="list the trained models shipped with the package, with their figures",
+        description="The models inside the package (hourglass_edu/pretrained), each with the "
+        "figures its model card records: corpus, structure, parameters, training time and "
+        "steps, validation bits per character. Use one with `sample --pretrained NAME` or "
+        "`load_pretrained(NAME)`.")
+    parser.set_defaults(run=run_models)
+
+
+def run_models(args) -> int:
+    from hourglass_edu.pretrained import list_pretrained, pretrained_card
+
+    names = list_pretrained()
+    if not names:
+        print("no shipped models are installed (the package data is missing)")
+        return 1
+    print(f"{'name':<17}{'corpus':<11}{'structure':<14}{'params':>10}{'minutes':>9}"
+          f"{'steps':>8}{'val bpc':>9}")
+    for name in names:
+        card = pretrained_card(name)
+        print(f"{name:<17}{card.get('corpus', '?'):<11}{card.get('structure', '?'):<14}"
+              f"{card.get('parameters', 0):>10,}{card.get('training_seconds', 0) / 60:>9.0f}"
+              f"{card.get('steps', 0):>8,}{card.get('val_bpc', float('nan')):>9.3f}")
+    return 0
+
+
+def add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="save a trained checkpoint as a shareable model folder",
+        description="Write CKPT's model as a folder laid out like a Hugging Face model "
+        "repository: config.json, tokenizer.json, model.safetensors (no pickle) and a model "
+        "card README.md with the weights' sha256. Load it with `sample --ckpt OUT` or "
+        "`load_model(OUT)`.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint file or run directory")
+    parser.add_argument("--out", required=True, help="the model folder to write")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="float32 (exact, default) or a half-size float16 / bfloat16")
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args) -> int:
+    from hourglass_edu.model_folders import export_model_folder
+    from hourglass_edu.training import load_checkpoint, model_from_checkpoint
+
+    checkpoint = load_checkpoint(args.ckpt)
+    model, tokenizer = model_from_checkpoint(checkpoint)
+    card = {"corpus": checkpoint.get("data", {}).get("corpus"), "steps": checkpoint["step"],
+            "tokens_seen": checkpoint["tokens_seen"],
+            "training_seconds": round(checkpoint["elapsed"])}
+    folder = export_model_folder(model, tokenizer, args.out, dtype=args.dtype, card=card)
+    print(f"wrote {folder} ({type(model).__name__}, {model.num_parameters():,} parameters)")
+    return 0

@@ -1,0 +1,121 @@
+"""What train, finetune and demo share: their settings and the training run itself.
+
+Each of them holds its run folder (--out) locked for the whole command (`run_folder_lock`), taken
+before the corpus loads: an --out that is a file or cannot be written, or that another run is
+training into, is refused at once. Ctrl-C or SIGTERM during training saves the checkpoint and
+history.json, then ends the command with one line and the code a shell gives a process that
+signal ended (130 for Ctrl-C, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+__all__ = ["add_run_settings", "check_val_fraction", "run_training", "train_config"]
+
+
+def add_run_settings(parser, budget_help: str) -> None:
+    """Settings shared by train, finetune and demo: budget, batch, optimizer, hardware, split."""
+    parser.add_argument("--minutes", type=float, default=None,
+                        help=f"training time budget in minutes ({budget_help})")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps budget (with --minutes: whichever ends first)")
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per step")
+    parser.add_argument("--block-size", type=int, default=None, help="tokens per window")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                        help="auto (default) = bf16 autocast on GPUs and CPUs with bf16 units")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--seed", type=int, default=None, help="seed of batches and init")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--data-dir", default=None,
+                        help="corpus directory (default: $HOURGLASS_EDU_DATA, then the cache)")
+    parser.add_argument("--val-fraction", type=float, default=0.05,
+                        help="share of the documents held out for validation (default 0.05)")
+
+
+def check_val_fraction(args) -> None:
+    if not 0 < args.val_fraction < 1:
+        raise ValueError(
+            f"--val-fraction must lie strictly between 0 and 1, got {args.val_fraction:g}: "
+            "training measures bits per character on held-out documents and learns from the rest"
+        )
+
+
+def train_config(base, args, **changes):
+    """`base` TrainConfig with the command line's settings applied."""
+    if args.minutes is not None or args.steps is not None:
+        changes.update(steps=args.steps, minutes=args.minutes)
+    for name in ("batch_size", "block_size", "lr", "precision", "device", "seed"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.compile:
+        changes["compile"] = True
+    if args.no_progress:
+        changes["progress"] = False
+    return base.replace(**changes)
+
+
+def run_training(args, model, data, config, *, resume, overwrite=False, metadata=None):
+    """Train into args.out, then write history.json / history.png and print the validation
+    result. Returns (history, validation bits per character)."""
+    from hourglass_edu import viz
+    from hourglass_edu.training import CHECKPOINT_NAME, evaluate_bpc, train
+
+    out = Path(args.out)
+    structure = getattr(model.config, "structure", None)  # the related models have none
+    shape = f"structure {structure!r}" if structure else type(model).__name__
+    print(f"model: {model.num_parameters():,} parameters, {shape}, d_model "
+          f"{model.config.d_model}; corpus {data.corpus.name}: "
+          f"{data.train_ids.numel():,} training tokens")
+    budget = " and ".join(part for part in (
+        f"{config.steps} steps" if config.steps else "",
+        f"{config.minutes:g} minutes" if config.minutes else "") if part)
+    print(f"training for {budget} (whichever ends first); checkpoint: {out / CHECKPOINT_NAME}",
+          flush=True)
+    try:
+        history = train(model, data, config, checkpoint_path=out / CHECKPOINT_NAME,
+                        resume=resume, overwrite=overwrite, metadata=metadata)
+    except KeyboardInterrupt as interrupt:
+        _stop_after_interrupt(out, getattr(interrupt, "stop_signal", None),
+                              can_resume=hasattr(args, "resume"))
+    _write_history_json(out, history)
+    title = f"{data.corpus.name}, {structure or type(model).__name__}"
+    viz.plot_history(history, title=title).savefig(out / "history.png", dpi=100)
+    last = history.records[-1]
+    val_bpc = evaluate_bpc(model, data.val_ids, batch_size=config.batch_size,
+                           block_size=config.block_size, device=config.device,
+                           precision=config.precision)
+    print(f"done: {last['step']} steps, {last['tokens']:,} tokens, {last['elapsed']:.0f} s of "
+          f"training; validation: {val_bpc:.3f} bits per character (whole split)")
+    return history, val_bpc
+
+
+def _write_history_json(out: Path, history) -> None:
+    from hourglass_edu.files import atomic_write
+
+    atomic_write(out / "history.json", json.dumps(history.to_dict(), indent=1))
+
+
+def _stop_after_interrupt(out: Path, signum: int | None, *, can_resume: bool) -> NoReturn:
+    """After Ctrl-C or SIGTERM (the trainer has saved the checkpoint): write history.json from
+    the saved checkpoint, say in one line where the run stands, and exit."""
+    from hourglass_edu.training import CHECKPOINT_NAME, History, load_checkpoint
+
+    name, code = ("SIGTERM", 143) if signum == signal.SIGTERM else ("Ctrl-C", 130)
+    path = out / CHECKPOINT_NAME
+    if path.is_file():
+        checkpoint = load_checkpoint(path)
+        _write_history_json(out, History.from_dict(checkpoint["history"]))
+        where = f"{path} holds step {checkpoint['step']} and history.json its history"
+    else:
+        where = f"no checkpoint was written to {out} yet"
+    then = ("run the same command with --resume to continue" if can_resume
+            else "running the command again starts over")
+    print(f"stopped by {name}: {where}; {then}", file=sys.stderr)
+    raise SystemExit(code)

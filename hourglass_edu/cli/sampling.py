@@ -1,0 +1,80 @@
+"""`sample`: stream a trained model's continuation of a prompt."""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["add_sample"]
+
+
+def add_sample(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="stream text from a trained model (cached decoding)",
+        description="Load a checkpoint written by `train`, a model folder, or a shipped model, "
+        "and continue PROMPT, printing each character as it is made. Decoding keeps key/value "
+        "caches at every level of the hourglass, so each character costs one position of work. "
+        "The prompt is printed as the model read it (normalized, unknown characters replaced).",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint file, run directory or model folder")
+    source.add_argument("--pretrained", metavar="NAME",
+                        help="a model shipped with the package (see `models`)")
+    parser.add_argument("--prompt", default="",
+                        help="text to continue (default: empty = the start of a new document)")
+    parser.add_argument("--max-new-tokens", type=int, default=500,
+                        help="most characters to generate (default 500)")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="0 = greedy; higher = more surprising (default 0.8)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sample only among the k most likely characters")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="nucleus sampling: the smallest set with probability >= p")
+    parser.add_argument("--seed", type=int, default=None, help="makes the sample reproducible")
+    parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                        help="stop before this text appears (may be given several times)")
+    parser.add_argument("--no-stop-at-end", dest="stop_at_end", action="store_false",
+                        help="keep going past <eot> (the end of a document)")
+    parser.add_argument("--replace-unknown", default=None, metavar="TEXT",
+                        help="put TEXT in place of prompt characters outside the vocabulary "
+                        "(default: refuse them, for every model)")
+    parser.add_argument("--no-cache", dest="use_cache", action="store_false",
+                        help="recompute the whole window for every character (slow; to compare)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    parser.set_defaults(run=run_sample)
+
+
+def _generation_settings(args):
+    """The GenerationSettings of a `sample` command line: each of its options that sets a
+    setting has the setting's name as `dest`, so the fields are picked out by name."""
+    from dataclasses import fields
+
+    from hourglass_edu.generation import GenerationSettings
+
+    names = [field.name for field in fields(GenerationSettings) if hasattr(args, field.name)]
+    return GenerationSettings(**{name: getattr(args, name) for name in names})
+
+
+def run_sample(args) -> int:
+    from hourglass_edu.generation import prompt_as_seen, stream
+    from hourglass_edu.pretrained import load_pretrained
+    from hourglass_edu.training import load_model
+
+    settings = _generation_settings(args)  # checked before the checkpoint is loaded
+    if args.pretrained is not None:
+        model, tokenizer = load_pretrained(args.pretrained, device=args.device)
+    else:
+        model, tokenizer = load_model(args.ckpt, device=args.device)
+    pieces = stream(model, tokenizer, args.prompt, args.max_new_tokens, settings)
+    sys.stdout.write(prompt_as_seen(tokenizer, args.prompt,
+                                    replace_unknown=settings.replace_unknown))
+    sys.stdout.flush()
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C ends the sample, not with a traceback
+        sys.stdout.write("\n")
+        return 130
+    sys.stdout.write("\n")
+    return 0

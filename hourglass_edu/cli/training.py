@@ -1,0 +1,183 @@
+"""`train`, `finetune` and `demo`: a run from scratch, a run continued on another corpus, and
+the quickest whole pipeline. Their shared settings and the run itself: runs.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hourglass_edu.cli.runs import add_run_settings, check_val_fraction, run_training, train_config
+
+__all__ = ["add_demo", "add_finetune", "add_train"]
+
+DEMO_MARK = {"written_by": "demo"}  # in the metadata of every checkpoint `demo` writes
+
+
+def add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an hourglass language model on a corpus",
+        description="Train a character-level hourglass transformer. Writes OUT/checkpoint.pt "
+        "(at every evaluation, at the end and on Ctrl-C), OUT/history.json and OUT/history.png. "
+        "Presets: smoke (seconds, for tests), cpu (about 10 minutes on 2 cores), gpu (about 20M "
+        "parameters, under 30 minutes on one GPU).",
+    )
+    parser.add_argument("--corpus", required=True, help="haiku, lovecraft, or a path")
+    parser.add_argument("--preset", default="cpu", help="smoke, cpu (default) or gpu")
+    parser.add_argument("--structure", default=None,
+                        help='layers@shortening from outside in, e.g. "2@1 8@3 2@1"')
+    parser.add_argument("--d-model", type=int, default=None, help="model width")
+    parser.add_argument("--n-heads", type=int, default=None, help="attention heads")
+    parser.add_argument("--shortening", default=None, help="avg, linear or attention")
+    parser.add_argument("--upsampling", default=None, help="repeat, linear or attention")
+    _add_out_and_resume(parser, "run directory, e.g. runs/NAME", "run")
+    add_run_settings(parser, "default: the preset's")
+    parser.set_defaults(run=run_train)
+
+
+def _add_out_and_resume(parser, out_help: str, run: str) -> None:
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--resume", action="store_true", help=f"continue the {run} in OUT (same "
+                        "model and data; --steps, --minutes and --lr may change)")
+
+
+def run_train(args) -> int:
+    import torch
+
+    from hourglass_edu.data import prepare_data
+    from hourglass_edu.training import build_model, get_preset, run_folder_lock
+
+    preset = get_preset(args.preset)
+    config = train_config(preset.train, args)
+    check_val_fraction(args)
+    overrides = dict(structure=args.structure, d_model=args.d_model, n_heads=args.n_heads,
+                     shortening=args.shortening, upsampling=args.upsampling,
+                     max_length=max(preset.model["max_length"], config.block_size))
+    with torch.device("meta"):  # the model settings, checked before the corpus loads
+        build_model(preset, 2, **overrides)
+    with run_folder_lock(args.out):
+        data = prepare_data(args.corpus, val_fraction=args.val_fraction, data_dir=args.data_dir)
+        model = build_model(preset, data.tokenizer.vocab_size, seed=config.seed, **overrides)
+        run_training(args, model, data, config, resume=args.resume)
+        _print_samples(model, data.tokenizer, 1, max_new_tokens=300, seed=config.seed)
+    return 0
+
+
+def add_finetune(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="continue a trained checkpoint on another corpus (e.g. Lovecraft -> haiku)",
+        description="Load CKPT and train it further on CORPUS. Characters that CORPUS's training "
+        "documents have and the checkpoint's vocabulary lacks are added (listed on screen): "
+        "existing characters keep their ids, new rows of the embedding and output layer start "
+        "as the mean of the old ones. Defaults: the base run's recipe with a third of its peak "
+        "learning rate and half its budget.",
+    )
+    parser.add_argument("--from", dest="base", required=True, metavar="CKPT",
+                        help="checkpoint file or run directory to start from")
+    parser.add_argument("--corpus", required=True, help="haiku, lovecraft, or a path")
+    _add_out_and_resume(parser, "run directory for the fine-tuned model", "fine-tuning run")
+    add_run_settings(parser, "default: half the base run's")
+    parser.set_defaults(run=run_finetune)
+
+
+def run_finetune(args) -> int:
+    from hourglass_edu.data import load_corpus
+    from hourglass_edu.training import TrainConfig, prepare_finetuning, run_folder_lock
+
+    check_val_fraction(args)
+    with run_folder_lock(args.out):
+        corpus = load_corpus(args.corpus, data_dir=args.data_dir)
+        setup = prepare_finetuning(args.base, corpus, val_fraction=args.val_fraction)
+        base = TrainConfig.from_dict(setup.base_checkpoint["train_config"])
+        defaults = dict(
+            lr=base.lr / 3, warmup_steps=min(base.warmup_steps, 50),
+            steps=max(1, base.steps // 2) if base.steps else None,
+            minutes=base.minutes / 2 if base.minutes else None,
+        )
+        config = train_config(base.replace(**defaults), args)
+        added = "".join(setup.added_chars)
+        print(f"fine-tuning {args.base} (step {setup.base_checkpoint['step']}) on {corpus.name}; "
+              + (f"added {len(added)} characters to the vocabulary: {added!r}" if added
+                 else "no new characters"))
+        run_training(args, setup.model, setup.data, config, resume=args.resume,
+                     metadata=setup.metadata)
+        _print_samples(setup.model, setup.data.tokenizer, 3, seed=config.seed)
+    return 0
+
+
+def add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="train a small hourglass on haiku for a few minutes, then write haiku",
+        description="The quickest way to see the whole pipeline: trains an hourglass transformer "
+        "on 60,835 haiku for --minutes (default 5 on a CPU with the cpu preset, 3 on a GPU with "
+        "the gpu preset), reports validation bits per character and prints generated haiku. "
+        "Every poem ends with an end-of-text token in training, so each sample stops by itself. "
+        "The checkpoint stays in --out for `python -m hourglass_edu sample --ckpt OUT`.",
+    )
+    parser.add_argument("--preset", default=None, help="smoke, cpu or gpu (default by device)")
+    parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; "
+                        "an earlier demo's run there is replaced, any other run refused)")
+    parser.add_argument("--samples", type=int, default=6, help="haiku to print (default 6)")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="sampling temperature (default 0.8)")
+    add_run_settings(parser, "default: 5 on a CPU, 3 on a GPU")
+    parser.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> int:
+    from hourglass_edu.data import prepare_data
+    from hourglass_edu.training import build_model, get_preset, resolve_device, run_folder_lock
+
+    on_gpu = resolve_device(args.device or "auto").type == "cuda"
+    preset = get_preset(args.preset or ("gpu" if on_gpu else "cpu"))
+    if args.minutes is None and args.steps is None:
+        args.minutes = 3.0 if on_gpu else 5.0
+    config = train_config(preset.train, args)
+    check_val_fraction(args)
+    with run_folder_lock(args.out) as out:
+        _check_demo_folder(out)
+        data = prepare_data("haiku", val_fraction=args.val_fraction, data_dir=args.data_dir)
+        model = build_model(preset, data.tokenizer.vocab_size, seed=config.seed,
+                            max_length=max(preset.model["max_length"], config.block_size))
+        run_training(args, model, data, config, resume=False, overwrite=True,
+                     metadata=DEMO_MARK)
+        _print_samples(model, data.tokenizer, args.samples, temperature=args.temperature,
+                       seed=config.seed)
+    return 0
+
+
+def _check_demo_folder(folder: Path) -> None:
+    """`demo` replaces only what an earlier `demo` wrote: refuse a folder with another run's
+    checkpoint (or history) before any training."""
+    from hourglass_edu.training import CHECKPOINT_NAME, load_checkpoint
+
+    checkpoint = folder / CHECKPOINT_NAME
+    if checkpoint.exists():
+        try:
+            metadata = load_checkpoint(checkpoint).get("metadata", {})
+        except ValueError:
+            metadata = {}
+        if all(metadata.get(key) == value for key, value in DEMO_MARK.items()):
+            return
+        reason = f"{checkpoint} holds a checkpoint that demo did not write"
+    else:
+        found = [name for name in ("history.json", "history.png") if (folder / name).exists()]
+        if not found:
+            return
+        reason = f"{folder} holds {' and '.join(found)} of a run that demo did not write"
+    raise ValueError(f"{reason}, and demo replaces only its own runs: choose another --out (say "
+                     f"{folder}-demo), or move that run elsewhere first")
+
+
+def _print_samples(model, tokenizer, count, *, max_new_tokens=200, temperature=0.8, seed=0):
+    """Print `count` documents generated from an empty prompt (the start of a document)."""
+    from hourglass_edu.generation import generate
+
+    model.eval()
+    for index in range(count):
+        text = generate(model, tokenizer, "", max_new_tokens, temperature=temperature,
+                        seed=seed + index, stop_at_end=True)
+        ended = len(text) < max_new_tokens  # stopped at <eot> before running out of characters
+        print(f"\n--- sample {index + 1} ({'ended by itself' if ended else 'cut at the limit'})")
+        print(text)
