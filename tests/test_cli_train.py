@@ -74,5 +74,8 @@ def test_demo_trains_on_haiku_and_prints_poems(corpus_dir, tmp_path, capsys):
                            str(corpus_dir))
     assert code == 0
     assert "bits per character (whole split)" in printed
-    assert printed.count("--- sample") == 2
     assert load_checkpoint(tmp_path / "demo")["data"]["corpus"] == "haiku"
+    own, _, shipped = printed.partition("=== the shipped `haiku` model")
+    assert own.count("--- sample") == 2
+    assert shipped.count("--- sample") == 2  # the shipped model writes with the same seeds
+    assert "the model you just trained" in shipped

@@ -113,7 +113,9 @@ def add_demo(subparsers) -> None:
         "on 60,835 haiku for --minutes (default 5 on a CPU with the cpu preset, 3 on a GPU with "
         "the gpu preset), reports validation bits per character and prints generated haiku. "
         "Every poem ends with an end-of-text token in training, so each sample stops by itself. "
-        "The checkpoint stays in --out for `python -m hourglass_edu sample --ckpt OUT`.",
+        "Then the shipped `haiku` model (trained for over an hour) writes with the same seeds, "
+        "to show where longer training leads. The checkpoint stays in --out for "
+        "`python -m hourglass_edu sample --ckpt OUT`.",
     )
     parser.add_argument("--preset", default=None, help="smoke, cpu or gpu (default by device)")
     parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; "
@@ -140,11 +142,26 @@ def run_demo(args) -> int:
         data = prepare_data("haiku", val_fraction=args.val_fraction, data_dir=args.data_dir)
         model = build_model(preset, data.tokenizer.vocab_size, seed=config.seed,
                             max_length=max(preset.model["max_length"], config.block_size))
-        run_training(args, model, data, config, resume=False, overwrite=True,
-                     metadata=DEMO_MARK)
+        _, own_bpc = run_training(args, model, data, config, resume=False, overwrite=True,
+                                  metadata=DEMO_MARK)
         _print_samples(model, data.tokenizer, args.samples, temperature=args.temperature,
                        seed=config.seed)
+    _print_shipped_haiku(own_bpc, args.samples, temperature=args.temperature, seed=config.seed)
     return 0
+
+
+def _print_shipped_haiku(own_bpc: float, count: int, *, temperature: float, seed: int) -> None:
+    """Where longer training leads: the shipped `haiku` model, same seeds, both scores."""
+    from hourglass_edu.pretrained import list_pretrained, load_pretrained, pretrained_card
+
+    if "haiku" not in list_pretrained() or count < 1:
+        return
+    model, tokenizer = load_pretrained("haiku")
+    card = pretrained_card("haiku")
+    print(f"\n=== the shipped `haiku` model: {card['training_seconds'] / 60:.0f} minutes, "
+          f"{card['steps']:,} steps of training; validation {card['val_bpc']:.3f} bits per "
+          f"character (its card; the model you just trained: {own_bpc:.3f}). The same seeds:")
+    _print_samples(model, tokenizer, count, temperature=temperature, seed=seed)
 
 
 def _check_demo_folder(folder: Path) -> None:
