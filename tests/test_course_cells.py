@@ -3,17 +3,20 @@
 A Colab install cell runs before the package exists, so each notebook must spell the repository
 URL and ref out literally; these tests make `course.py` the single source of truth anyway: every
 install cell, every Colab badge (in the notebooks and the README) must use exactly its URL and ref,
-and the URL must be the one pyproject.toml declares.
+and the URL must be the one pyproject.toml declares. Every parameters cell picks its settings by
+the course's `PROFILE` (smoke / cpu / gpu) and runs in each of them.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import hourglass_edu
 from hourglass_edu import course
@@ -91,3 +94,56 @@ def test_readme_badges_open_the_notebooks_at_the_ref():
     assert badges, "the README's course map has no Colab badges"
     expected = {course.colab_badge_url(path.name) for path in NOTEBOOKS}
     assert set(badges) == expected, sorted(set(badges) ^ expected)
+
+
+# ---- profiles: every parameters cell sizes its work by one PROFILE ------------------------------
+
+
+def parameters_cell(path: Path) -> str:
+    tagged = [c for c in cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: exactly one cell must be tagged `parameters`"
+    return source(tagged[0])
+
+
+def profile_tables(text: str) -> list[ast.Dict]:
+    """The dict literals the cell indexes with PROFILE: `{"smoke": ..., ...}[PROFILE]`."""
+    return [node.value for node in ast.walk(ast.parse(text))
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict)
+            and isinstance(node.slice, ast.Name) and node.slice.id == "PROFILE"]
+
+
+def test_default_profile_follows_the_environment():
+    assert course.default_profile({"HOURGLASS_EDU_SMOKE": "1"}, cuda_available=True) == "smoke"
+    assert course.default_profile({}, cuda_available=True) == "gpu"
+    assert course.default_profile({}, cuda_available=False) == "cpu"
+    chosen = {"HOURGLASS_EDU_PROFILE": "cpu", "HOURGLASS_EDU_SMOKE": "1"}
+    assert course.default_profile(chosen, cuda_available=True) == "cpu"
+    with pytest.raises(ValueError, match="smoke, cpu, gpu"):
+        course.default_profile({"HOURGLASS_EDU_PROFILE": "laptop"})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_picks_a_profile(path):
+    text = parameters_cell(path)
+    assert "PROFILE = default_profile()" in text.splitlines(), (
+        f"{path.name}: the parameters cell must set PROFILE = default_profile() "
+        "(hourglass_edu.course), which a learner may then override")
+    for table in profile_tables(text):
+        keys = [key.value for key in table.keys if isinstance(key, ast.Constant)]
+        assert keys == list(course.PROFILES), (
+            f"{path.name} line {table.lineno}: a table indexed by PROFILE needs one entry per "
+            f"profile, in the order {course.PROFILES}; found {keys}")
+
+
+@pytest.mark.parametrize("profile", course.PROFILES)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_runs_in_every_profile(path, profile, monkeypatch):
+    monkeypatch.setenv("HOURGLASS_EDU_PROFILE", profile)
+    threads = torch.get_num_threads()
+    namespace: dict = {}
+    try:
+        exec(compile(parameters_cell(path), f"{path.name}:parameters", "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
+    assert namespace["PROFILE"] == profile
+    assert namespace["SMOKE"] == (profile == "smoke")
