@@ -1,0 +1,83 @@
+"""The course's settings: where notebooks install the library from on Colab, and their profiles.
+
+Where from. A Colab notebook's first code cell installs the library before anything of it can be
+imported, so each cell must spell the repository URL and the ref out literally. This module is the
+one place those two are declared (`REPOSITORY_URL`, `COURSE_REF`); `tests/test_course_cells.py`
+checks that every notebook's install cell and Colab badge use exactly them, so a new release
+changes them here and the test lists the notebooks to update. The ref pins a tag, so a notebook
+opened from its badge gets the library it was written for, not whatever the default branch holds
+that day.
+
+Profiles. Every notebook's parameters cell sizes its work by one `PROFILE`:
+
+    smoke   CI-sized: seconds per notebook, and the results mean nothing (HOURGLASS_EDU_SMOKE=1)
+    cpu     a 2-core laptop CPU: every notebook in at most 10 minutes, with the shipped trained
+            models (`hourglass_edu.pretrained`) wherever a trained model is needed
+    gpu     one GPU: bigger models and longer runs
+
+`default_profile()` picks one from the environment; a learner overrides it by assigning `PROFILE`
+in the parameters cell (or by setting HOURGLASS_EDU_PROFILE before starting Jupyter).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+__all__ = [
+    "COURSE_REF",
+    "PROFILES",
+    "REPOSITORY_URL",
+    "colab_badge_url",
+    "colab_install_command",
+    "default_profile",
+    "pip_requirement",
+]
+
+#: The project's repository (pyproject.toml's Homepage and Repository).
+REPOSITORY_URL = "https://github.com/hourglass-edu/hourglass_edu"
+#: The tag (or commit) the notebooks install and open on Colab: the release they were written for.
+COURSE_REF = "v0.1.0"
+#: The notebooks' settings profiles, smallest first.
+PROFILES = ("smoke", "cpu", "gpu")
+
+
+def pip_requirement(url: str = REPOSITORY_URL, ref: str = COURSE_REF) -> str:
+    """The pip requirement that installs the library from `url` at `ref` (a PEP 508 direct URL)."""
+    return f"hourglass_edu @ git+{url}@{ref}"
+
+
+def colab_install_command() -> str:
+    """The line every notebook's Colab cell runs to install the library."""
+    return f'%pip install -q "{pip_requirement()}"'
+
+
+def colab_badge_url(notebook: str) -> str:
+    """Where a notebook's "Open in Colab" badge points: `notebook` (a file name in notebooks/)
+    at `COURSE_REF`, so the notebook and the library it installs come from the same release."""
+    repository = REPOSITORY_URL.removeprefix("https://github.com/")
+    return (f"https://colab.research.google.com/github/{repository}/blob/{COURSE_REF}/"
+            f"notebooks/{notebook}")
+
+
+def default_profile(environ: Mapping[str, str] | None = None,
+                    cuda_available: bool | None = None) -> str:
+    """The profile a notebook runs with unless the learner sets one.
+
+    HOURGLASS_EDU_PROFILE, when set, names it; otherwise "smoke" when HOURGLASS_EDU_SMOKE=1 (how
+    CI runs the course), else "gpu" where CUDA is available, else "cpu".
+    """
+    environ = os.environ if environ is None else environ
+    chosen = environ.get("HOURGLASS_EDU_PROFILE", "").strip()
+    if chosen:
+        if chosen not in PROFILES:
+            raise ValueError(f"HOURGLASS_EDU_PROFILE={chosen!r} is not a profile; choose one of "
+                             f"{', '.join(PROFILES)}")
+        return chosen
+    if environ.get("HOURGLASS_EDU_SMOKE") == "1":
+        return "smoke"
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return "gpu" if cuda_available else "cpu"
