@@ -18,7 +18,7 @@ import torch
 
 from hourglass_edu.data import prepare_data
 from hourglass_edu.generation import generate
-from hourglass_edu.model_folders import export_model_folder, load_model_folder
+from hourglass_edu.model_folders import export_model_folder, load_model_folder, read_card
 from hourglass_edu.training import evaluate_bpc, load_checkpoint, model_from_checkpoint
 from hourglass_edu.training.precision import resolve_device, resolve_precision
 
@@ -121,9 +121,22 @@ def export_one(job, runs: Path, folder: Path, argv: list[str]) -> dict:
     return fields
 
 
+def up_to_date(job, runs: Path, folder: Path) -> bool:
+    """True when `folder` already holds this run's final state (so re-running skips it)."""
+    card = read_card(folder)
+    if not card or not (folder / "model.safetensors").exists():
+        return False
+    checkpoint = load_checkpoint(job.out(runs))
+    return (card.get("steps"), card.get("tokens_seen")) == (checkpoint["step"],
+                                                            checkpoint["tokens_seen"])
+
+
 def export_all(jobs, runs: Path, target: Path, argv: list[str]) -> None:
     torch.set_num_threads(1)  # small models: one thread is fastest, and leaves a core free
     for job in jobs:
+        if up_to_date(job, runs, target / job.name):
+            print(f"{job.name}: already exported from this run", flush=True)
+            continue
         fields = export_one(job, runs, target / job.name, argv)
         print(f"exported {job.name}: val {fields['val_bpc']} bpc, {fields['steps']} steps, "
               f"{fields['training_seconds']} s -> {target / job.name}", flush=True)
