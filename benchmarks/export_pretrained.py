@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import time
 from pathlib import Path
 
@@ -85,6 +86,13 @@ character on the exported fp16 weights, every token counted, `<eot>` included, w
 """
 
 
+def job_command(job, runs: Path) -> str:
+    """The CLI command of a job as one would type it (RUNS stands for the --runs folder)."""
+    resume = " --resume" if job.start_from else ""  # continues the start_from job's checkpoint
+    command = f"python -m hourglass_edu {shlex.join(job.args)} --out RUNS/{job.name}{resume}"
+    return command.replace(str(runs), "RUNS")
+
+
 def export_one(job, runs: Path, folder: Path, argv: list[str]) -> dict:
     done = json.loads((job.out(runs) / "done.json").read_text())
     checkpoint = load_checkpoint(job.out(runs))
@@ -97,7 +105,7 @@ def export_one(job, runs: Path, folder: Path, argv: list[str]) -> dict:
         "n_heads": model.config.n_heads, "parameters": model.num_parameters(),
         "corpus": corpus_name, "seed": train_config["seed"],
         "command": "python benchmarks/train_pretrained.py " + " ".join(argv[1:]),
-        "job_command": "python " + " ".join(done["command"][1:]).replace(str(runs), "RUNS"),
+        "job_command": job_command(job, runs),
         "commit": done["commit"], "hardware": done["hardware"], "threads": done["threads"],
         "precision": resolve_precision(train_config["precision"], resolve_device("cpu")),
         "training_seconds": round(checkpoint["elapsed"]), "steps": checkpoint["step"],
