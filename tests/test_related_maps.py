@@ -28,7 +28,7 @@ def qkv(length):
     return torch.randn(3, 1, 1, length, 4, dtype=torch.float64).unbind(0)
 
 
-@pytest.mark.parametrize("length, window, segment_size, rank", [(30, 4, 6, 2), (17, 1, 3, 1)])
+@pytest.mark.parametrize("length, window, segment_size, rank", [(30, 5, 6, 2), (17, 2, 3, 1)])
 def test_long_short_map_support_is_the_measured_support(length, window, segment_size, rank):
     q, k, v = qkv(length)
     projection = torch.randn(1, 4, rank, dtype=torch.float64)
