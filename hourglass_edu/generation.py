@@ -53,7 +53,7 @@ class GenerationSettings:
     top_k: sample only among the k most likely characters (None = no limit).
     top_p: nucleus sampling, the smallest set with probability >= p (None = no limit).
     seed: an int, a CPU torch.Generator (its state advances), or None (a fresh random seed).
-    use_cache: decode an HourglassLM with per-level key/value caches (same text, much faster);
+    use_cache: decode an HourglassLM or LongShortLM with key/value caches (same text, much faster);
         other models always recompute the window.
     stop_at_end: stop when the model writes `<eot>` (the end of a document; not included).
     stop: a string or several; generation stops before the first one that appears. Stored as a
@@ -348,7 +348,7 @@ def generate(
     """Continue `prompt` by up to `max_new_tokens` characters and return the new text only.
 
     model: any `model(tokens (batch, length)) -> logits (batch, length, vocab)`; an HourglassLM
-        decodes with per-level caches when `use_cache` (same result, much faster).
+        or a LongShortLM decodes with key/value caches when `use_cache` (same result, faster).
     tokenizer: `encode(str) -> list[int]`, `decode(list[int]) -> str`, `eot_id`.
     settings: a `GenerationSettings` (None: the defaults); `overrides`: any of its fields by
         keyword (`temperature=0.8, seed=0`), applied on top of it.

@@ -71,6 +71,9 @@ def test_simple_hierarchical_map_support_is_the_measured_one_layer_receptive_fie
         n_layers=1,
         compressions=(1, 2, 4),
         windows=(3, 2, None),
+        # the strided variant without token shift: the one `simple_hierarchical_map` describes
+        strides=(1, 2, 4),
+        token_shift=False,
     )
     model = SimpleHierarchicalLM(config).double()
     length = 26
