@@ -5,11 +5,12 @@ the (vocab,) logits for the token after the window. Two decoders produce them:
 - `RecomputeDecoder`: runs `model(window)` for every new token. Works for any model mapping
   `(batch, length)` tokens to `(batch, length, vocab)` logits; this is what public hourglass
   implementations do, and it costs a full forward pass per character.
-- `CachedDecoder` (HourglassLM and LongShortLM): keeps key/value caches, so each new character
-  costs one position of work. For the hourglass: at full resolution and, once per completed group
-  of k characters, one position at the shortened level (see `hourglass_edu.cached_decoding`); for
-  Long-Short: its window plus one summary per finished segment
-  (see `hourglass_edu.related.decoding`, which also says why the other related designs recompute).
+- `CachedDecoder` (HourglassLM, LongShortLM, SimpleHierarchicalLM): keeps key/value caches, so
+  each new character costs one position of work. For the hourglass: at full resolution and, once
+  per completed group of k characters, one position at the shortened level (see
+  `hourglass_edu.cached_decoding`); for Long-Short: its window plus one summary per finished
+  segment; for the simple hierarchical model: one position per stream whose stride divides t
+  (see `hourglass_edu.related.decoding`, which also says why HTransformerLM recomputes).
 `make_decoder(model, use_cache)` picks one.
 
 Context window: a model with `config.max_length` never sees more tokens than that. A longer prompt
@@ -28,8 +29,12 @@ import torch
 
 from hourglass_edu.cached_decoding import IncrementalDecoder
 from hourglass_edu.hourglass import HourglassLM
-from hourglass_edu.related.decoding import LongShortIncrementalDecoder
+from hourglass_edu.related.decoding import (
+    LongShortIncrementalDecoder,
+    SimpleHierarchicalIncrementalDecoder,
+)
 from hourglass_edu.related.long_short import LongShortLM
+from hourglass_edu.related.simple_hierarchical import SimpleHierarchicalLM
 
 __all__ = [
     "CachedDecoder",
@@ -114,7 +119,11 @@ class RecomputeDecoder(Decoder):
 
 
 # The models that have an incremental decoder, and the class that decodes each.
-INCREMENTAL_DECODERS = {HourglassLM: IncrementalDecoder, LongShortLM: LongShortIncrementalDecoder}
+INCREMENTAL_DECODERS = {
+    HourglassLM: IncrementalDecoder,
+    LongShortLM: LongShortIncrementalDecoder,
+    SimpleHierarchicalLM: SimpleHierarchicalIncrementalDecoder,
+}
 
 
 def supports_cache(model) -> bool:
@@ -135,7 +144,7 @@ def incremental_decoder(model):
 
 class CachedDecoder(Decoder):
     """Incremental decoding with key/value caches (`hourglass_edu.cached_decoding` for the
-    hourglass, `hourglass_edu.related.decoding` for Long-Short)."""
+    hourglass, `hourglass_edu.related.decoding` for Long-Short and simple hierarchical)."""
 
     def __init__(self, model):
         super().__init__(model)
@@ -149,8 +158,8 @@ class CachedDecoder(Decoder):
 
 
 def make_decoder(model, use_cache: bool) -> Decoder:
-    """The cached decoder for models that have one (HourglassLM, LongShortLM), else the
-    recomputing one."""
+    """The cached decoder for models that have one (HourglassLM, LongShortLM,
+    SimpleHierarchicalLM), else the recomputing one."""
     if use_cache and supports_cache(model):
         return CachedDecoder(model)
     return RecomputeDecoder(model)

@@ -15,17 +15,22 @@ still use (`LongShortLayerCache`):
 A new position therefore costs ``window`` exact keys plus ``rank`` keys per finished segment,
 not a forward pass over the whole window.
 
-Why the other related designs recompute instead (`generate(..., use_cache=True)` falls back to
-`RecomputeDecoder` for them):
+`SimpleHierarchicalIncrementalDecoder(model)` does the same for the simple hierarchical model
+(reference variant or strided), one position at a time. A new token t needs, per stream of
+compression c and stride s (axial step a = c / s):
 
-* ``SimpleHierarchicalLM`` (reference variant, stride 1): every stream has one vector per token,
-  so a cache is possible (the last ``c`` embeddings for the convolution, one key/value cache per
-  interleaved subsequence, the previous input of each subsequence for the token shift), but it
-  would have to mirror the convolution, the axial split and the token shift step by step; it is
-  left out to keep the model code small (each new character costs one forward pass, as in the
-  public reference's own ``generate``).
-* ``HTransformerLM``: its pooled keys are cacheable per finished block, but this module does not
-  implement it.
+* the compressor: only the last c embeddings (a compressed vector is made when t is a multiple
+  of s, from tokens t - (c-1) .. t);
+* each block: one key/value cache per interleaved subsequence (the compressed position q joins
+  subsequence q mod a at its position q // a; a window keeps only its last ``window`` keys), and
+  for the token shift the previous member's attention input and feed-forward input;
+* the merge: each stream's latest output per layer (fine t reads compressed t // s, the newest).
+
+A prompt is fed position by position through the same code (slower than one batched pass, but
+the caches it builds are by construction the ones the steps extend).
+
+``HTransformerLM`` recomputes the window for every character: its pooled keys could be cached per
+finished block, but this module does not implement it.
 """
 
 from __future__ import annotations
@@ -33,16 +38,29 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from hourglass_edu.attention import MultiHeadAttention
+from hourglass_edu.cached_decoding import KeyValueCache
 from hourglass_edu.related.long_short import (
     LongShortAttention,
     LongShortLM,
     compress_segments,
 )
+from hourglass_edu.related.simple_hierarchical import (
+    CausalCompressor,
+    SimpleHierarchicalLM,
+    StreamBlock,
+)
 
-__all__ = ["LongShortIncrementalDecoder", "LongShortLayerCache"]
+__all__ = [
+    "LongShortIncrementalDecoder",
+    "LongShortLayerCache",
+    "SimpleHierarchicalIncrementalDecoder",
+    "StreamBlockCache",
+]
 
 
 def _append(cached: Tensor | None, new: Tensor) -> Tensor:
@@ -128,28 +146,22 @@ class LongShortLayerCache:
         return scores.masked_fill(~ended, float("-inf"))
 
 
-class LongShortIncrementalDecoder:
-    """Feed a `LongShortLM` tokens a chunk at a time; get the logits of a full forward pass.
+class _TokenDecoder:
+    """What the incremental decoders share: checks, the max_length rule, prefill / step."""
 
-    ``extend(tokens (batch, new)) -> logits (batch, new, vocab)``, equal (to float rounding) to
-    ``model(all_tokens_so_far)[:, -new:]``; ``prefill`` starts afresh, ``step`` is ``extend``.
-    Decode in eval mode (dropout is not applied here).
-    """
+    model_class: type = object
 
-    def __init__(self, model: LongShortLM):
-        if not isinstance(model, LongShortLM):
-            raise ValueError(
-                f"LongShortIncrementalDecoder needs a LongShortLM, got {type(model).__name__}"
-            )
+    def __init__(self, model):
+        if not isinstance(model, self.model_class):
+            raise ValueError(f"{type(self).__name__} needs a {self.model_class.__name__}, got "
+                             f"{type(model).__name__}")
         self.model = model
         self.reset()
 
     def reset(self) -> None:
-        self.caches = [LongShortLayerCache(block.attn) for block in self.model.blocks]
-        self.length = 0
+        raise NotImplementedError
 
-    @torch.no_grad()
-    def extend(self, tokens: Tensor) -> Tensor:
+    def _check(self, tokens: Tensor) -> None:
         model = self.model
         if model.training and model.config.dropout > 0:
             raise ValueError("call model.eval() before decoding: dropout is not applied here")
@@ -159,6 +171,140 @@ class LongShortIncrementalDecoder:
                 f"decoding past config.max_length={model.config.max_length} tokens: start again "
                 "from the last tokens (generate() does this for you)"
             )
+
+    def prefill(self, tokens: Tensor) -> Tensor:
+        """Start from scratch with ``tokens (batch, length)``; returns their logits."""
+        self.reset()
+        return self.extend(tokens)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Append a few more tokens (usually one) ``(batch, new)``; returns their logits."""
+        return self.extend(tokens)
+
+
+def _shifted(current: Tensor, previous: Tensor | None) -> Tensor:
+    """Token shift for one position: first half of `current`'s channels, second half of the
+    previous member's (zeros for the first member)."""
+    keep, _ = current.chunk(2, dim=-1)
+    late = torch.zeros_like(keep) if previous is None else previous.chunk(2, dim=-1)[1]
+    return torch.cat((keep, late), dim=-1)
+
+
+class StreamBlockCache:
+    """One `StreamBlock`'s state: a key/value cache and the token-shift inputs, per subsequence."""
+
+    def __init__(self, block: StreamBlock):
+        self.block = block
+        self.caches = [KeyValueCache() for _ in range(block.axial)]
+        self.previous_attention_input: list[Tensor | None] = [None] * block.axial
+        self.previous_feed_forward_input: list[Tensor | None] = [None] * block.axial
+
+    def step(self, x: Tensor, position: int) -> Tensor:
+        """Stream position ``position``'s block input ``(batch, 1, width)`` -> its output."""
+        block = self.block
+        member, index = position % block.axial, position // block.axial
+        attention_input = x
+        if block.shift:
+            attention_input = _shifted(x, self.previous_attention_input[member])
+            self.previous_attention_input[member] = x
+        normed = block.attn_norm(attention_input)
+        where = torch.tensor([index], device=x.device)
+        queries = block.attn.queries(normed, where)
+        keys, values = self.caches[member].extend(*block.attn.keys_values(normed, where))
+        window = getattr(block.attn, "window", None)
+        if window is not None:
+            keys, values = keys[:, :, -window:], values[:, :, -window:]
+        # the newest query may see every key it is given: no mask
+        attended, _ = MultiHeadAttention.attend(block.attn, queries, keys, values)
+        x = x + attended
+        feed_forward_input = x
+        if block.shift:
+            feed_forward_input = _shifted(x, self.previous_feed_forward_input[member])
+            self.previous_feed_forward_input[member] = x
+        return x + block.ff(block.ff_norm(feed_forward_input))
+
+
+def _compress_newest(compressor: CausalCompressor, embeddings: Tensor) -> Tensor:
+    """The compressed vector of the newest position from the last `compression` embeddings
+    ``(batch, <= compression, d)`` (zeros stand in before the start, as in the forward pass)."""
+    missing = compressor.compression - embeddings.shape[1]
+    window = F.pad(rearrange(embeddings, "b l d -> b d l"), (missing, 0))
+    hidden = compressor.activation(F.conv1d(window, compressor.window.weight,
+                                            compressor.window.bias))
+    return compressor.norm(rearrange(compressor.out(hidden), "b d l -> b l d"))
+
+
+class SimpleHierarchicalIncrementalDecoder(_TokenDecoder):
+    """Feed a `SimpleHierarchicalLM` tokens a chunk at a time; get the logits of a full forward
+    pass (``extend``, ``prefill``, ``step`` as for the other decoders). Eval mode only."""
+
+    model_class = SimpleHierarchicalLM
+
+    def reset(self) -> None:
+        model = self.model
+        self.blocks = [[StreamBlockCache(block) for block in layer] for layer in model.layers]
+        self.recent_embeddings: Tensor | None = None
+        # latest[j][i]: stream i's newest output of layer j (what the merge hands to fine t)
+        self.latest: list[list[Tensor | None]] = [
+            [None] * len(model.config.compressions) for _ in model.layers
+        ]
+        self.length = 0
+
+    @torch.no_grad()
+    def extend(self, tokens: Tensor) -> Tensor:
+        self._check(tokens)
+        model = self.model
+        logits = []
+        for embedding in model.embedding(tokens).split(1, dim=1):
+            logits.append(model.head(model.final_norm(self._position(embedding))))
+            self.length += 1
+        return torch.cat(logits, dim=1)
+
+    def _position(self, embedding: Tensor) -> Tensor:
+        """Fine position ``self.length`` with embedding ``(batch, 1, d)`` -> its final vector."""
+        config, t = self.model.config, self.length
+        longest = max(config.compressions)
+        self.recent_embeddings = (
+            embedding if self.recent_embeddings is None
+            else torch.cat((self.recent_embeddings, embedding), dim=1)[:, -longest:]
+        )
+        streams = zip(config.compressions, config.strides, strict=True)
+        for i, (compression, stride) in enumerate(streams):
+            if i == 0 or t % stride:
+                continue  # the fine stream below; no new compressed vector at this t
+            x = _compress_newest(self.model.compressors[i - 1],
+                                 self.recent_embeddings[:, -compression:])
+            for j, layer in enumerate(self.blocks):
+                x = self.latest[j][i] = layer[i].step(x, t // stride)
+        x = embedding
+        for j, layer in enumerate(self.blocks):
+            x = self.latest[j][0] = layer[0].step(x, t)
+            merges = self.model.merges
+            if merges is not None:
+                merge = merges[j]
+                joined = torch.cat(self.latest[j], dim=-1)
+                x = x + merge.contract(merge.activation(merge.expand(merge.norm(joined))))
+        return x
+
+
+class LongShortIncrementalDecoder(_TokenDecoder):
+    """Feed a `LongShortLM` tokens a chunk at a time; get the logits of a full forward pass.
+
+    ``extend(tokens (batch, new)) -> logits (batch, new, vocab)``, equal (to float rounding) to
+    ``model(all_tokens_so_far)[:, -new:]``; ``prefill`` starts afresh, ``step`` is ``extend``.
+    Decode in eval mode (dropout is not applied here).
+    """
+
+    model_class = LongShortLM
+
+    def reset(self) -> None:
+        self.caches = [LongShortLayerCache(block.attn) for block in self.model.blocks]
+        self.length = 0
+
+    @torch.no_grad()
+    def extend(self, tokens: Tensor) -> Tensor:
+        self._check(tokens)
+        model = self.model
         positions = torch.arange(self.length, self.length + tokens.shape[1], device=tokens.device)
         x = model.embedding(tokens)
         for block, cache in zip(model.blocks, self.caches, strict=True):
@@ -170,12 +316,3 @@ class LongShortIncrementalDecoder:
             x = x + block.ff(block.ff_norm(x))
         self.length += tokens.shape[1]
         return model.head(model.final_norm(x))
-
-    def prefill(self, tokens: Tensor) -> Tensor:
-        """Start from scratch with ``tokens (batch, length)``; returns their logits."""
-        self.reset()
-        return self.extend(tokens)
-
-    def step(self, tokens: Tensor) -> Tensor:
-        """Append a few more tokens (usually one) ``(batch, new)``; returns their logits."""
-        return self.extend(tokens)

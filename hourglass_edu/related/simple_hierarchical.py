@@ -32,8 +32,8 @@ Left out: the reference's auxiliary losses (reconstruction of the compressed tok
 prediction per coarse stream). The model returns next-character logits only, so its bits per
 character are the plain cross-entropy, like the other models of the comparison.
 
-Decoding: ``generate`` recomputes the window for every new character (see
-``hourglass_edu.related.decoding`` for why there is no cache for this model).
+Decoding: ``generate(..., use_cache=True)`` decodes one position at a time with per-stream,
+per-subsequence key/value caches (``hourglass_edu.related.decoding``).
 """
 
 from __future__ import annotations
