@@ -1,4 +1,5 @@
-"""Cached decoding for the related designs: Long-Short decoded one token at a time.
+"""Cached decoding for the related designs: Long-Short and the simple hierarchical model decoded
+one token at a time.
 
 `LongShortIncrementalDecoder(model)` works like the hourglass's `IncrementalDecoder`:
 ``extend(tokens)`` appends a chunk (a prompt or one token) and returns the logits a full forward
@@ -22,8 +23,9 @@ compression c and stride s (axial step a = c / s):
 * the compressor: only the last c embeddings (a compressed vector is made when t is a multiple
   of s, from tokens t - (c-1) .. t);
 * each block: one key/value cache per interleaved subsequence (the compressed position q joins
-  subsequence q mod a at its position q // a; a window keeps only its last ``window`` keys), and
-  for the token shift the previous member's attention input and feed-forward input;
+  subsequence q mod a at its position q // a; with a window, attention reads only the last
+  ``window`` keys, though the cache keeps them all), and for the token shift the previous
+  member's attention input and feed-forward input;
 * the merge: each stream's latest output per layer (fine t reads compressed t // s, the newest).
 
 A prompt is fed position by position through the same code (slower than one batched pass, but
