@@ -144,6 +144,16 @@ def test_comparison_models_are_the_documented_designs():
         build_comparison_models(7, n_layers=1)
 
 
+def test_comparison_models_have_about_the_same_number_of_parameters():
+    """"Sized to cost about the same": no design may win by being several times larger."""
+    from hourglass_edu.related.compare import build_comparison_models
+
+    models = build_comparison_models(100)
+    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    baseline = counts["transformer"]
+    assert all(0.9 <= count / baseline <= 1.6 for count in counts.values()), counts
+
+
 def test_measure_cost_counts_the_saved_activations_of_a_known_model():
     """A model whose saved tensors are known exactly: embedding -> ReLU -> Linear.
 

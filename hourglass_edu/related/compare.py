@@ -63,7 +63,10 @@ def build_comparison_models(
     * h_transformer: ``n_layers`` blocks, blocks of ``window // 2`` positions.
     * simple_hierarchical: ceil(n_layers / 2) layers of three streams (1, 2, 8), the reference's
       default variant (stride 1, convolution compressors, token shift); the predicting stream has
-      a sliding window of ``window``, the others full attention inside their subsequences.
+      a sliding window of ``window``, the others full attention inside their subsequences. The
+      coarse streams are narrower (widths d, d/2, d/4, compressors twice as wide as their input):
+      at full width the convolution compressors alone would give it about 3x the transformer's
+      parameters.
     """
     unknown = sorted(set(names) - set(MODEL_NAMES))
     if unknown:
@@ -90,6 +93,8 @@ def build_comparison_models(
                 n_layers=math.ceil(n_layers / 2),
                 compressions=(1, 2, 8),
                 windows=(window, None, None),
+                stream_widths=(d_model, d_model // 2, d_model // 4),
+                compressor_expansion=2,
             )
         ),
     }
