@@ -9,7 +9,7 @@ One module per concept, in the order a run uses them:
 - `randomness`: the run's own batch and dropout random states;
 - `checkpoints`: save, load and validate, the run-folder lock, `load_model`;
 - `trainer`: `Trainer` and `train(model, data, config)`;
-- `finetuning`: `prepare_finetuning` and `extend_vocabulary`.
+- `finetuning`: `prepare_finetuning`, `characters_to_add` and `extend_vocabulary`.
 
 Everything public is importable from `hourglass_edu.training` directly.
 """
@@ -42,7 +42,12 @@ from hourglass_edu.training.evaluation import (
     language_model_loss,
     long_context_windows,
 )
-from hourglass_edu.training.finetuning import FineTuning, extend_vocabulary, prepare_finetuning
+from hourglass_edu.training.finetuning import (
+    FineTuning,
+    characters_to_add,
+    extend_vocabulary,
+    prepare_finetuning,
+)
 from hourglass_edu.training.optimization import learning_rate, parameter_groups
 from hourglass_edu.training.precision import (
     autocast_context,
@@ -70,6 +75,7 @@ __all__ = [
     "TrainingDiverged",
     "autocast_context",
     "build_model",
+    "characters_to_add",
     "cpu_has_fast_bf16",
     "cuda_has_native_bf16",
     "evaluate_bpc",
