@@ -147,3 +147,17 @@ def test_cli_evaluate_scores_a_shipped_model_with_long_context(corpus_dir, monke
                  "--max-tokens", "400"]) == 0
     out = capsys.readouterr().out
     assert "context 64" in out and "stride 32" in out and "400 tokens" in out
+
+
+def test_cli_evaluate_asks_for_a_corpus_when_the_model_does_not_name_one(tmp_path, capsys):
+    from hourglass_edu.data import CharTokenizer
+    from hourglass_edu.model_folders import export_model_folder
+
+    tokenizer = CharTokenizer.from_documents(["abcdefghij"])
+    model = HourglassLM(HourglassConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_heads=2,
+                                        structure="1@1 1@2 1@1", max_length=32))
+    folder = export_model_folder(model, tokenizer, tmp_path / "no-corpus")
+    assert main(["evaluate", "--ckpt", str(folder), "--context", "16"]) == 2
+    assert "name one with --corpus" in capsys.readouterr().err
+    assert main(["evaluate", "--ckpt", str(folder), "--max-tokens", "1"]) == 2
+    assert "--max-tokens must be at least 2" in capsys.readouterr().err
