@@ -2,9 +2,9 @@
 
 Each subcommand is a pair of functions: `add_NAME(subparsers)` declares its arguments and
 `run_NAME(args)` does the work. One module per group of subcommands: `data` (corpus), `sampling`
-(sample), `training` (train, finetune, demo; their run folders in `runs`) and `models` (models,
-export). Library code stays in the library modules; this package only parses arguments, calls
-them, and prints.
+(sample), `training` (train, finetune, demo; their run folders in `runs`), `evaluation`
+(evaluate) and `models` (models, export). Library code stays in the library modules; this package
+only parses arguments, calls them, and prints.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import argparse
 import sys
 
 from hourglass_edu.cli.data import add_corpus
+from hourglass_edu.cli.evaluation import add_evaluate
 from hourglass_edu.cli.models import add_export, add_models
 from hourglass_edu.cli.sampling import add_sample
 from hourglass_edu.cli.training import add_demo, add_finetune, add_train
 
 __all__ = ["build_parser", "main"]
 
-_SUBCOMMANDS: list = [add_corpus, add_sample, add_train, add_finetune, add_demo, add_models,
-                      add_export]
+_SUBCOMMANDS: list = [add_corpus, add_sample, add_train, add_finetune, add_demo, add_evaluate,
+                      add_models, add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

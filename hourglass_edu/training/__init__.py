@@ -4,12 +4,12 @@ One module per concept, in the order a run uses them:
 
 - `config`: `TrainConfig` (every setting of a run), `PRESETS`, `build_model`;
 - `precision`: device and bf16 / fp16 / fp32 choice;
-- `evaluation`: the loss, bits per character, `History`;
+- `evaluation`: the loss, bits per character (quick, whole split, long context), `History`;
 - `optimization`: AdamW parameter groups and the learning-rate schedule;
 - `randomness`: the run's own batch and dropout random states;
 - `checkpoints`: save, load and validate, the run-folder lock, `load_model`;
 - `trainer`: `Trainer` and `train(model, data, config)`;
-- `finetuning`: `prepare_finetuning` and `extend_vocabulary`.
+- `finetuning`: `prepare_finetuning`, `characters_to_add` and `extend_vocabulary`.
 
 Everything public is importable from `hourglass_edu.training` directly.
 """
@@ -34,8 +34,20 @@ from hourglass_edu.training.config import (
     build_model,
     get_preset,
 )
-from hourglass_edu.training.evaluation import LN2, History, evaluate_bpc, language_model_loss
-from hourglass_edu.training.finetuning import FineTuning, extend_vocabulary, prepare_finetuning
+from hourglass_edu.training.evaluation import (
+    LN2,
+    History,
+    evaluate_bpc,
+    evaluate_bpc_long_context,
+    language_model_loss,
+    long_context_windows,
+)
+from hourglass_edu.training.finetuning import (
+    FineTuning,
+    characters_to_add,
+    extend_vocabulary,
+    prepare_finetuning,
+)
 from hourglass_edu.training.optimization import learning_rate, parameter_groups
 from hourglass_edu.training.precision import (
     autocast_context,
@@ -63,9 +75,11 @@ __all__ = [
     "TrainingDiverged",
     "autocast_context",
     "build_model",
+    "characters_to_add",
     "cpu_has_fast_bf16",
     "cuda_has_native_bf16",
     "evaluate_bpc",
+    "evaluate_bpc_long_context",
     "extend_vocabulary",
     "get_preset",
     "gradient_scaler",
@@ -73,6 +87,7 @@ __all__ = [
     "learning_rate",
     "load_checkpoint",
     "load_model",
+    "long_context_windows",
     "model_from_checkpoint",
     "parameter_groups",
     "prepare_finetuning",

@@ -4,6 +4,8 @@ Bits per character = mean cross-entropy in nats / ln 2. Every token counts as a 
 including `<eot>`, which the model must predict to end a document. `evaluate_bpc` measures it on a
 fixed sample of random windows (quick, comparable across steps) or on the whole split, cut into
 consecutive windows of `block_size` (so early positions of each window see little context).
+`evaluate_bpc_long_context` scores the whole split with overlapping windows instead (the strided
+sliding-window protocol), so that every scored character sees a stated amount of context.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import nn
 from hourglass_edu.data import IGNORE_INDEX, iter_eval_batches, sample_batch
 from hourglass_edu.training.precision import autocast_context, resolve_device, resolve_precision
 
-__all__ = ["LN2", "History", "evaluate_bpc", "language_model_loss"]
+__all__ = ["LN2", "History", "evaluate_bpc", "evaluate_bpc_long_context", "language_model_loss",
+           "long_context_windows"]
 
 LN2 = math.log(2.0)
 
@@ -89,6 +92,113 @@ def evaluate_bpc(
         model.train(was_training)
     return total_nats / total_tokens / LN2
 
+
+def long_context_windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int]]:
+    """The windows of the strided sliding-window protocol over a stream of `n_tokens` tokens.
+
+    Returns `(start, skip)` pairs: the window's inputs are `ids[start : start + length]`, its
+    targets `ids[start + 1 : start + length + 1]`, with `length = min(context, n_tokens - 1)`,
+    and its first `skip` targets are not scored (an earlier window scored them). Windows start
+    every `stride` tokens, so each window after the first scores at most its last `stride`
+    targets, each of which sees at least `length - stride + 1` tokens; a last window ends exactly
+    at the end of the stream. Every target (every token after the first) is scored exactly once.
+    Only the first window's early targets see less context: nothing comes before them.
+    """
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 2:
+        raise ValueError(f"evaluation needs at least 2 tokens, the stream has {n_tokens}")
+    _check_context_and_stride(context, stride)
+    n_targets = n_tokens - 1
+    length = min(context, n_targets)
+    stride = min(stride, length)
+    windows = [(0, 0)]
+    covered = length  # targets 1 .. covered are scored so far
+    while covered < n_targets:
+        start = min(covered + stride, n_targets) - length
+        windows.append((start, covered - start))
+        covered = start + length
+    return windows
+
+
+def _check_context_and_stride(context: int, stride: int) -> None:
+    for name, value in (("context", context), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive whole number of characters, got {value!r}")
+    if stride > context:
+        raise ValueError(
+            f"stride {stride} is larger than context {context}: characters between windows would "
+            "never be scored; use a stride of at most the context (context // 2 is usual)")
+
+
+@torch.no_grad()
+def evaluate_bpc_long_context(
+    model: nn.Module,
+    ids: torch.Tensor,
+    *,
+    context: int,
+    stride: int | None = None,
+    count_eot: bool = True,
+    eot_id: int | None = None,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+) -> float:
+    """Bits per character of `model` on the whole token stream `ids`, with long context.
+
+    Windows of `context` tokens slide by `stride` (default `context // 2`); each one scores only
+    the targets no earlier window scored (its last `stride`), so every scored character is
+    predicted from at least `context - stride` earlier characters (except in the first window,
+    which has nothing before it), and every character after the first is scored exactly once
+    (`long_context_windows`). `stride == context` is the plain whole-split evaluation,
+    `evaluate_bpc(max_batches=None)`; `stride == 1` gives every character the full `context`,
+    at `context` times the cost.
+
+    `count_eot=False` leaves the `<eot>` targets (id `eot_id`, which is then required) out of the
+    average, as in a corpus without document boundaries; they still serve as context.
+    `context` may not exceed the model's `config.max_length`.
+    """
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be a 1-D token stream, got shape {tuple(ids.shape)}")
+    if stride is None and isinstance(context, int) and not isinstance(context, bool):
+        stride = max(1, context // 2)
+    _check_context_and_stride(context, stride)
+    max_length = getattr(getattr(model, "config", None), "max_length", None)
+    if max_length is not None and context > max_length:
+        raise ValueError(
+            f"context {context} exceeds the model's max_length {max_length}: evaluate with a "
+            f"context of at most {max_length} (the longest sequence the model was built for)")
+    if not count_eot and eot_id is None:
+        raise ValueError("count_eot=False needs eot_id (the tokenizer's eot_id) to know which "
+                         "targets to leave out")
+    windows = long_context_windows(ids.numel(), context, stride)
+    length = min(context, ids.numel() - 1)
+    if device is None:
+        device = next(model.parameters()).device
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    rows = ids.unfold(0, length + 1, 1)  # a view: row s is ids[s : s + length + 1]
+
+    was_training = model.training
+    model.eval()
+    total_nats, total_tokens = 0.0, 0
+    try:
+        for first in range(0, len(windows), batch_size):
+            batch = windows[first:first + batch_size]
+            chosen = rows[[start for start, _ in batch]]
+            inputs, targets = chosen[:, :-1].contiguous(), chosen[:, 1:].clone()
+            for row, (_, skip) in enumerate(batch):
+                targets[row, :skip] = IGNORE_INDEX
+            if not count_eot:
+                targets[targets == eot_id] = IGNORE_INDEX
+            inputs, targets = inputs.to(device), targets.to(device)
+            with autocast_context(precision, device):
+                logits = model(inputs)
+            total_nats += language_model_loss(logits, targets, reduction="sum").item()
+            total_tokens += int((targets != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    if total_tokens == 0:
+        raise ValueError("no target was scored: every target is <eot> and count_eot is False")
+    return total_nats / total_tokens / LN2
 
 
 @dataclass

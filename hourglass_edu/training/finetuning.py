@@ -15,7 +15,15 @@ from hourglass_edu.data import CharTokenizer, PreparedData, load_corpus, split_d
 from hourglass_edu.training.checkpoints import load_checkpoint, model_from_checkpoint
 from hourglass_edu.training.evaluation import History
 
-__all__ = ["FineTuning", "extend_vocabulary", "prepare_finetuning"]
+__all__ = ["FineTuning", "characters_to_add", "extend_vocabulary", "prepare_finetuning"]
+
+
+def characters_to_add(tokenizer, train_documents: Sequence[str]) -> list[str]:
+    """The characters of `train_documents`, normalized as `tokenizer` normalizes text, that its
+    vocabulary lacks, sorted. Give it the new corpus's *training* documents only: a character seen
+    only in validation documents would be a peek at the held-out text."""
+    seen = CharTokenizer.from_documents(train_documents, normalize=tokenizer.normalize).chars
+    return sorted(set(seen) - set(tokenizer.chars))
 
 
 def extend_vocabulary(model: nn.Module, tokenizer, new_chars: Sequence[str]):
@@ -106,8 +114,7 @@ def prepare_finetuning(checkpoint, corpus, *, val_fraction: float = 0.05, seed: 
     if isinstance(corpus, (str, os.PathLike)):
         corpus = load_corpus(corpus, data_dir=data_dir)
     train_docs, val_docs = split_documents(corpus.documents, val_fraction, seed)
-    train_chars = CharTokenizer.from_documents(train_docs, normalize=tokenizer.normalize).chars
-    added = sorted(set(train_chars) - set(tokenizer.chars))
+    added = characters_to_add(tokenizer, train_docs)
     model, tokenizer = extend_vocabulary(model, tokenizer, added)
     val_chars = CharTokenizer.from_documents(val_docs, normalize=tokenizer.normalize).chars
     dropped = [] if tokenizer.unk else sorted(set(val_chars) - set(tokenizer.chars))

@@ -1,0 +1,79 @@
+"""`evaluate`: a trained model's bits per character on a whole validation split, long context."""
+
+from __future__ import annotations
+
+__all__ = ["add_evaluate"]
+
+
+def add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="bits per character on a whole validation split, with long context",
+        description="Score every character of the validation split of a corpus (by default the "
+        "one the model was trained on) with windows of CONTEXT characters that slide by STRIDE: "
+        "each window scores only its last STRIDE characters, so every scored character sees at "
+        "least CONTEXT - STRIDE characters before it (the strided sliding-window protocol). "
+        "STRIDE = CONTEXT is the plain evaluation of the model cards, in which the first "
+        "characters of each window see almost nothing. CONTEXT may not exceed the model's "
+        "max_length.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint file, run directory or model folder")
+    source.add_argument("--pretrained", metavar="NAME",
+                        help="a model shipped with the package (see `models`)")
+    parser.add_argument("--context", type=int, default=None,
+                        help="characters per window (default: the model's max_length)")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="characters scored per window (default: CONTEXT // 2)")
+    parser.add_argument("--no-eot", dest="count_eot", action="store_false",
+                        help="leave the <eot> (end of document) targets out of the average")
+    parser.add_argument("--corpus", default=None,
+                        help="the corpus to score (default: the model's training corpus)")
+    parser.add_argument("--val-fraction", type=float, default=0.05,
+                        help="share of documents held out, as in training (default 0.05)")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="the seed of the document split, as in training (default 0)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="score only the first N tokens of the split (quicker, less exact)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    parser.set_defaults(run=run_evaluate)
+
+
+def _model_and_corpus(args):
+    """`(model, tokenizer, corpus name or None)` of the model the command line names."""
+    from hourglass_edu.model_folders import is_model_folder, read_card
+    from hourglass_edu.pretrained import load_pretrained, pretrained_card
+    from hourglass_edu.training import load_checkpoint, load_model
+
+    if args.pretrained is not None:
+        model, tokenizer = load_pretrained(args.pretrained, device=args.device)
+        return model, tokenizer, pretrained_card(args.pretrained).get("corpus")
+    model, tokenizer = load_model(args.ckpt, device=args.device)
+    if is_model_folder(args.ckpt):
+        return model, tokenizer, read_card(args.ckpt).get("corpus")
+    return model, tokenizer, load_checkpoint(args.ckpt).get("data", {}).get("corpus")
+
+
+def run_evaluate(args) -> int:
+    from hourglass_edu.data import prepare_data
+    from hourglass_edu.training import evaluate_bpc_long_context
+
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise ValueError(f"--max-tokens must be at least 2, got {args.max_tokens}")
+    model, tokenizer, trained_on = _model_and_corpus(args)
+    corpus = args.corpus or trained_on
+    if corpus is None:
+        raise ValueError("the model does not say which corpus it was trained on: "
+                         "name one with --corpus")
+    data = prepare_data(corpus, args.val_fraction, args.split_seed, tokenizer=tokenizer)
+    ids = data.val_ids if args.max_tokens is None else data.val_ids[:args.max_tokens]
+    context = args.context if args.context is not None else model.config.max_length
+    stride = args.stride if args.stride is not None else max(1, context // 2)
+    bpc = evaluate_bpc_long_context(model, ids, context=context, stride=stride,
+                                    count_eot=args.count_eot, eot_id=tokenizer.eot_id,
+                                    batch_size=args.batch_size, device=args.device)
+    scope = "the whole" if args.max_tokens is None else "the first part of the"
+    print(f"{bpc:.4f} bits per character on {scope} {corpus} validation split "
+          f"({ids.numel():,} tokens), context {context}, stride {stride} (every scored character "
+          f"sees at least {context - stride} before it), <eot> targets "
+          f"{'counted' if args.count_eot else 'left out'}")
+    return 0
