@@ -156,9 +156,9 @@ def per_process_batch(batch_size: int, ranks: Ranks | None) -> int:
     processes = ranks.world_size
     if batch_size < processes:
         raise ValueError(
-            f"{processes} processes (--nproc_per_node) but a global batch of {batch_size} "
-            f"windows (--batch-size): each process needs at least one window. Start at most "
-            f"{batch_size} processes, or raise --batch-size to a multiple of {processes}"
+            f"--batch-size {batch_size} (the global batch, in windows) is smaller than the "
+            f"{processes} processes (--nproc_per_node): each process needs at least one window. "
+            f"Raise --batch-size to a multiple of {processes}, or start fewer processes"
         )
     if batch_size % processes:
         lower = batch_size - batch_size % processes

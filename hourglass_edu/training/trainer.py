@@ -307,7 +307,8 @@ class Trainer:
         """Train until the budget is spent; returns the history (also at `self.history`)."""
         if self.ranks is not None and self.is_main:
             share = per_process_batch(self.config.batch_size, self.ranks)
-            print(f"data parallel: {self.ranks.world_size} processes ({self.device.type}), "
+            processes = f"{self.ranks.world_size} process" + "es" * (self.ranks.world_size > 1)
+            print(f"data parallel: {processes} ({self.device.type}), "
                   f"global batch {self.config.batch_size} windows = {self.ranks.world_size} x "
                   f"{share} per process, of {self.config.block_size} tokens", flush=True)
         bar = self._progress_bar()
