@@ -17,6 +17,12 @@ How a data-parallel run relates to a one-process run with the same settings:
   state, derived from the seed and r (process 0's is the one-process run's).
 - Only process 0 evaluates, logs, shows progress and writes files. Stopping (Ctrl-C, SIGTERM,
   the time budget, a NaN loss) is agreed on by all processes after every step.
+- A checkpoint holds the model's own weights (not the DDP wrapper's "module."-prefixed ones), the
+  shared batch generator and process 0's dropout state, so any number of processes resumes it.
+  What "exact resume" means here: the same batches, learning rates and step count as the run
+  that was not interrupted, and its losses up to float rounding (an all-reduce sums in another
+  order than one process does); processes other than 0 restart their dropout states, so with
+  dropout the resumed run is an equally valid continuation, not the same numbers.
 
 Without torchrun none of this runs: `process_group()` yields None and training is unchanged.
 """
