@@ -10,6 +10,7 @@ only parses arguments, calls them, and prints.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from hourglass_edu.cli.data import add_corpus
@@ -42,10 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         # Library errors already say what to change; a traceback would only hide that.
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{_process_prefix()}error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Ctrl-C outside a training loop (say, while a corpus loads): nothing is half-written,
         # since every file is written atomically. Training loops handle their own (runs.py).
         print("interrupted (Ctrl-C); files written before it are unchanged", file=sys.stderr)
         return 130
+
+
+def _process_prefix() -> str:
+    """Under torchrun every process reports its own errors: the others than 0 say which they are
+    (a problem that only one process meets is then easy to place)."""
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    return "" if rank == "0" else f"process {rank}: "

@@ -5,17 +5,47 @@ before the corpus loads: an --out that is a file or cannot be written, or that a
 training into, is refused at once. Ctrl-C or SIGTERM during training saves the checkpoint and
 history.json, then ends the command with one line and the code a shell gives a process that
 signal ended (130 for Ctrl-C, 143 for SIGTERM).
+
+Under torchrun (`torchrun --nproc_per_node N -m hourglass_edu train ...`) each command runs in
+`run_processes`: the processes join one process group and train data-parallel; process 0 alone
+locks the run folder, prints, and writes the checkpoint and history files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["add_run_settings", "check_val_fraction", "run_training", "train_config"]
+__all__ = ["add_run_settings", "check_val_fraction", "lock_run_folder", "run_processes",
+           "run_training", "train_config"]
+
+
+@contextlib.contextmanager
+def run_processes(device: str | None) -> Iterator[bool]:
+    """The block runs on every process torchrun started, joined in one process group (or alone,
+    without torchrun). Yields whether this is the main process; the others print nothing to
+    stdout (their errors still reach stderr)."""
+    from hourglass_edu.training.distributed import process_group
+
+    with process_group(device or "auto") as ranks:
+        if ranks is None or ranks.is_main:
+            yield True
+            return
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            yield False
+
+
+def lock_run_folder(out, main: bool):
+    """`run_folder_lock(out)` on the main process; the others write nothing there."""
+    from hourglass_edu.training import run_folder_lock
+
+    return run_folder_lock(out) if main else contextlib.nullcontext(Path(out))
 
 
 def add_run_settings(parser, budget_help: str) -> None:
@@ -63,9 +93,14 @@ def train_config(base, args, **changes):
 
 def run_training(args, model, data, config, *, resume, overwrite=False, metadata=None):
     """Train into args.out, then write history.json / history.png and print the validation
-    result. Returns (history, validation bits per character)."""
+    result. Returns (history, validation bits per character); data-parallel, only the main
+    process writes and evaluates (the others return None for the bits per character)."""
     from hourglass_edu import viz
     from hourglass_edu.training import CHECKPOINT_NAME, evaluate_bpc, train
+    from hourglass_edu.training.distributed import current_ranks
+
+    ranks = current_ranks()
+    main = ranks is None or ranks.is_main
 
     out = Path(args.out)
     structure = getattr(model.config, "structure", None)  # the related models have none
@@ -83,7 +118,9 @@ def run_training(args, model, data, config, *, resume, overwrite=False, metadata
                         resume=resume, overwrite=overwrite, metadata=metadata)
     except KeyboardInterrupt as interrupt:
         _stop_after_interrupt(out, getattr(interrupt, "stop_signal", None),
-                              can_resume=hasattr(args, "resume"))
+                              can_resume=hasattr(args, "resume"), main=main)
+    if not main:
+        return history, None
     _write_history_json(out, history)
     title = f"{data.corpus.name}, {structure or type(model).__name__}"
     viz.plot_history(history, title=title).savefig(out / "history.png", dpi=100)
@@ -102,12 +139,16 @@ def _write_history_json(out: Path, history) -> None:
     atomic_write(out / "history.json", json.dumps(history.to_dict(), indent=1))
 
 
-def _stop_after_interrupt(out: Path, signum: int | None, *, can_resume: bool) -> NoReturn:
+def _stop_after_interrupt(out: Path, signum: int | None, *, can_resume: bool,
+                          main: bool = True) -> NoReturn:
     """After Ctrl-C or SIGTERM (the trainer has saved the checkpoint): write history.json from
-    the saved checkpoint, say in one line where the run stands, and exit."""
+    the saved checkpoint, say in one line where the run stands, and exit (data-parallel, the
+    other processes only exit)."""
     from hourglass_edu.training import CHECKPOINT_NAME, History, load_checkpoint
 
     name, code = ("SIGTERM", 143) if signum == signal.SIGTERM else ("Ctrl-C", 130)
+    if not main:
+        raise SystemExit(code)
     path = out / CHECKPOINT_NAME
     if path.is_file():
         checkpoint = load_checkpoint(path)

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hourglass_edu.cli.runs import add_run_settings, check_val_fraction, run_training, train_config
+from hourglass_edu.cli.runs import (
+    add_run_settings,
+    check_val_fraction,
+    lock_run_folder,
+    run_processes,
+    run_training,
+    train_config,
+)
 
 __all__ = ["add_demo", "add_finetune", "add_train"]
 
@@ -44,7 +51,7 @@ def run_train(args) -> int:
     import torch
 
     from hourglass_edu.data import prepare_data
-    from hourglass_edu.training import build_model, get_preset, run_folder_lock
+    from hourglass_edu.training import build_model, get_preset
 
     preset = get_preset(args.preset)
     config = train_config(preset.train, args)
@@ -54,11 +61,12 @@ def run_train(args) -> int:
                      max_length=max(preset.model["max_length"], config.block_size))
     with torch.device("meta"):  # the model settings, checked before the corpus loads
         build_model(preset, 2, **overrides)
-    with run_folder_lock(args.out):
+    with run_processes(config.device) as main, lock_run_folder(args.out, main):
         data = prepare_data(args.corpus, val_fraction=args.val_fraction, data_dir=args.data_dir)
         model = build_model(preset, data.tokenizer.vocab_size, seed=config.seed, **overrides)
         run_training(args, model, data, config, resume=args.resume)
-        _print_samples(model, data.tokenizer, 1, max_new_tokens=300, seed=config.seed)
+        if main:
+            _print_samples(model, data.tokenizer, 1, max_new_tokens=300, seed=config.seed)
     return 0
 
 
@@ -82,10 +90,10 @@ def add_finetune(subparsers) -> None:
 
 def run_finetune(args) -> int:
     from hourglass_edu.data import load_corpus
-    from hourglass_edu.training import TrainConfig, prepare_finetuning, run_folder_lock
+    from hourglass_edu.training import TrainConfig, prepare_finetuning
 
     check_val_fraction(args)
-    with run_folder_lock(args.out):
+    with run_processes(args.device) as main, lock_run_folder(args.out, main):
         corpus = load_corpus(args.corpus, data_dir=args.data_dir)
         setup = prepare_finetuning(args.base, corpus, val_fraction=args.val_fraction)
         base = TrainConfig.from_dict(setup.base_checkpoint["train_config"])
@@ -101,7 +109,8 @@ def run_finetune(args) -> int:
                  else "no new characters"))
         run_training(args, setup.model, setup.data, config, resume=args.resume,
                      metadata=setup.metadata)
-        _print_samples(setup.model, setup.data.tokenizer, 3, seed=config.seed)
+        if main:
+            _print_samples(setup.model, setup.data.tokenizer, 3, seed=config.seed)
     return 0
 
 
@@ -129,7 +138,7 @@ def add_demo(subparsers) -> None:
 
 def run_demo(args) -> int:
     from hourglass_edu.data import prepare_data
-    from hourglass_edu.training import build_model, get_preset, resolve_device, run_folder_lock
+    from hourglass_edu.training import build_model, get_preset, resolve_device
 
     on_gpu = resolve_device(args.device or "auto").type == "cuda"
     preset = get_preset(args.preset or ("gpu" if on_gpu else "cpu"))
@@ -137,13 +146,15 @@ def run_demo(args) -> int:
         args.minutes = 3.0 if on_gpu else 5.0
     config = train_config(preset.train, args)
     check_val_fraction(args)
-    with run_folder_lock(args.out) as out:
+    with run_processes(config.device) as main, lock_run_folder(args.out, main) as out:
         _check_demo_folder(out)
         data = prepare_data("haiku", val_fraction=args.val_fraction, data_dir=args.data_dir)
         model = build_model(preset, data.tokenizer.vocab_size, seed=config.seed,
                             max_length=max(preset.model["max_length"], config.block_size))
         _, own_bpc = run_training(args, model, data, config, resume=False, overwrite=True,
                                   metadata=DEMO_MARK)
+        if not main:
+            return 0
         _print_samples(model, data.tokenizer, args.samples, temperature=args.temperature,
                        seed=config.seed)
     _print_shipped_haiku(own_bpc, args.samples, temperature=args.temperature, seed=config.seed)

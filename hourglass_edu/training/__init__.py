@@ -8,6 +8,7 @@ One module per concept, in the order a run uses them:
 - `optimization`: AdamW parameter groups and the learning-rate schedule;
 - `randomness`: the run's own batch and dropout random states;
 - `checkpoints`: save, load and validate, the run-folder lock, `load_model`;
+- `distributed`: data parallelism under torchrun (`process_group`, the global batch's split);
 - `trainer`: `Trainer` and `train(model, data, config)`;
 - `finetuning`: `prepare_finetuning`, `characters_to_add` and `extend_vocabulary`.
 

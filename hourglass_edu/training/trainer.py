@@ -10,6 +10,11 @@ random state for dropout (swapped in around each step with `torch.random.fork_rn
 never reseeds the process's global RNG and resuming replays exactly the same numbers.
 Ctrl-C (or SIGTERM, which clusters and hosted notebooks send before taking a machine away) stops
 after the current step and saves a checkpoint; a second one interrupts at once.
+
+Started by torchrun (in a `distributed.process_group()`), the same loop trains data-parallel:
+the model is wrapped in DistributedDataParallel, each process trains on its slice of the global
+batch, and only process 0 evaluates, shows progress and writes the checkpoint (distributed.py
+says how such a run relates to a one-process run).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from hourglass_edu.data import sample_batch
 from hourglass_edu.training.checkpoints import (
@@ -39,12 +45,17 @@ from hourglass_edu.training.checkpoints import (
     save_checkpoint,
 )
 from hourglass_edu.training.config import TrainConfig, check_sizes
+from hourglass_edu.training.distributed import (
+    check_same_settings,
+    current_ranks,
+    per_process_batch,
+    rank_device,
+)
 from hourglass_edu.training.evaluation import LN2, History, evaluate_bpc, language_model_loss
 from hourglass_edu.training.optimization import learning_rate, parameter_groups
 from hourglass_edu.training.precision import (
     autocast_context,
     gradient_scaler,
-    resolve_device,
     resolve_precision,
 )
 from hourglass_edu.training.randomness import RandomStates
@@ -61,6 +72,8 @@ class Trainer:
 
     `train(...)` is the usual entry point; use a Trainer directly to step through a run or inspect
     its optimizer. `callbacks` are called as `callback(trainer)` after every optimizer step.
+    Inside a process group (`distributed.process_group()`, torchrun) it trains data-parallel:
+    `ranks` says where this process stands and `data_parallel` is the DDP wrapper (else None).
     """
 
     def __init__(self, model: nn.Module, data, config: TrainConfig | None = None, *,
@@ -71,11 +84,26 @@ class Trainer:
         config.validate()
         self.data = data
         self.tokenizer = data.tokenizer
-        self.device = resolve_device(config.device)
+        self.ranks = current_ranks()
+        self.is_main = self.ranks is None or self.ranks.is_main
+        # Before anything else can fail on one process only: all agree, or all refuse together.
+        check_same_settings(self._settings(model), self.ranks)
+        per_process_batch(config.batch_size, self.ranks)
+        self.device = rank_device(config.device, self.ranks)
         self.precision = resolve_precision(config.precision, self.device)
         self.model = model.to(self.device)
         check_sizes(self.model, data, config)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        # This process's windows of each global batch (all of them when training alone).
+        self.batch_rows = slice(None)
+        self.data_parallel: DistributedDataParallel | None = None
+        if self.ranks is not None:
+            share = per_process_batch(config.batch_size, self.ranks)
+            self.batch_rows = slice(self.ranks.rank * share, (self.ranks.rank + 1) * share)
+            # Copies process 0's weights to the others, and averages gradients from then on.
+            self.data_parallel = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        forward = self.data_parallel if self.data_parallel is not None else self.model
+        self.forward = torch.compile(forward) if config.compile else forward
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config.weight_decay),
                                            lr=config.lr, betas=(config.beta1, config.beta2))
         self.scaler = gradient_scaler(self.precision, self.device)
@@ -91,15 +119,25 @@ class Trainer:
         self.resumed_changes: list[str] = []  # budget / lr changes accepted by resume()
         self.stop_requested = False
         self.stop_signal: int | None = None
-        self.random = RandomStates(config.seed, self.device)
+        self.random = RandomStates(config.seed, self.device,
+                                   rank=self.ranks.rank if self.ranks is not None else 0)
         # Set while a step is under way: the random state it began with, and whether the weights
         # are being updated (see _save_after_interrupt).
         self._step_start_rng: dict[str, Any] | None = None
         self._updating = False
 
+    def _settings(self, model: nn.Module) -> dict[str, Any]:
+        """What every process of a data-parallel run must share (compared when it starts)."""
+        model_config = getattr(model, "config", None)
+        return {"model_class": type(model).__name__,
+                "model": model_config.to_dict() if model_config is not None else {},
+                "train": self.config.to_dict(), "tokenizer": self.tokenizer.to_dict(),
+                "data": data_fingerprint(self.data)}
+
     # ----- state: everything a checkpoint holds
     def checkpoint(self, rng_state: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The run's state as plain containers and tensors (what `save_checkpoint` writes)."""
+        """The run's state as plain containers and tensors (what `save_checkpoint` writes).
+        The model's own state dict: never the DDP wrapper's, whose names start with "module."."""
         model_config = getattr(self.model, "config", None)
         return {
             "format": CHECKPOINT_FORMAT,
@@ -123,10 +161,13 @@ class Trainer:
         }
 
     def save(self, path: str | os.PathLike | None = None, rng_state=None) -> Path:
+        """Write the checkpoint (in a data-parallel run, process 0 writes; the others only note
+        the step: every process holds the same weights and optimizer state)."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("no checkpoint path: pass one to save() or to the Trainer")
-        save_checkpoint(path, self.checkpoint(rng_state))
+        if self.is_main:
+            save_checkpoint(path, self.checkpoint(rng_state))
         self.last_checkpoint_step = self.step
         return path
 
@@ -160,7 +201,7 @@ class Trainer:
         self.log_window = dict(checkpoint.get("log_window", self.log_window))
         self.history = History.from_dict(checkpoint["history"])
         self.metadata = {**checkpoint.get("metadata", {}), **self.metadata}
-        self.random.set_state(checkpoint["rng"])
+        self.random.set_state(checkpoint["rng"], step=self.step)
         self.last_checkpoint_step = self.step
 
     # ----- the loop
@@ -188,16 +229,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total_loss = torch.zeros((), device=self.device)
         with self.random.dropout():
-            for _ in range(config.grad_accum):
+            for micro_step in range(config.grad_accum):
+                # Every process draws the same global batch and trains on its own rows of it.
                 inputs, targets = sample_batch(self.data.train_ids, config.batch_size,
                                                config.block_size, self.random.batches)
-                inputs = inputs.to(self.device, non_blocking=True)
-                targets = targets.to(self.device, non_blocking=True)
-                with autocast_context(self.precision, self.device):
-                    logits = self.forward(inputs)
-                loss = language_model_loss(logits, targets) / config.grad_accum
-                self.scaler.scale(loss).backward()
+                inputs = inputs[self.batch_rows].to(self.device, non_blocking=True)
+                targets = targets[self.batch_rows].to(self.device, non_blocking=True)
+                with self._gradient_sync(micro_step == config.grad_accum - 1):
+                    with autocast_context(self.precision, self.device):
+                        logits = self.forward(inputs)
+                    loss = language_model_loss(logits, targets) / config.grad_accum
+                    self.scaler.scale(loss).backward()
                 total_loss += loss.detach()
+        if self.ranks is not None:
+            # The global batch's loss, the same on every process: a NaN anywhere stops them all.
+            self.ranks.mean_(total_loss)
         self.scaler.unscale_(self.optimizer)
         max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -217,6 +263,13 @@ class Trainer:
         self._updating = False
         self._step_start_rng = None
         return loss_value, lr
+
+    def _gradient_sync(self, last_micro_step: bool):
+        """Data-parallel gradient accumulation: the all-reduce only runs after the last
+        micro-batch's backward pass (DDP's `no_sync` keeps the others local)."""
+        if self.data_parallel is None or last_micro_step:
+            return contextlib.nullcontext()
+        return self.data_parallel.no_sync()
 
     def _divergence_message(self, loss: float, norm: float, lr: float) -> str:
         kept = (
@@ -242,15 +295,22 @@ class Trainer:
         from tqdm.auto import tqdm
 
         config = self.config
+        hidden = not (config.progress and self.is_main)
         if config.steps is not None:
             return tqdm(total=config.steps, initial=self.step, unit="step",
-                        disable=not config.progress, dynamic_ncols=True)
+                        disable=hidden, dynamic_ncols=True)
         return tqdm(total=round(60 * config.minutes), initial=round(self.elapsed), unit="s",
-                    disable=not config.progress, dynamic_ncols=True,
+                    disable=hidden, dynamic_ncols=True,
                     bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}s [{elapsed}{postfix}]")
 
     def run(self) -> History:
         """Train until the budget is spent; returns the history (also at `self.history`)."""
+        if self.ranks is not None and self.is_main:
+            share = per_process_batch(self.config.batch_size, self.ranks)
+            processes = f"{self.ranks.world_size} process" + "es" * (self.ranks.world_size > 1)
+            print(f"data parallel: {processes} ({self.device.type}), "
+                  f"global batch {self.config.batch_size} windows = {self.ranks.world_size} x "
+                  f"{share} per process, of {self.config.block_size} tokens", flush=True)
         bar = self._progress_bar()
         try:
             with _stop_signals_finish_step(self):
@@ -258,7 +318,7 @@ class Trainer:
                     self._timed_step(bar)
                     for callback in self.callbacks:
                         callback(self)
-                    if self.stop_requested:
+                    if self._stop_agreed():
                         raise KeyboardInterrupt
                 if self.checkpoint_path is not None and self.last_checkpoint_step != self.step:
                     self.save()
@@ -270,6 +330,19 @@ class Trainer:
             bar.close()
         return self.history
 
+    def _stop_agreed(self) -> bool:
+        """Whether to stop now. Data-parallel processes agree after every step (one tiny
+        all-reduce): a Ctrl-C or SIGTERM that reached any of them stops them all."""
+        if self.ranks is None:
+            return self.stop_requested
+        mine = (self.stop_signal or 1) if self.stop_requested else 0  # 1: asked by a callback
+        agreed = self.ranks.any(mine)
+        if agreed:
+            self.stop_requested = True
+            if self.stop_signal is None and agreed > 1:
+                self.stop_signal = agreed
+        return bool(agreed)
+
     def _timed_step(self, bar) -> None:
         """One step, its clock, the progress bar, and a history record when one is due."""
         config = self.config
@@ -278,6 +351,10 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
+        if self.ranks is not None:
+            # One clock for all processes (the slowest one's), so a time budget ends for all of
+            # them at the same step and the learning rate follows the same schedule.
+            seconds = self.ranks.max(self.elapsed + seconds) - self.elapsed
         self.elapsed += seconds
         window = self.log_window
         window["loss"] += loss
@@ -296,7 +373,7 @@ class Trainer:
     def _record(self, lr: float, evaluate: bool, bar) -> None:
         window = self.log_window
         mean_loss = window["loss"] / window["steps"]
-        val_bpc = self.evaluate() if evaluate else None
+        val_bpc = self.evaluate() if evaluate and self.is_main else None
         self.history.append(step=self.step, tokens=self.tokens_seen, elapsed=self.elapsed,
                             train_loss=mean_loss, train_bpc=mean_loss / LN2, val_bpc=val_bpc,
                             lr=lr)
@@ -315,15 +392,18 @@ class Trainer:
         if self._updating:
             # Cut off inside optimizer.step(): some weights may hold the new values and some the
             # old, which no step number describes. Keep the previous checkpoint instead.
-            print(f"interrupted during a weight update: kept {self.checkpoint_path} "
-                  f"(step {self.last_checkpoint_step})")
+            if self.is_main:
+                print(f"interrupted during a weight update: kept {self.checkpoint_path} "
+                      f"(step {self.last_checkpoint_step})")
             return
         # Between steps, or inside one before its update: weights and optimizer are exactly those
         # after `self.step` steps; a step under way is replayed from the random state it began
         # with (the loss window holds only finished steps).
         self.save(rng_state=self._step_start_rng)
         self._step_start_rng = None
-        print(f"interrupted: saved {self.checkpoint_path} at step {self.step}; resume to continue")
+        if self.is_main:
+            print(f"interrupted: saved {self.checkpoint_path} at step {self.step}; resume to "
+                  "continue")
 
 
 @contextlib.contextmanager
@@ -344,7 +424,9 @@ def _stop_signals_finish_step(trainer: Trainer):
         trainer.stop_requested = True
         trainer.stop_signal = signum
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{name}: stopping after this step and saving a checkpoint (again to stop now)")
+        if trainer.is_main:
+            print(f"\n{name}: stopping after this step and saving a checkpoint (again to stop "
+                  "now)")
 
     for signum in ours:
         signal.signal(signum, handler)
@@ -371,12 +453,18 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *,
     Returns the `History`. Raises `TrainingDiverged` if the loss stops being finite. After Ctrl-C
     or SIGTERM it saves the checkpoint and raises KeyboardInterrupt, whose `stop_signal` is the
     signal's number (None when the interrupt came from elsewhere).
+
+    Data-parallel (called inside `distributed.process_group()` on every process torchrun
+    started): `config.batch_size` is the global batch, split evenly across the processes; only
+    process 0 locks the folder, evaluates and writes; the other processes' histories hold the
+    training losses only (no val_bpc).
     """
     if checkpoint_path is None:
         if resume:
             raise ValueError("resume=True needs a checkpoint_path")
         return Trainer(model, data, config, callbacks=callbacks, metadata=metadata).run()
-    with run_folder_lock(Path(checkpoint_path).parent):
+    main = current_ranks() is None or current_ranks().is_main
+    with run_folder_lock(Path(checkpoint_path).parent) if main else contextlib.nullcontext():
         trainer = Trainer(model, data, config, checkpoint_path=checkpoint_path,
                           callbacks=callbacks, metadata=metadata)
         exists = Path(checkpoint_path).exists()
@@ -384,7 +472,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *,
             if not exists:
                 raise FileNotFoundError(f"nothing to resume: no checkpoint at {checkpoint_path}")
             trainer.resume(checkpoint_path)
-            for change in trainer.resumed_changes:
+            for change in trainer.resumed_changes if main else ():
                 print(f"resuming with a changed setting: {change}")
         elif exists and not overwrite:
             raise ValueError(

@@ -1,0 +1,212 @@
+"""Data parallelism: the same run on several processes, each computing part of every batch.
+
+`torchrun --nproc_per_node N -m hourglass_edu train ...` starts N copies of the command and tells
+each its place through the environment (RANK, WORLD_SIZE, LOCAL_RANK). `process_group()` joins
+them with `torch.distributed` (nccl between GPUs, gloo on CPUs); the trainer then wraps the model
+in `torch.nn.parallel.DistributedDataParallel`, which averages the gradients of all processes
+during the backward pass (an all-reduce), so every process applies the same update.
+
+How a data-parallel run relates to a one-process run with the same settings:
+
+- `batch_size` is the global batch. Each step all processes draw the same random window starts
+  from the run's one batch generator (seeded by `seed`), and process r trains on slice r of that
+  global batch (`batch_size / N` windows; N must divide it). Steps, tokens per step and the
+  learning-rate schedule are those of the one-process run, and the gradient is the same average
+  over the same windows, up to the order in which floats are summed.
+- Dropout is the one thing each process draws for itself: process r continues its own random
+  state, derived from the seed and r (process 0's is the one-process run's).
+- Only process 0 evaluates, logs, shows progress and writes files. Stopping (Ctrl-C, SIGTERM,
+  the time budget, a NaN loss) is agreed on by all processes after every step.
+- A checkpoint holds the model's own weights (not the DDP wrapper's "module."-prefixed ones), the
+  shared batch generator and process 0's dropout state, so any number of processes resumes it.
+  What "exact resume" means here: the same batches, learning rates and step count as the run
+  that was not interrupted, and its losses up to float rounding (an all-reduce sums in another
+  order than one process does); processes other than 0 restart their dropout states, so with
+  dropout the resumed run is an equally valid continuation, not the same numbers.
+
+Without torchrun none of this runs: `process_group()` yields None and training is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from hourglass_edu.training.precision import resolve_device
+
+__all__ = ["Ranks", "check_same_settings", "current_ranks", "launched_by_torchrun",
+           "per_process_batch", "process_group", "rank_device"]
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel run: `rank` among `world_size` processes, and
+    `local_rank` among those on this machine (which GPU it takes)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        """Process 0: the one that evaluates, prints and writes files."""
+        return self.rank == 0
+
+    def any(self, value: int) -> int:
+        """The largest of every process's `value` (0 = nothing to report): how the processes
+        agree on stopping. One tiny all-reduce."""
+        return int(self.max(float(value)))
+
+    def max(self, value: float) -> float:
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self._device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
+    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average `tensor` over the processes, in place (gloo has no AVG: sum, then divide)."""
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.div_(self.world_size)
+
+    def _device(self) -> torch.device:
+        # nccl moves only GPU tensors; gloo takes CPU tensors.
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def current_ranks() -> Ranks | None:
+    """This process's `Ranks` while it is in a process group; None when it trains alone."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return Ranks(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                 local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def rank_device(device: str | torch.device, ranks: Ranks | None) -> torch.device:
+    """The device a process trains on: under data parallelism "auto" and "cuda" mean
+    cuda:LOCAL_RANK (one GPU per process); alone, `resolve_device`'s choice."""
+    if ranks is None:
+        return resolve_device(device)
+    requested = str(device)
+    if requested not in ("auto", "cuda", "cpu"):
+        raise ValueError(
+            f"device {requested!r} names one device, but each of the {ranks.world_size} "
+            "processes takes its own (cuda:LOCAL_RANK): pass --device cuda, auto or cpu, and "
+            "choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use --device cpu")
+    if ranks.local_rank >= torch.cuda.device_count():
+        raise ValueError(
+            f"process {ranks.rank} needs GPU {ranks.local_rank}, but torch sees "
+            f"{torch.cuda.device_count()}: start at most that many processes per machine "
+            "(--nproc_per_node)"
+        )
+    return torch.device("cuda", ranks.local_rank)
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto",
+                  timeout: datetime.timedelta | None = None) -> Iterator[Ranks | None]:
+    """Join the process group torchrun announced, for the block: nccl when the processes train on
+    GPUs, gloo on CPUs. Yields this process's `Ranks`, or None when not started by torchrun (or
+    when a group is already set up by the caller, which then owns it).
+
+    On the way out the processes wait for each other (so that process 0 finishes writing its
+    files before torchrun sees the others exit), unless the block failed with an error.
+    """
+    if not launched_by_torchrun() or dist.is_initialized():
+        yield current_ranks()
+        return
+    local_rank = int(os.environ["LOCAL_RANK"])
+    on_gpu = str(device) != "cpu" and torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(local_rank)  # before the group: nccl binds to the current GPU
+    dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timeout)
+    failed = False
+    try:
+        yield current_ranks()
+    except (KeyboardInterrupt, SystemExit):
+        raise  # a stop all processes agreed on: they still leave together
+    except BaseException:
+        failed = True  # maybe on this process only: waiting for the others could hang
+        raise
+    finally:
+        if not failed:
+            with contextlib.suppress(Exception):
+                dist.barrier()
+        dist.destroy_process_group()
+
+
+def per_process_batch(batch_size: int, ranks: Ranks | None) -> int:
+    """How many windows of the global batch each process takes; N must divide `batch_size`."""
+    if ranks is None:
+        return batch_size
+    processes = ranks.world_size
+    if batch_size < processes:
+        raise ValueError(
+            f"--batch-size {batch_size} (the global batch, in windows) is smaller than the "
+            f"{processes} processes (--nproc_per_node): each process needs at least one window. "
+            f"Raise --batch-size to a multiple of {processes}, or start fewer processes"
+        )
+    if batch_size % processes:
+        lower = batch_size - batch_size % processes
+        upper = lower + processes
+        raise ValueError(
+            f"--batch-size {batch_size} is the global batch and must split evenly across the "
+            f"{processes} processes: use {lower} or {upper}, or another number of processes"
+        )
+    return batch_size // processes
+
+
+def check_same_settings(settings: dict[str, Any], ranks: Ranks | None) -> None:
+    """Refuse (ValueError, raised by every process) when the processes were started with
+    different settings: each sends a hash of `settings` (plain containers) to all the others,
+    and on a mismatch the settings themselves, so the message lists what differs."""
+    if ranks is None:
+        return
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    digests: list[Any] = [None] * ranks.world_size
+    dist.all_gather_object(digests, digest.hexdigest())
+    if len(set(digests)) == 1:
+        return
+    everyone: list[Any] = [None] * ranks.world_size
+    dist.all_gather_object(everyone, settings)
+    lines = [line for rank in range(1, ranks.world_size)
+             for line in _differences(everyone[0], everyone[rank], rank)]
+    raise ValueError(
+        "the processes of this run were started with different settings:\n  "
+        + "\n  ".join(lines)
+        + "\nStart every process with the same command, corpus and model (one torchrun command "
+        "per machine, the same files on every machine)"
+    )
+
+
+def _differences(first: dict[str, Any], other: dict[str, Any], rank: int,
+                 prefix: str = "") -> list[str]:
+    """Lines "train.seed: process 0 has 0, process 1 has 1", one per differing setting."""
+    lines = []
+    for key in sorted(set(first) | set(other)):
+        mine, theirs = first.get(key, "<absent>"), other.get(key, "<absent>")
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            lines += _differences(mine, theirs, rank, f"{prefix}{key}.")
+        elif mine != theirs:
+            lines.append(f"{prefix}{key}: process 0 has {mine!r}, process {rank} has {theirs!r}")
+    return lines
