@@ -52,6 +52,17 @@ def test_train_writes_checkpoint_history_and_refuses_to_clobber(lovecraft_run, c
     assert code == 0 and out.startswith("The")
 
 
+def test_grad_accum_makes_each_step_see_more_windows(corpus_dir, tmp_path):
+    out = tmp_path / "accum"
+    code = main(["train", "--corpus", "haiku", "--preset", "smoke", "--structure", "1@1 1@2 1@1",
+                 "--steps", "2", "--batch-size", "2", "--block-size", "16", "--grad-accum", "3",
+                 "--out", str(out), "--no-progress", "--data-dir", str(corpus_dir)])
+    assert code == 0
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["train_config"]["grad_accum"] == 3
+    assert checkpoint["tokens_seen"] == 2 * 2 * 16 * 3
+
+
 def test_finetune_grows_the_vocabulary_for_haiku(lovecraft_run, corpus_dir, tmp_path, capsys):
     out = tmp_path / "haiku"
     code, printed, _ = run(capsys, "finetune", "--from", str(lovecraft_run), "--corpus", "haiku",

@@ -54,7 +54,11 @@ def add_run_settings(parser, budget_help: str) -> None:
                         help=f"training time budget in minutes ({budget_help})")
     parser.add_argument("--steps", type=int, default=None,
                         help="optimizer steps budget (with --minutes: whichever ends first)")
-    parser.add_argument("--batch-size", type=int, default=None, help="windows per step")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per micro-batch (under torchrun: over all processes)")
+    parser.add_argument("--grad-accum", type=int, default=None,
+                        help="micro-batches per optimizer step (default 1): a larger step "
+                             "without the memory of a larger batch")
     parser.add_argument("--block-size", type=int, default=None, help="tokens per window")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
@@ -81,7 +85,7 @@ def train_config(base, args, **changes):
     """`base` TrainConfig with the command line's settings applied."""
     if args.minutes is not None or args.steps is not None:
         changes.update(steps=args.steps, minutes=args.minutes)
-    for name in ("batch_size", "block_size", "lr", "precision", "device", "seed"):
+    for name in ("batch_size", "grad_accum", "block_size", "lr", "precision", "device", "seed"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.compile:
