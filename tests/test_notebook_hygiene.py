@@ -36,9 +36,12 @@ def test_cell_ids_are_unique_and_follow_one_pattern(path):
     assert version >= (4, 5), f"{path.name}: nbformat {version}; cell ids need 4.5"
     ids = [cell.get("id") for cell in notebook["cells"]]
     assert len(set(ids)) == len(ids), f"{path.name}: repeated cell ids"
-    matches = [strip_notebooks.STABLE_ID.match(cell_id or "") for cell_id in ids]
-    assert all(matches) and len({match.group(1) for match in matches}) == 1, (
-        f"{path.name}: cell ids must be one word + number (e.g. cell-07), found {ids}")
+    numbered = [strip_notebooks.STABLE_ID.match(cell_id or "") for cell_id in ids]
+    named = [strip_notebooks.NAMED_ID.match(cell_id or "") for cell_id in ids]
+    assert all(n or m for n, m in zip(numbered, named)), (
+        f"{path.name}: cell ids must be one word + number (e.g. cell-07) or a name, found {ids}")
+    assert len({match.group(1) for match in numbered if match}) <= 1, (
+        f"{path.name}: numbered cell ids must share one word, found {ids}")
 
 
 def dirty_notebook() -> dict:
@@ -90,6 +93,14 @@ def test_clean_does_not_accept_another_notebooks_word_as_stable():
     notebook = dirty_notebook()
     notebook["cells"][2]["id"] = "abc12345"  # random hex that looks like a word and a number
     assert strip_notebooks.clean(notebook)["cells"][2]["id"] == "cell-04"
+
+
+def test_clean_keeps_descriptive_names_but_not_uuids():
+    notebook = dirty_notebook()
+    notebook["cells"][2]["id"] = "rotary-picture"
+    notebook["cells"][4]["id"] = "3f2a9c1e-77b0-4c1e-9a1d-0b5e2f6c8d90"
+    ids = [cell["id"] for cell in strip_notebooks.clean(notebook)["cells"]]
+    assert ids == ["cell-00", "cell-01", "rotary-picture", "cell-02", "cell-03"]
 
 
 def test_clean_is_idempotent():

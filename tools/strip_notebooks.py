@@ -15,7 +15,8 @@ diff shows only the change someone meant to make:
 * cell ids (nbformat 4.5): present, unique, and short names in the notebook's own pattern: one
   word for the whole notebook, then a number, such as `cell-07`, `c12` or `capstone-03`, and
   optionally a letter or two for a cell inserted later without renumbering its neighbours
-  (`c22a`). An id, once committed, never changes, so diffs and review comments can point at a
+  (`c22a`); or a descriptive name of letter-only words joined by dashes (`solutions`,
+  `rotary-picture`), which Jupyter never generates. An id, once committed, never changes, so diffs and review comments can point at a
   cell. Jupyter gives a new cell a random id (`9f1c2ab4`, or a UUID); this tool renames such an
   id, or a missing or duplicated one, to the notebook's word with the next free number. Ids
   that already follow the pattern are left alone, so cleaning twice changes nothing.
@@ -40,6 +41,8 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 #: A stable, hand-readable cell id: a lower-case word (with its dash, if any), at least two
 #: digits, and up to two letters for a cell inserted later (`cell-07`, `c22a`).
 STABLE_ID = re.compile(r"^([a-z]+-?)([0-9]{2,})([a-z]{0,2})$")
+#: A descriptive id (`solutions`, `rotary-picture`): letters only, so never a random hex id.
+NAMED_ID = re.compile(r"^[a-z]+(-[a-z]+)*$")
 DEFAULT_ID_PREFIX = "cell-"
 KEPT_CELL_METADATA = ("tags",)
 KEPT_NOTEBOOK_METADATA = ("kernelspec", "language_info")
@@ -64,8 +67,8 @@ def _id_prefix(ids: list[str]) -> str:
 def _stable_ids(cells: list[dict]) -> list[str]:
     """Every cell's id: kept when stable and unique, otherwise the next free `prefix + number`.
 
-    Stable means the pattern *and* the notebook's own word: a random id that happens to look
-    like `abc12345` is still renamed in a notebook whose ids are `cell-NN`.
+    Stable means a descriptive name, or the pattern *and* the notebook's own word: a random id
+    that happens to look like `abc12345` is still renamed in a notebook whose ids are `cell-NN`.
     """
     ids = [cell.get("id") if isinstance(cell.get("id"), str) else "" for cell in cells]
     prefix = _id_prefix(ids)
@@ -76,7 +79,8 @@ def _stable_ids(cells: list[dict]) -> list[str]:
     result = []
     for cell_id in ids:
         match = STABLE_ID.match(cell_id)
-        if match is None or match.group(1) != prefix or cell_id in seen:
+        numbered = match is not None and match.group(1) == prefix
+        if not (numbered or NAMED_ID.match(cell_id)) or cell_id in seen:
             cell_id = f"{prefix}{next_number:0{width}d}"
             next_number += 1
         seen.add(cell_id)
