@@ -38,7 +38,7 @@ def test_cell_ids_are_unique_and_follow_one_pattern(path):
     assert len(set(ids)) == len(ids), f"{path.name}: repeated cell ids"
     numbered = [strip_notebooks.STABLE_ID.match(cell_id or "") for cell_id in ids]
     named = [strip_notebooks.NAMED_ID.match(cell_id or "") for cell_id in ids]
-    assert all(n or m for n, m in zip(numbered, named)), (
+    assert all(n or m for n, m in zip(numbered, named, strict=True)), (
         f"{path.name}: cell ids must be one word + number (e.g. cell-07) or a name, found {ids}")
     assert len({match.group(1) for match in numbered if match}) <= 1, (
         f"{path.name}: numbered cell ids must share one word, found {ids}")

@@ -12,14 +12,14 @@ diff shows only the change someone meant to make:
   `execution`, `collapsed` or `scrolled` go;
 * notebook metadata: only `kernelspec` and the language's name (no Python version, no saved
   widget state);
-* cell ids (nbformat 4.5): present, unique, and short names in the notebook's own pattern: one
-  word for the whole notebook, then a number, such as `cell-07`, `c12` or `capstone-03`, and
-  optionally a letter or two for a cell inserted later without renumbering its neighbours
-  (`c22a`); or a descriptive name of letter-only words joined by dashes (`solutions`,
-  `rotary-picture`), which Jupyter never generates. An id, once committed, never changes, so diffs and review comments can point at a
-  cell. Jupyter gives a new cell a random id (`9f1c2ab4`, or a UUID); this tool renames such an
-  id, or a missing or duplicated one, to the notebook's word with the next free number. Ids
-  that already follow the pattern are left alone, so cleaning twice changes nothing.
+* cell ids (nbformat 4.5): present, unique, and either a descriptive name of letter-only words
+  joined by dashes (`solutions`, `rotary-picture`) or the notebook's numbered pattern: one word
+  for the whole notebook, then a number (`cell-07`, `c12`, `capstone-03`), optionally a letter or
+  two for a cell inserted later without renumbering its neighbours (`c22a`). An id, once
+  committed, never changes, so diffs and review comments can point at a cell. Jupyter gives a
+  new cell a random id (`9f1c2ab4`, or a UUID); this tool renames such an id, or a missing or
+  duplicated one, to the notebook's word with the next free number. Ids that already follow
+  either rule are left alone, so cleaning twice changes nothing.
 
 The file is written as nbformat writes it (one-space indent, sorted keys, UTF-8, final newline);
 `--check` compares the exact text, so a notebook saved in any other layout is reported too.
