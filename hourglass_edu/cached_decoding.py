@@ -47,7 +47,9 @@ from hourglass_edu.blocks import TransformerBlock
 from hourglass_edu.hourglass import HourglassLevel, HourglassLM
 from hourglass_edu.resampling import AttentionShortening, AttentionUpsampling
 
-__all__ = ["IncrementalDecoder", "KeyValueCache", "LevelDecoder", "block_extend"]
+__all__ = [
+    "IncrementalDecoder", "KeyValueCache", "LevelDecoder", "block_extend", "check_decoding_input",
+]
 
 
 class KeyValueCache:
@@ -229,6 +231,19 @@ class LevelDecoder:
         return x + upsample.ff(upsample.ff_norm(x))
 
 
+def check_decoding_input(model, tokens: torch.Tensor, length: int) -> None:
+    """Refuse what a cached decoder cannot do: dropout in training mode, bad token ids, and
+    going past ``config.max_length`` (`length` tokens are already decoded)."""
+    if model.training and model.config.dropout > 0:
+        raise ValueError("call model.eval() before decoding: dropout is not applied here")
+    model.check_tokens(tokens)
+    if length + tokens.shape[1] > model.config.max_length:
+        raise ValueError(
+            f"decoding past config.max_length={model.config.max_length} tokens: start again "
+            "from the last tokens (generate() does this for you)"
+        )
+
+
 class IncrementalDecoder:
     """Feed tokens a chunk at a time; get the logits a full forward pass would give for them.
 
@@ -251,14 +266,7 @@ class IncrementalDecoder:
     @torch.no_grad()
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
         model = self.model
-        if model.training and model.config.dropout > 0:
-            raise ValueError("call model.eval() before decoding: dropout is not applied here")
-        model.check_tokens(tokens)
-        if self.length + tokens.shape[1] > model.config.max_length:
-            raise ValueError(
-                f"decoding past config.max_length={model.config.max_length} tokens: start again "
-                "from the last tokens (generate() does this for you)"
-            )
+        check_decoding_input(model, tokens, self.length)
         x = self.levels.extend(model.embedding(tokens))
         self.length += tokens.shape[1]
         return model.head(model.final_norm(x))

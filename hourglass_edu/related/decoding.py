@@ -45,7 +45,7 @@ from einops import rearrange
 from torch import Tensor
 
 from hourglass_edu.attention import MultiHeadAttention
-from hourglass_edu.cached_decoding import KeyValueCache
+from hourglass_edu.cached_decoding import KeyValueCache, check_decoding_input
 from hourglass_edu.related.long_short import (
     LongShortAttention,
     LongShortLM,
@@ -164,15 +164,7 @@ class _TokenDecoder:
         raise NotImplementedError
 
     def _check(self, tokens: Tensor) -> None:
-        model = self.model
-        if model.training and model.config.dropout > 0:
-            raise ValueError("call model.eval() before decoding: dropout is not applied here")
-        model.check_tokens(tokens)
-        if self.length + tokens.shape[1] > model.config.max_length:
-            raise ValueError(
-                f"decoding past config.max_length={model.config.max_length} tokens: start again "
-                "from the last tokens (generate() does this for you)"
-            )
+        check_decoding_input(self.model, tokens, self.length)
 
     def prefill(self, tokens: Tensor) -> Tensor:
         """Start from scratch with ``tokens (batch, length)``; returns their logits."""

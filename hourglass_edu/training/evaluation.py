@@ -78,6 +78,14 @@ def evaluate_bpc(
         generator = torch.Generator().manual_seed(seed)
         batches = (sample_batch(ids, batch_size, block_size, generator) for _ in range(max_batches))
 
+    total_nats, total_tokens = _score(model, batches, device, precision)
+    return total_nats / total_tokens / LN2
+
+
+@torch.no_grad()
+def _score(model, batches: Iterable, device, precision: str) -> tuple[float, int]:
+    """Summed loss in nats and the number of scored targets (those not IGNORE_INDEX) over
+    `batches` of (inputs, targets), in eval mode; the model's training mode is restored."""
     was_training = model.training
     model.eval()
     total_nats, total_tokens = 0.0, 0
@@ -90,7 +98,7 @@ def evaluate_bpc(
             total_tokens += int((targets != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
-    return total_nats / total_tokens / LN2
+    return total_nats, total_tokens
 
 
 def long_context_windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int]]:
@@ -177,25 +185,18 @@ def evaluate_bpc_long_context(
     precision = resolve_precision(precision, device)
     rows = ids.unfold(0, length + 1, 1)  # a view: row s is ids[s : s + length + 1]
 
-    was_training = model.training
-    model.eval()
-    total_nats, total_tokens = 0.0, 0
-    try:
+    def batches():
         for first in range(0, len(windows), batch_size):
             batch = windows[first:first + batch_size]
             chosen = rows[[start for start, _ in batch]]
             inputs, targets = chosen[:, :-1].contiguous(), chosen[:, 1:].clone()
             for row, (_, skip) in enumerate(batch):
-                targets[row, :skip] = IGNORE_INDEX
+                targets[row, :skip] = IGNORE_INDEX  # scored by an earlier window
             if not count_eot:
                 targets[targets == eot_id] = IGNORE_INDEX
-            inputs, targets = inputs.to(device), targets.to(device)
-            with autocast_context(precision, device):
-                logits = model(inputs)
-            total_nats += language_model_loss(logits, targets, reduction="sum").item()
-            total_tokens += int((targets != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
+            yield inputs, targets
+
+    total_nats, total_tokens = _score(model, batches(), device, precision)
     if total_tokens == 0:
         raise ValueError("no target was scored: every target is <eot> and count_eot is False")
     return total_nats / total_tokens / LN2
