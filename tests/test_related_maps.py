@@ -9,12 +9,9 @@ import torch
 from hourglass_edu.related import (
     SimpleHierarchicalConfig,
     SimpleHierarchicalLM,
-    h_attention,
     long_short_attention,
 )
-from hourglass_edu.related.h_transformer import number_of_levels
 from hourglass_edu.related.maps import (
-    h_attention_map,
     long_short_map,
     simple_hierarchical_map,
     sliding_window_map,
@@ -44,22 +41,6 @@ def test_long_short_map_support_is_the_measured_support(length, window, segment_
     resolution = long_short_map(length, window, segment_size, rank)
     assert torch.equal(resolution > 0, weights[0, 0] > 0)
     assert set(resolution.unique().tolist()) <= {0.0, 1.0, segment_size / rank}
-
-
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("length, block_size", [(45, 4), (16, 16), (9, 1)])
-def test_h_attention_map_matches_pooled_weights(length, block_size, causal):
-    """The map covers exactly the positions the weights reach, at powers of two."""
-    q, k, v = qkv(length)
-    k = torch.zeros_like(k)  # equal logits: a pooled key's weight is spread evenly, 1/count each
-    _, weights = h_attention(q, k, v, block_size=block_size, causal=causal, return_weights=True)
-    resolution = h_attention_map(length, block_size, causal)
-    seen = torch.ones(length, length).tril() if causal else torch.ones(length, length)
-    assert torch.equal(resolution > 0, seen > 0)
-    # With zero logits every position gets the same weight 1 / (number seen), whatever its level.
-    torch.testing.assert_close(weights[0, 0], seen.double() / seen.sum(-1, keepdim=True))
-    levels = number_of_levels(length, block_size)
-    assert set(resolution.unique().tolist()) <= {0.0} | {2.0**level for level in range(levels + 1)}
 
 
 def test_simple_hierarchical_map_support_is_the_measured_one_layer_receptive_field():

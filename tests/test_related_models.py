@@ -27,7 +27,7 @@ def tiny_models():
     torch.manual_seed(0)
     return {
         "long_short": LongShortLM(LongShortConfig(**TINY, window=5, segment_size=4, rank=2)),
-        "h_transformer": HTransformerLM(HTransformerConfig(**TINY, block_size=3)),
+        "h_transformer": HTransformerLM(HTransformerConfig(**TINY, block_size=4)),
         "simple_hierarchical": SimpleHierarchicalLM(
             SimpleHierarchicalConfig(**TINY, compressions=(1, 2, 4), windows=(4, None, 3))
         ),

@@ -60,7 +60,8 @@ def build_comparison_models(
     * hourglass: ``"1@1 M@3 1@1"`` with M = 2 * (n_layers - 2) (at least 2): the shortened middle
       layers are cheap, so it gets more of them, as in the paper.
     * long_short: ``n_layers`` blocks, window ``window``, segments of ``window`` summarised by 4.
-    * h_transformer: ``n_layers`` blocks, blocks of ``window // 2`` positions.
+    * h_transformer: ``n_layers`` blocks, the paper's hierarchy with blocks of ``window // 2``
+      positions (rounded down to an even number, at least 2).
     * simple_hierarchical: ceil(n_layers / 2) layers of three streams (1, 2, 8); the predicting
       stream has a sliding window of ``window``, the others full attention.
     """
@@ -81,7 +82,7 @@ def build_comparison_models(
             LongShortConfig(**common, n_layers=n_layers, window=window, segment_size=window, rank=4)
         ),
         "h_transformer": lambda: HTransformerLM(
-            HTransformerConfig(**common, n_layers=n_layers, block_size=max(1, window // 2))
+            HTransformerConfig(**common, n_layers=n_layers, block_size=max(2, window // 4 * 2))
         ),
         "simple_hierarchical": lambda: SimpleHierarchicalLM(
             SimpleHierarchicalConfig(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hourglass_edu.related.h_transformer import number_of_levels
+from hourglass_edu.related.h_transformer import check_hierarchy, number_of_levels
 
 __all__ = [
     "full_causal_map",
@@ -57,18 +57,33 @@ def long_short_map(length: int, window: int, segment_size: int, rank: int) -> Te
     return _finest(sliding_window_map(length, window), summaries)
 
 
-def h_attention_map(length: int, block_size: int, causal: bool = True) -> Tensor:
-    """Own block exact; the sibling at level l seen through pooled keys of 2**l positions."""
+def h_attention_map(
+    length: int, block_size: int, causal: bool = True, hierarchy: str = "paper"
+) -> Tensor:
+    """H-Transformer-1D with blocks of ``block_size`` (b); ``hierarchy`` as in ``h_attention``.
+
+    "paper": the own block and its neighbour block(s), exactly; at level l >= 1 the neighbouring
+    block of b * 2**l positions at resolution 2**l, except its half next to the query's own half
+    (level l - 1 covers that). "sibling": the own block exactly; at level l the sibling of the
+    query's span of b * 2**l positions at resolution 2**l.
+    """
+    check_hierarchy(hierarchy, block_size)
     query = torch.arange(length)[:, None]
     key = torch.arange(length)[None, :]
-    own = (query // block_size == key // block_size).float()
-    resolution = own * ((key <= query).float() if causal else 1.0)
+    past = (key <= query) if causal else torch.ones(length, length, dtype=torch.bool)
+    own = query // block_size == key // block_size
+    resolution = (own & past).float()
     for level in range(number_of_levels(length, block_size)):
         span = block_size * 2**level
-        sibling = (query // span) ^ 1 == key // span
-        if causal:
-            sibling = sibling & (key < query)
-        resolution = resolution + sibling.float() * 2**level
+        if hierarchy == "sibling":
+            seen = (query // span) ^ 1 == key // span
+        else:
+            blocks_apart = key // span - query // span
+            seen = (blocks_apart == -1) | (blocks_apart == 1)
+            if level > 0:
+                half = span // 2
+                seen = seen & ((key // half - query // half).abs() != 1)
+        resolution = resolution + (seen & past).float() * 2**level
     return resolution
 
 
