@@ -279,3 +279,18 @@ def test_module_runs_under_bf16_autocast():
             out.float().sum().backward()
         torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
         assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_score_entries_are_counted_as_computed():
+    """Plain attention computes heads * length**2 scores per layer; the paper's hierarchy
+    heads * length * block_size * (1 + levels)."""
+    from hourglass_edu.related.compare import build_comparison_models, count_score_entries
+    from hourglass_edu.related.h_transformer import number_of_levels
+
+    models = build_comparison_models(7, d_model=16, n_heads=2, n_layers=3, max_length=128,
+                                     window=16, names=["transformer", "h_transformer"])
+    tokens = torch.zeros(1, 100, dtype=torch.long)
+    assert count_score_entries(models["transformer"], tokens) == 3 * 2 * 100**2
+    block = models["h_transformer"].config.block_size
+    expected = 3 * 2 * 100 * block * (1 + number_of_levels(100, block))
+    assert count_score_entries(models["h_transformer"], tokens) == expected

@@ -88,24 +88,30 @@ def h_attention_map(
 
 
 def simple_hierarchical_map(
-    length: int, compressions: tuple[int, ...], windows: tuple[int | None, ...]
+    length: int,
+    compressions: tuple[int, ...],
+    windows: tuple[int | None, ...],
+    strides: tuple[int, ...] | None = None,
+    token_shift: bool = False,
 ) -> Tensor:
     """One layer: what the predicting stream gathers from every stream after the merge.
 
-    Stream c (window w in its own positions, None = all) gives fine position t the compressed
-    positions p <= t // c (the last w of them), and compressed p stands for tokens
-    p*c - (c-1) ... p*c at resolution c.
+    Stream c with stride s (None: s = c for every stream, the strided variant) and window w (in
+    its own attention steps, None = all): compressed position p stands for tokens p*s - (c-1) ...
+    p*s at resolution c; fine position t reads p = t // s, which attends to p, p - a, p - 2a, ...
+    (a = c / s: the stream runs as a interleaved subsequences), the last w of them; a token
+    shift before attention and before the feed-forward reaches two steps further.
     """
+    strides = tuple(compressions) if strides is None else tuple(strides)
     query = torch.arange(length)[:, None]
     key = torch.arange(length)[None, :]
     resolution = torch.zeros(length, length)
-    for factor, window in zip(compressions, windows, strict=True):
-        # Token j lies in compressed position ceil(j / factor) (after the factor - 1 shift).
-        holder = -(-key // factor)
-        newest = query // factor
-        seen = holder <= newest
-        if window is not None:
-            seen = seen & (holder > newest - window)
+    for factor, window, stride in zip(compressions, windows, strides, strict=True):
+        step = factor // stride
+        steps = length if window is None else window + (2 if token_shift else 0)
+        seen = torch.zeros(length, length, dtype=torch.bool)
+        for m in range(steps):
+            held = query // stride - m * step  # the compressed position m steps back
+            seen |= (held >= 0) & (key > held * stride - factor) & (key <= held * stride)
         resolution = _finest(resolution, seen.float() * factor)
     return resolution
-
