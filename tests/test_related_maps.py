@@ -9,9 +9,12 @@ import torch
 from hourglass_edu.related import (
     SimpleHierarchicalConfig,
     SimpleHierarchicalLM,
+    h_attention,
     long_short_attention,
 )
+from hourglass_edu.related.h_transformer import number_of_levels
 from hourglass_edu.related.maps import (
+    h_attention_map,
     long_short_map,
     simple_hierarchical_map,
     sliding_window_map,
@@ -41,6 +44,25 @@ def test_long_short_map_support_is_the_measured_support(length, window, segment_
     resolution = long_short_map(length, window, segment_size, rank)
     assert torch.equal(resolution > 0, weights[0, 0] > 0)
     assert set(resolution.unique().tolist()) <= {0.0, 1.0, segment_size / rank}
+
+
+@pytest.mark.parametrize("hierarchy", ["paper", "sibling"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("length, block_size", [(45, 4), (16, 16), (9, 2)])
+def test_h_attention_map_matches_pooled_weights(length, block_size, causal, hierarchy):
+    """The map covers exactly the positions the weights reach, at powers of two (resolution
+    values: tests/test_h_transformer.py)."""
+    q, k, v = qkv(length)
+    k = torch.zeros_like(k)  # equal logits: a pooled key's weight is spread evenly, 1/count each
+    _, weights = h_attention(q, k, v, block_size=block_size, causal=causal, hierarchy=hierarchy,
+                             return_weights=True)
+    resolution = h_attention_map(length, block_size, causal, hierarchy)
+    seen = torch.ones(length, length).tril() if causal else torch.ones(length, length)
+    assert torch.equal(resolution > 0, seen > 0)
+    # With zero logits every position gets the same weight 1 / (number seen), whatever its level.
+    torch.testing.assert_close(weights[0, 0], seen.double() / seen.sum(-1, keepdim=True))
+    levels = number_of_levels(length, block_size)
+    assert set(resolution.unique().tolist()) <= {0.0} | {2.0**level for level in range(levels + 1)}
 
 
 def test_simple_hierarchical_map_support_is_the_measured_one_layer_receptive_field():
@@ -97,14 +119,3 @@ def test_comparison_helpers_build_measure_and_tabulate():
         build_comparison_models(7, names=["transformer", "reformer"])
     with pytest.raises(ValueError, match="n_layers must be >= 2"):
         build_comparison_models(7, n_layers=1)
-
-
-def test_simple_hierarchical_map_with_stride_one_and_token_shift_by_hand():
-    """Length 24, windows (2, 2, all), stride 1, token shift: query 23 reads, per stream, compressed
-    positions 23, 23 - c, 23 - 2c, ... (window + 2 of them), each standing for c tokens."""
-    resolution = simple_hierarchical_map(24, (1, 2, 8), (2, 2, None), strides=(1, 1, 1),
-                                         token_shift=True)
-    # stream 1: tokens 20-23 exact; stream 2: 16-23 in pairs (20-23 finer already); stream 8: all.
-    assert resolution[23].tolist() == [8] * 16 + [2] * 4 + [1] * 4
-    # query 5: stream 1 sees 2-5; stream 2 sees 0-5 (compressed 5, 3, 1; -1 is before the start).
-    assert resolution[5].tolist()[:6] == [2, 2, 1, 1, 1, 1]
