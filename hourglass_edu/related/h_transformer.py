@@ -101,8 +101,8 @@ def _parts(n_blocks: int, levels: int, b: int, causal: bool, hierarchy: str, dev
     own = (cols <= rows) if causal else torch.ones(b, b, dtype=torch.bool, device=device)
     parts = [_Part(1, block, own[None])]
     for level in range(levels):
-        factor, nb = 2**level, n_blocks >> level  # nb: blocks of span b * 2**level
-        block = torch.arange(nb, device=device)
+        factor, level_blocks = 2**level, n_blocks >> level  # blocks of span b * 2**level
+        block = torch.arange(level_blocks, device=device)
         if hierarchy == "sibling":
             sibling = block ^ 1
             allowed = (sibling < block) if causal else torch.ones_like(block, dtype=torch.bool)
@@ -114,7 +114,7 @@ def _parts(n_blocks: int, levels: int, b: int, causal: bool, hierarchy: str, dev
         key_second_half = cols >= b // 2
         for step in (-1,) if causal else (-1, 1):
             skip = (first_half & key_second_half) if step < 0 else (~first_half & ~key_second_half)
-            allowed = ((block + step >= 0) & (block + step < nb))[:, None, None]
+            allowed = ((block + step >= 0) & (block + step < level_blocks))[:, None, None]
             if level > 0:
                 allowed = allowed & ~skip[None]
             parts.append(_Part(factor, block + step, allowed, coarse_queries=level > 0))
