@@ -135,7 +135,7 @@ def test_h_attention_map_resolutions_match_hand_computed_rows():
 def test_h_attention_map_groups_tile_the_sequence_exactly_once(length, block_size, causal,
                                                                hierarchy):
     """Every query's groups (read from the map) are whole, disjoint and cover its past (or the
-    whole sequence, two-sided), and the paper's coarseness never shrinks with distance."""
+    whole sequence, two-sided), and coarseness never shrinks with distance."""
     resolution = h_attention_map(length, block_size, causal, hierarchy)
     for i in range(length):
         covered = []
@@ -144,7 +144,7 @@ def test_h_attention_map_groups_tile_the_sequence_exactly_once(length, block_siz
             assert (resolution[i, members] == r).all(), f"query {i}: group {start}+{r} is split"
             covered += members
         assert sorted(covered) == list(range(i + 1 if causal else length))
-        if hierarchy == "paper" and causal:
+        if causal:
             past = resolution[i, : i + 1].flip(0)  # nearest first
             assert (past[1:] >= past[:-1]).all(), f"query {i}: a farther position is finer"
 
