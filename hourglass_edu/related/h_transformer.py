@@ -149,6 +149,17 @@ def _average(x: Tensor, counts: Tensor, factor: int) -> Tensor:
     return (_group_sum(x, factor) / counts.clamp(min=1)).to(x.dtype)
 
 
+def _pooled_blocks(k: Tensor, v: Tensor, valid: Tensor, factor: int, b: int) -> tuple:
+    """Keys and values averaged over groups of `factor`, in blocks of b: `(counts (1, 1, L/factor,
+    1), keys and values (batch, heads, blocks, b, d), log counts (1, 1, blocks, 1, b))`; the log
+    count of a key made only of padding is -inf."""
+    counts = _group_sum(valid, factor)  # real positions behind each pooled key
+    keys = rearrange(_average(k, counts, factor), "b h (n c) d -> b h n c d", c=b)
+    values = rearrange(_average(v, counts, factor), "b h (n c) d -> b h n c d", c=b)
+    log_count = rearrange(counts.log(), "o t (n c) one -> o t n one c", c=b)
+    return counts, keys, values, log_count
+
+
 def h_attention(
     q: Tensor,
     k: Tensor,
@@ -179,17 +190,16 @@ def h_attention(
     valid = _pad(torch.ones(1, 1, length, 1, device=q.device), padded)
 
     parts = _parts(padded // b, levels, b, causal, hierarchy, q.device)
-    scores, value_blocks = [], []
+    scores, value_blocks, pooled = [], [], {}
     for part in parts:
-        counts = _group_sum(valid, part.factor)  # real positions behind each pooled key
+        if part.factor not in pooled:  # parts with the same factor share their pooled keys
+            pooled[part.factor] = _pooled_blocks(k, v, valid, part.factor, b)
+        counts, keys, values, log_count = pooled[part.factor]
         queries = q
         if part.coarse_queries:  # causal: the group's first query; two-sided: the group's mean
             coarse = q[:, :, :: part.factor] if causal else _average(q, counts, part.factor)
             queries = repeat(coarse, "b h g d -> b h (g f) d", f=part.factor)
         partner = part.partner.clamp(0, len(part.partner) - 1)  # out of range: masked below
-        keys = rearrange(_average(k, counts, part.factor), "b h (n c) d -> b h n c d", c=b)
-        values = rearrange(_average(v, counts, part.factor), "b h (n c) d -> b h n c d", c=b)
-        log_count = rearrange(counts.log(), "o t (n c) one -> o t n one c", c=b)  # -inf: padding
         query_blocks = rearrange(queries, "b h (n r) d -> b h n r d", n=len(partner))
         logits = torch.einsum("bhnrd,bhncd->bhnrc", query_blocks, keys[:, :, partner])
         logits = _upcast(logits) * scale + log_count[:, :, partner]
