@@ -5,9 +5,12 @@ the (vocab,) logits for the token after the window. Two decoders produce them:
 - `RecomputeDecoder`: runs `model(window)` for every new token. Works for any model mapping
   `(batch, length)` tokens to `(batch, length, vocab)` logits; this is what public hourglass
   implementations do, and it costs a full forward pass per character.
-- `CachedDecoder` (HourglassLM only): keeps key/value caches at every level, so each new character
-  costs one position of work at full resolution and, once per completed group of k characters, one
-  position at the shortened level (see `hourglass_edu.cached_decoding`).
+- `CachedDecoder` (HourglassLM, LongShortLM, SimpleHierarchicalLM): keeps key/value caches, so
+  each new character costs one position of work. For the hourglass: at full resolution and, once
+  per completed group of k characters, one position at the shortened level (see
+  `hourglass_edu.cached_decoding`); for Long-Short: its window plus one summary per finished
+  segment; for the simple hierarchical model: one position per stream whose stride divides t
+  (see `hourglass_edu.related.decoding`, which also says why HTransformerLM recomputes).
 `make_decoder(model, use_cache)` picks one.
 
 Context window: a model with `config.max_length` never sees more tokens than that. A longer prompt
@@ -26,14 +29,22 @@ import torch
 
 from hourglass_edu.cached_decoding import IncrementalDecoder
 from hourglass_edu.hourglass import HourglassLM
+from hourglass_edu.related.decoding import (
+    LongShortIncrementalDecoder,
+    SimpleHierarchicalIncrementalDecoder,
+)
+from hourglass_edu.related.long_short import LongShortLM
+from hourglass_edu.related.simple_hierarchical import SimpleHierarchicalLM
 
 __all__ = [
     "CachedDecoder",
     "Decoder",
     "RecomputeDecoder",
     "context_limit",
+    "incremental_decoder",
     "make_decoder",
     "model_device",
+    "supports_cache",
 ]
 
 
@@ -107,12 +118,37 @@ class RecomputeDecoder(Decoder):
         return self._prefill(self.window)
 
 
+# The models that have an incremental decoder, and the class that decodes each.
+INCREMENTAL_DECODERS = {
+    HourglassLM: IncrementalDecoder,
+    LongShortLM: LongShortIncrementalDecoder,
+    SimpleHierarchicalLM: SimpleHierarchicalIncrementalDecoder,
+}
+
+
+def supports_cache(model) -> bool:
+    """Whether `model` has a cached (incremental) decoder."""
+    return isinstance(model, tuple(INCREMENTAL_DECODERS))
+
+
+def incremental_decoder(model):
+    """The incremental decoder of `model`'s class (`extend`, `prefill`, `step`)."""
+    for model_class, decoder_class in INCREMENTAL_DECODERS.items():
+        if isinstance(model, model_class):
+            return decoder_class(model)
+    names = sorted(cls.__name__ for cls in INCREMENTAL_DECODERS)
+    raise ValueError(
+        f"no cached decoder for {type(model).__name__} (only {names}); use use_cache=False"
+    )
+
+
 class CachedDecoder(Decoder):
-    """Incremental decoding with per-level key/value caches (`hourglass_edu.cached_decoding`)."""
+    """Incremental decoding with key/value caches (`hourglass_edu.cached_decoding` for the
+    hourglass, `hourglass_edu.related.decoding` for Long-Short and simple hierarchical)."""
 
     def __init__(self, model):
         super().__init__(model)
-        self.incremental = IncrementalDecoder(model)
+        self.incremental = incremental_decoder(model)
 
     def _prefill(self, ids: list[int]) -> torch.Tensor:
         return self.incremental.prefill(self._tensor(ids))[0, -1]
@@ -122,7 +158,8 @@ class CachedDecoder(Decoder):
 
 
 def make_decoder(model, use_cache: bool) -> Decoder:
-    """The cached decoder for models that support it (HourglassLM), else the recomputing one."""
-    if use_cache and isinstance(model, HourglassLM):
+    """The cached decoder for models that have one (HourglassLM, LongShortLM,
+    SimpleHierarchicalLM), else the recomputing one."""
+    if use_cache and supports_cache(model):
         return CachedDecoder(model)
     return RecomputeDecoder(model)

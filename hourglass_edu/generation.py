@@ -53,7 +53,8 @@ class GenerationSettings:
     top_k: sample only among the k most likely characters (None = no limit).
     top_p: nucleus sampling, the smallest set with probability >= p (None = no limit).
     seed: an int, a CPU torch.Generator (its state advances), or None (a fresh random seed).
-    use_cache: decode an HourglassLM with per-level key/value caches (same text, much faster);
+    use_cache: decode with key/value caches (same text, faster) the models that have them
+        (HourglassLM, LongShortLM, SimpleHierarchicalLM: `decoders.supports_cache`);
         other models always recompute the window.
     stop_at_end: stop when the model writes `<eot>` (the end of a document; not included).
     stop: a string or several; generation stops before the first one that appears. Stored as a
@@ -347,8 +348,8 @@ def generate(
 ) -> str:
     """Continue `prompt` by up to `max_new_tokens` characters and return the new text only.
 
-    model: any `model(tokens (batch, length)) -> logits (batch, length, vocab)`; an HourglassLM
-        decodes with per-level caches when `use_cache` (same result, much faster).
+    model: any `model(tokens (batch, length)) -> logits (batch, length, vocab)`; models with a
+        cache (`decoders.supports_cache`) decode with it when `use_cache` (same result, faster).
     tokenizer: `encode(str) -> list[int]`, `decode(list[int]) -> str`, `eot_id`.
     settings: a `GenerationSettings` (None: the defaults); `overrides`: any of its fields by
         keyword (`temperature=0.8, seed=0`), applied on top of it.

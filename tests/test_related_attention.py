@@ -1,15 +1,18 @@
 """The attention mechanisms of hourglass_edu.related, tested as pure functions of q, k, v.
 
 References are written independently of the code under test: PyTorch's SDPA with an explicit
-mask. (Hierarchical attention is tested in tests/test_h_transformer.py.)
+mask, and slow per-query loops in float64 written from the papers' equations (Long-Short: window
+plus dynamic projection, DualLN, one softmax). Hierarchical attention: tests/test_h_transformer.py.
 """
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from hourglass_edu.attention import MultiHeadAttention
@@ -17,6 +20,7 @@ from hourglass_edu.blocks import RotaryEmbedding
 from hourglass_edu.related.h_transformer import HAttention, h_attention
 from hourglass_edu.related.long_short import (
     LongShortAttention,
+    LongShortConfig,
     long_short_attention,
     sliding_window_attention,
 )
@@ -90,6 +94,7 @@ def expected_long_short_support(length, window, segment_size):
     rank=st.integers(1, 4),
 )
 def test_long_short_sees_window_and_finished_segments_only(length, window, segment_size, rank):
+    assume(window >= segment_size - 1 and rank <= segment_size)  # the valid settings
     q, k, v = random_qkv(length)
     projection = torch.randn(2, 8, rank, dtype=torch.float64)
     out, weights = long_short_attention(
@@ -104,9 +109,11 @@ def test_long_short_sees_window_and_finished_segments_only(length, window, segme
     # The dense weights are a faithful account of the output (no norms here) ...
     torch.testing.assert_close(out, weights @ v)
     torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]))
-    # ... and reach exactly the window plus the finished segments: never the future.
+    # ... and reach exactly the window plus the finished segments: never the future ...
     support = expected_long_short_support(length, window, segment_size)
     assert torch.equal(weights[0, 0] > 0, support)
+    # ... which, with valid settings, is every past position (at least once: see below).
+    assert torch.equal(support, torch.ones(length, length, dtype=torch.bool).tril())
 
 
 @settings(max_examples=20)
@@ -120,6 +127,7 @@ def test_long_short_sees_window_and_finished_segments_only(length, window, segme
 def test_long_short_changing_position_j_never_moves_outputs_before_j(
     length, changed, window, segment_size, rank
 ):
+    assume(window >= segment_size - 1 and rank <= segment_size)
     torch.manual_seed(1)
     layer = LongShortAttention(16, 2, window=window, segment_size=segment_size, rank=rank).double()
     x = torch.randn(1, length, 16, dtype=torch.float64)
@@ -184,7 +192,180 @@ def test_attention_functions_reject_mismatched_shapes():
         h_attention(q, k, v, block_size=0)
 
 
+# ---------------------------------------------------------------- Long-Short: the paper's equations
+
+
+def layer_norm_reference(x, weight, bias, eps=1e-5):
+    """LayerNorm over the last dim, written out: (x - mean) / sqrt(var + eps) * weight + bias."""
+    mean = x.mean(-1, keepdim=True)
+    variance = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(variance + eps) * weight + bias
+
+
+def long_short_reference(q, k, v, window, projection, segment_size, local_ln, summary_ln):
+    """Slow and obvious, float64, one query at a time (Zhu et al. 2021, causal form).
+
+    Query i's keys: (a) positions i-window+1 .. i, keys and values through the local LayerNorm;
+    (b) for every segment g of `segment_size` positions that has ended (its last position <= i),
+    `rank` summaries: P[:, r] = softmax over the segment's positions j of (k_j . W_p[:, r]),
+    K_bar_r = sum_j P[j, r] k_j, V_bar_r = sum_j P[j, r] v_j, both through the summary LayerNorm.
+    ONE softmax over all of (a) and (b). `local_ln`, `summary_ln`: (weight, bias) pairs.
+    """
+    q, k, v = q.double(), k.double(), v.double()
+    batch, heads, length, head_dim = q.shape
+    out = torch.zeros_like(q)
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(length):
+                keys, values = [], []
+                for j in range(max(0, i - window + 1), i + 1):
+                    keys.append(layer_norm_reference(k[b, h, j], *local_ln))
+                    values.append(layer_norm_reference(v[b, h, j], *local_ln))
+                if projection is not None:
+                    for g in range(length // segment_size):
+                        segment = range(g * segment_size, (g + 1) * segment_size)
+                        if segment[-1] > i:
+                            break
+                        for r in range(projection.shape[2]):
+                            logits = torch.stack(
+                                [k[b, h, j] @ projection[h, :, r] for j in segment]
+                            )
+                            mix = torch.softmax(logits, dim=0)
+                            k_bar = sum(mix[n] * k[b, h, j] for n, j in enumerate(segment))
+                            v_bar = sum(mix[n] * v[b, h, j] for n, j in enumerate(segment))
+                            keys.append(layer_norm_reference(k_bar, *summary_ln))
+                            values.append(layer_norm_reference(v_bar, *summary_ln))
+                logits = torch.stack([q[b, h, i] @ key for key in keys]) / math.sqrt(head_dim)
+                weights = torch.softmax(logits, dim=0)
+                out[b, h, i] = sum(w * value for w, value in zip(weights, values, strict=True))
+    return out
+
+
+def random_layer_norm(head_dim, seed):
+    """A LayerNorm with random (non-identity) scale and shift, so two of them differ."""
+    generator = torch.Generator().manual_seed(seed)
+    norm = torch.nn.LayerNorm(head_dim).double()
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.5 * torch.randn(head_dim, generator=generator, dtype=torch.float64))
+        norm.bias.copy_(0.5 * torch.randn(head_dim, generator=generator, dtype=torch.float64))
+    return norm
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    length=st.integers(1, 23),
+    window=st.integers(1, 9),
+    segment_size=st.integers(1, 7),
+    rank=st.integers(1, 3),
+    seed=st.integers(0, 100),
+)
+def test_long_short_matches_the_papers_equations(length, window, segment_size, rank, seed):
+    """Output values against the loop reference: a real projection, two distinct random norms."""
+    assume(window >= segment_size - 1 and rank <= segment_size)
+    q, k, v = random_qkv(length, seed=seed)
+    projection = torch.randn(2, 8, rank, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(seed + 1))
+    local, summary = random_layer_norm(8, seed + 2), random_layer_norm(8, seed + 3)
+    out = long_short_attention(q, k, v, window=window, projection=projection,
+                               segment_size=segment_size, local_norm=local, global_norm=summary)
+    expected = long_short_reference(q, k, v, window, projection, segment_size,
+                                     (local.weight, local.bias), (summary.weight, summary.bias))
+    torch.testing.assert_close(out, expected)
+
+
+def test_long_short_module_matches_the_papers_equations_with_its_own_dual_norm():
+    """The module wires its DualLN the right way round: `norms.local` on the window,
+    `norms.summary` on the segment summaries (both randomised, so a swap changes the output)."""
+    torch.manual_seed(6)
+    layer = LongShortAttention(16, 2, window=4, segment_size=4, rank=2).double()
+    with torch.no_grad():
+        for norm in (layer.norms.local, layer.norms.summary):
+            norm.weight.normal_(1.0, 0.5)
+            norm.bias.normal_(0.0, 0.5)
+    q, k, v = random_qkv(19)
+    out, _ = layer.attend(q, k, v, causal=True)
+    heads_out = long_short_reference(
+        q, k, v, 4, layer.projection.detach(), 4,
+        (layer.norms.local.weight, layer.norms.local.bias),
+        (layer.norms.summary.weight, layer.norms.summary.bias),
+    )
+    expected = layer.out_proj(heads_out.transpose(1, 2).reshape(2, 19, 16))
+    torch.testing.assert_close(out, expected)
+
+
+def unseen_past_pairs(length, window, segment_size):
+    """(query, key) pairs with key <= query that neither the window nor a finished segment covers,
+    counted by brute force."""
+    unseen = 0
+    for i in range(length):
+        for j in range(i + 1):
+            in_window = j > i - window
+            segment_ended = (j // segment_size + 1) * segment_size - 1 <= i
+            unseen += not (in_window or segment_ended)
+    return unseen
+
+
+def test_long_short_rejects_a_window_that_leaves_past_positions_unseen():
+    assert unseen_past_pairs(64, 2, 16) == 364  # what the check prevents
+    q, k, v = random_qkv(64)
+    projection = torch.randn(2, 8, 2, dtype=torch.float64)
+    message = r"window \(2\) must be >= segment_size - 1 \(15\).*raise window or lower segment"
+    with pytest.raises(ValueError, match=message):
+        long_short_attention(q, k, v, window=2, projection=projection, segment_size=16)
+    with pytest.raises(ValueError, match=message):
+        LongShortAttention(16, 2, window=2, segment_size=16, rank=2)
+    with pytest.raises(ValueError, match=message):
+        LongShortConfig(vocab_size=5, d_model=16, n_heads=2, window=2, segment_size=16, rank=2)
+    # The smallest accepted window leaves nothing unseen.
+    assert unseen_past_pairs(64, 15, 16) == 0
+    long_short_attention(q, k, v, window=15, projection=projection, segment_size=16)
+
+
+def test_long_short_rejects_more_summaries_than_segment_positions():
+    q, k, v = random_qkv(16)
+    projection = torch.randn(2, 8, 4, dtype=torch.float64)
+    message = r"rank \(4\) must be <= segment_size \(1\).*lower rank or raise segment_size"
+    with pytest.raises(ValueError, match=message):
+        long_short_attention(q, k, v, window=4, projection=projection, segment_size=1)
+    with pytest.raises(ValueError, match=message):
+        LongShortAttention(16, 2, window=4, segment_size=1, rank=4)
+    with pytest.raises(ValueError, match=message):
+        LongShortConfig(vocab_size=5, d_model=16, n_heads=2, window=4, segment_size=1, rank=4)
+
+
+@pytest.mark.parametrize("window, segment_size", [(3, 4), (4, 4), (9, 4), (1, 1), (1, 2)])
+def test_long_short_with_valid_settings_sees_every_past_position_at_least_once(
+    window, segment_size
+):
+    """Counting construction: zero logits, one-hot values, no norms. Each key then gets the same
+    weight, and position j's share of query i's output is (times j is counted) / (keys of i).
+    Every past share is positive (seen at least once); where the window and a finished segment
+    overlap, a position counts twice (so "exactly once" does NOT hold, by design)."""
+    length, rank = 21, 1
+    values = torch.eye(length, dtype=torch.float64)[None, None]
+    keys = torch.zeros(1, 1, length, length, dtype=torch.float64)
+    projection = torch.zeros(1, length, rank, dtype=torch.float64)  # uniform P in each segment
+    out = long_short_attention(
+        torch.zeros(1, 1, length, length, dtype=torch.float64), keys, values, window=window,
+        projection=projection, segment_size=segment_size,
+    )[0, 0]
+    past = torch.ones(length, length, dtype=torch.bool).tril()
+    assert (out[past] > 0).all(), "a past position is unseen"
+    assert (out[~past] == 0).all(), "a future position is seen"
+    # Brute-force count: window keys once each, plus each finished segment's uniform summary.
+    for i in range(length):
+        counts = torch.zeros(length, dtype=torch.float64)
+        counts[max(0, i - window + 1) : i + 1] += 1
+        finished = (i + 1) // segment_size
+        for g in range(finished):
+            counts[g * segment_size : (g + 1) * segment_size] += 1 / segment_size
+        total_keys = min(window, i + 1) + finished * rank
+        torch.testing.assert_close(out[i], counts / total_keys)
+
+
 # H-Transformer-1D's own tests live in tests/test_h_transformer.py.
+
+
 
 
 def test_plugged_attention_rejects_cross_attention_and_masks():

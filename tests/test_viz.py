@@ -104,6 +104,10 @@ def test_pooling_diagram_counts_leaks_only_without_shift():
     assert "no position sees its future" in shifted.get_title(loc="left")
     texts = [t.get_text() for t in shifted.texts]
     assert "he␣" in texts and "old" in texts and viz.FILL_GLYPH in texts
+    # The second row is the input to pooling, shifted or not: no row claims to be "pooled".
+    assert "shifted\ninput" in texts
+    assert "unshifted\ninput" in [t.get_text() for t in unshifted.texts]
+    assert not any("pooled" in text.get_text() for ax in fig.axes for text in ax.texts)
 
 
 def test_attention_grid_rows_levels_blocks_columns_heads(look):

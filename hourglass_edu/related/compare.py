@@ -66,8 +66,9 @@ def build_comparison_models(
     * long_short: ``n_layers`` blocks, window ``window``, segments of ``window`` summarised by 4.
     * h_transformer: ``n_layers`` blocks, the paper's hierarchy with blocks of ``window // 2``
       positions (rounded down to an even number, at least 2).
-    * simple_hierarchical: ceil(n_layers / 2) layers of three streams (1, 2, 8); the predicting
-      stream has a sliding window of ``window``, the others full attention.
+    * simple_hierarchical: ceil(n_layers / 2) layers of three streams (1, 2, 8), the reference's
+      default variant (stride 1, convolution compressors, token shift); the predicting stream has
+      a sliding window of ``window``, the others full attention inside their subsequences.
     """
     unknown = sorted(set(names) - set(MODEL_NAMES))
     if unknown:

@@ -11,6 +11,12 @@ Each query attends to two key sets at once, under ONE softmax:
 The two key sets live on different scales (a summary is a weighted average of many keys), so each
 gets its own LayerNorm on keys and values ("DualLN") before the shared softmax.
 
+Settings that leave a past position unseen are refused (`check_long_short_arguments`): the
+window must reach back over the unfinished segment (``window >= segment_size - 1``), and a segment
+cannot be summarised by more vectors than it has positions (``rank <= segment_size``). With valid
+settings every past position is seen *at least* once (the window and the finished segments
+overlap, so some positions are seen both exactly and through a summary).
+
 Cost per query: `window` exact keys plus `rank` keys per finished segment, i.e.
 O(length * (window + length * rank / segment_size)) in total instead of O(length^2).
 
@@ -178,7 +184,8 @@ def long_short_attention(
     window: keys per query in the exact sliding window (itself included).
     projection: W_p `(heads, head_dim, rank)`, or None to switch the long-range branch off (then
       this is sliding-window attention; with window >= length, exact full causal attention).
-    segment_size: positions per compressed segment (needed with a projection).
+    segment_size: positions per compressed segment (needed with a projection); the checks of
+      `check_long_short_arguments` apply (window >= segment_size - 1, rank <= segment_size).
     local_norm / global_norm: the DualLN pair, applied to the last dim of keys and values of the
       window and of the segment summaries respectively (None = identity).
     return_weights: also return the dense `(batch, heads, length, length)` attention each query
@@ -187,55 +194,77 @@ def long_short_attention(
     Returns `(batch, heads, length, head_dim)` (and the weights).
     """
     _check_qkv(q, k, v)
-    if window < 1:
-        raise ValueError(f"window must be >= 1 (keys per query, itself included), got {window}")
-    batch, heads, length, head_dim = q.shape
+    _check_projection(q, window, projection, segment_size)
+    length = q.shape[2]
     window = min(window, length)
-    k_local = local_norm(k) if local_norm is not None else k
-    v_local = local_norm(v) if local_norm is not None else v
-    scores = local_window_scores(q, k_local, window)  # (b, h, n, w, 2w)
-    blocks = scores.shape[2]
-    local_keys = scores.shape[-1]
-
-    use_global = projection is not None
-    if use_global:
-        if segment_size is None or segment_size < 1:
-            raise ValueError(f"segment_size must be >= 1 with a projection, got {segment_size}")
-        if projection.dim() != 3 or projection.shape[:2] != (heads, head_dim):
-            raise ValueError(
-                f"projection must have shape (heads={heads}, head_dim={head_dim}, rank); "
-                f"got {tuple(projection.shape)}"
-            )
-        rank = projection.shape[2]
-        k_bar, v_bar = compress_segments(k, v, projection, segment_size)
-        if global_norm is not None:
-            k_bar, v_bar = global_norm(k_bar), global_norm(v_bar)
-        segments = k_bar.shape[2] // rank
-        q_padded = _pad_length(q, window)
-        global_scores = torch.einsum("bhld,bhkd->bhlk", q_padded, k_bar) / math.sqrt(head_dim)
-        seen = finished_segments_mask(q_padded.shape[2], segments, segment_size, rank, q.device)
-        global_scores = global_scores.masked_fill(~seen, float("-inf"))
-        global_scores = rearrange(global_scores, "b h (n w) k -> b h n w k", w=window)
-        scores = torch.cat([scores, global_scores.to(scores.dtype)], dim=-1)
-
+    k_local, v_local = _normed(local_norm, k, v)
+    scores = local_window_scores(q, k_local, window)  # (b, h, blocks, w, 2w)
+    summaries = None
+    if projection is not None:
+        k_bar, v_bar = _normed(global_norm, *compress_segments(k, v, projection, segment_size))
+        summary_scores = _summary_scores(q, k_bar, window, segment_size, projection.shape[2])
+        summaries = (summary_scores.shape[-1], v_bar)
+        scores = torch.cat([scores, summary_scores.to(scores.dtype)], dim=-1)
     # One softmax over both key sets: the two kinds of keys compete for the same attention.
     weights = _upcast(scores).softmax(dim=-1)
-    local_weights = weights[..., :local_keys].to(v.dtype)
-    out = torch.einsum("bhnwc,bhncd->bhnwd", local_weights, _local_values(v_local, window))
-    out = rearrange(out, "b h n w d -> b h (n w) d")
-    if use_global:
-        global_weights = rearrange(weights[..., local_keys:], "b h n w k -> b h (n w) k")
-        out = out + torch.einsum("bhlk,bhkd->bhld", global_weights.to(v.dtype), v_bar)
-    out = out[:, :, :length]
+    out = _mix_values(weights, v_local, window, summaries)[:, :, :length]
     if not return_weights:
         return out
-    dense = _dense_weights(weights, k, projection, segment_size, window, length, blocks)
-    return out, dense
+    return out, _dense_weights(weights, k, projection, segment_size, window, length)
 
 
-def _dense_weights(weights, k, projection, segment_size, window, length, blocks) -> Tensor:
+def _check_projection(q: Tensor, window: int, projection, segment_size) -> None:
+    """The argument checks of `long_short_attention` beyond the shapes of q, k, v."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1 (keys per query, itself included), got {window}")
+    if projection is None:
+        return
+    heads, head_dim = q.shape[1], q.shape[3]
+    if projection.dim() != 3 or projection.shape[:2] != (heads, head_dim):
+        raise ValueError(
+            f"projection must have shape (heads={heads}, head_dim={head_dim}, rank); "
+            f"got {tuple(projection.shape)}"
+        )
+    check_long_short_arguments(heads * head_dim, heads, window, segment_size, projection.shape[2])
+
+
+def _normed(norm: NormFn | None, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """One of the DualLN pair applied to keys and values (None = identity)."""
+    return (k, v) if norm is None else (norm(k), norm(v))
+
+
+def _summary_scores(q: Tensor, k_bar: Tensor, window: int, segment_size: int, rank: int) -> Tensor:
+    """Scaled scores of each query against every segment summary, -inf where the segment has not
+    ended yet; laid out like the window scores: `(batch, heads, blocks, window, summaries)`."""
+    q_padded = _pad_length(q, window)
+    scores = torch.einsum("bhld,bhkd->bhlk", q_padded, k_bar) / math.sqrt(q.shape[-1])
+    segments = k_bar.shape[2] // rank
+    seen = finished_segments_mask(q_padded.shape[2], segments, segment_size, rank, q.device)
+    scores = scores.masked_fill(~seen, float("-inf"))
+    return rearrange(scores, "b h (n w) k -> b h n w k", w=window)
+
+
+def _mix_values(weights: Tensor, v_local: Tensor, window: int, summaries) -> Tensor:
+    """Weighted sum of the window's values and (if any) the summaries' values.
+
+    weights: `(batch, heads, blocks, window, 2 * window [+ summary keys])` after the softmax;
+    summaries: None or `(number of summary keys, v_bar)`. Returns `(batch, heads, blocks * window,
+    dim)` (the query axis still padded).
+    """
+    local_keys = 2 * window
+    local_weights = weights[..., :local_keys].to(v_local.dtype)
+    out = torch.einsum("bhnwc,bhncd->bhnwd", local_weights, _local_values(v_local, window))
+    out = rearrange(out, "b h n w d -> b h (n w) d")
+    if summaries is not None:
+        _, v_bar = summaries
+        summary_weights = rearrange(weights[..., local_keys:], "b h n w k -> b h (n w) k")
+        out = out + torch.einsum("bhlk,bhkd->bhld", summary_weights.to(v_bar.dtype), v_bar)
+    return out
+
+
+def _dense_weights(weights, k, projection, segment_size, window, length) -> Tensor:
     """Spread the blocked/summary weights back onto positions: `(batch, heads, length, length)`."""
-    batch, heads = weights.shape[:2]
+    batch, heads, blocks = weights.shape[:3]
     padded = blocks * window
     dense = weights.new_zeros(batch, heads, padded, padded + window)
     # Local part: block n's keys are positions (n-1)*window ... (n+1)*window - 1, shifted by window.
@@ -348,6 +377,19 @@ def check_long_short_arguments(
             )
         if segment_size is None or segment_size < 1:
             raise ValueError(f"segment_size must be >= 1 when rank is set, got {segment_size}")
+        if rank > segment_size:
+            raise ValueError(
+                f"rank ({rank}) must be <= segment_size ({segment_size}): more summary vectors "
+                "than the positions they summarise is no compression; lower rank or raise "
+                "segment_size"
+            )
+        if window < segment_size - 1:
+            raise ValueError(
+                f"window ({window}) must be >= segment_size - 1 ({segment_size - 1}): a query "
+                "sees a segment's summary only once the segment has ended, so the positions of "
+                "the unfinished segment need the window, or nothing sees them; raise window or "
+                "lower segment_size"
+            )
 
 
 @dataclass

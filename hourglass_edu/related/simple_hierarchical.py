@@ -1,24 +1,39 @@
-"""A simple hierarchical transformer: parallel streams at several compressions.
+"""A simple hierarchical transformer: parallel streams at several compressions, merged every layer.
 
-The design (after lucidrains' "simple hierarchical transformer", which has no published results):
-the token embeddings feed several *streams* side by side, one per compression c in
-``compressions`` (e.g. 1, 2, 8). Stream c sees the sequence c times shorter: each of its vectors
-summarises c consecutive tokens. Every layer runs one transformer block per stream, each with its
-own attention (a sliding window, or full causal attention), and then merges all streams, position
-by position, into the c = 1 stream, the one that predicts the next character.
+Which variant. This is the *default* variant of lucidrains' "simple hierarchical transformer"
+(a public repository without a paper): hierarchical stride 1. Its comments call the cheaper
+alternative, stride equal to the compression, "much worse" (a fine position then reads a coarse
+vector up to c - 1 tokens old). ``strides`` chooses per stream; the default is stride 1.
 
-Unlike the hourglass, the streams run *in parallel* (not one inside the other) and the coarse
-streams never read the fine one back: they only ever see the compressed embeddings.
+The pieces, for a stream of compression c and stride s (the first stream, c = 1, predicts):
 
-Causality. Stream c is made by a strided convolution with kernel = stride = c (the same as
-"concatenate each group of c vectors and project", the library's ``LinearShortening``) applied
-after shifting the embeddings right by c - 1. So compressed position p summarises tokens
-p*c - (c-1) ... p*c, and fine position t, which reads compressed position t // c, sees only tokens
-<= (t // c) * c <= t. Without the shift, position t would read tokens up to t + c - 1.
+* **Compressor** (made once, from the token embeddings): a causal convolution over the last c
+  embeddings (kernel c, stride s, c - 1 zeros in front), SiLU, a 1x1 convolution to the stream's
+  width, LayerNorm. Compressed position q summarises tokens q*s - (c-1) .. q*s, so it never reads
+  the future. With stride 1 there is one compressed vector per token: the stream is not shorter.
+* **Axial blocks**: the stream is split into a = c / s interleaved subsequences (positions
+  q, q - a, q - 2a, ...; consecutive members summarise disjoint, adjacent groups of tokens), and
+  each block runs causal attention inside each subsequence only (``windows`` counts keys in these
+  subsequence positions; None = all). That is where the saving is: each attention is a times
+  shorter, O(L^2 / c) per stream with stride 1 (the feed-forward still runs on every position).
+* **Token shift** (``token_shift``, after RWKV): half the channels of the input of the attention
+  and of the feed-forward come from the previous member of the same subsequence, a cheap way to
+  mix in one more step of context.
+* **Merge**, every layer: all streams (the predicting one included, coarse ones repeated by their
+  stride to full length) are concatenated, LayerNorm, Linear to 2 * d_model, SiLU, Linear to
+  d_model, and the result is added to the predicting stream. The coarse streams never read the
+  fine one back.
+* **Widths** (``stream_widths``): each stream may have its own width (the reference gives coarser
+  streams more); the heads count is shared, so the head size is width / n_heads.
 
-Training loss: the model returns next-character logits only, so bits per character are the
-cross-entropy alone. (The original adds auxiliary losses on the coarse streams; they are left out
-here to keep the comparison with the other models on the same objective.)
+Unlike the hourglass, the streams run *in parallel* (not one inside the other).
+
+Left out: the reference's auxiliary losses (reconstruction of the compressed tokens, next-vector
+prediction per coarse stream). The model returns next-character logits only, so its bits per
+character are the plain cross-entropy, like the other models of the comparison.
+
+Decoding: ``generate(..., use_cache=True)`` decodes one position at a time with per-stream,
+per-subsequence key/value caches (``hourglass_edu.related.decoding``).
 """
 
 from __future__ import annotations
@@ -26,18 +41,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import repeat
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from hourglass_edu.blocks import TransformerBlock, record
+from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
 from hourglass_edu.lm import BlockStackConfig, LanguageModel
 from hourglass_edu.related.long_short import LongShortAttention
-from hourglass_edu.resampling import LinearShortening, pad_to_multiple, shift_right
+from hourglass_edu.resampling import pad_to_multiple
 
 __all__ = [
+    "CausalCompressor",
     "SimpleHierarchicalConfig",
     "SimpleHierarchicalLM",
+    "StreamBlock",
+    "StreamMerge",
+    "token_shift",
 ]
+
+# The layout of the model's weights; a saved config without it is from the old strided model.
+LAYOUT_VERSION = 2
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass
@@ -46,22 +72,64 @@ class SimpleHierarchicalConfig(BlockStackConfig):
 
     compressions: one stream per entry; the first must be 1 (the predicting stream), the rest
       strictly increasing, e.g. ``(1, 2, 8)``.
-    windows: per stream, keys per query of its sliding-window attention, or None for full causal
-      attention; counted in that stream's own (compressed) positions. Same length as compressions.
+    windows: per stream, keys per query of its attention (counted in that stream's subsequence
+      positions, itself included), or None for full causal attention. Same length as compressions.
+    strides: per stream, the step between compressed positions; must divide the compression; the
+      first must be 1. None = 1 everywhere (the reference's default and stronger variant); stride
+      equal to the compression is the cheaper, weaker variant.
+    stream_widths: per stream, its width (None = d_model everywhere); the first must be d_model
+      and each must give an even head size with n_heads heads.
+    token_shift: shift half the channels by one subsequence step before attention and
+      feed-forward.
+    compressor_expansion: hidden width of the compressor's convolution, in multiples of d_model.
     n_layers: layers; each layer is one block per stream followed by one merge.
+    version: the weights' layout (2); configs saved before it existed cannot be loaded.
     """
 
     n_layers: int = 4
     compressions: tuple[int, ...] = (1, 2, 8)
     windows: tuple[int | None, ...] = (32, None, None)
+    strides: tuple[int, ...] | None = None
+    stream_widths: tuple[int, ...] | None = None
+    token_shift: bool = True
+    compressor_expansion: int = 4
+    version: int = LAYOUT_VERSION
+
+    @classmethod
+    def from_dict(cls, data):
+        if isinstance(data, dict) and "version" not in data:
+            raise ValueError(
+                "this SimpleHierarchicalConfig was saved by an older hourglass_edu (the strided "
+                "model with a linear compressor and merge, before 'version' existed): its "
+                "weights do not fit the current model; train it again"
+            )
+        return super().from_dict(data)
 
     def __post_init__(self):
         super().__post_init__()
         self.compressions = tuple(self.compressions)
         self.windows = tuple(self.windows)
-        if not self.compressions or any(
-            isinstance(c, bool) or not isinstance(c, int) for c in self.compressions
-        ):
+        self.strides = (
+            tuple(self.strides) if self.strides is not None else (1,) * len(self.compressions)
+        )
+        self.stream_widths = (
+            tuple(self.stream_widths)
+            if self.stream_widths is not None
+            else (self.d_model,) * len(self.compressions)
+        )
+        if self.version != LAYOUT_VERSION:
+            raise ValueError(f"version must be {LAYOUT_VERSION} (the layout this library builds), "
+                             f"got {self.version!r}")
+        self._check_compressions()
+        self._check_per_stream()
+        if not _positive_int(self.compressor_expansion):
+            raise ValueError(f"compressor_expansion must be a positive integer, got "
+                             f"{self.compressor_expansion!r}")
+        if not isinstance(self.token_shift, bool):
+            raise ValueError(f"token_shift must be True or False, got {self.token_shift!r}")
+
+    def _check_compressions(self):
+        if not self.compressions or not all(_positive_int(c) for c in self.compressions):
             raise ValueError(
                 f"compressions must be a non-empty list of integers, got {self.compressions!r}"
             )
@@ -72,100 +140,195 @@ class SimpleHierarchicalConfig(BlockStackConfig):
             )
         if any(b <= a for a, b in zip(self.compressions, self.compressions[1:], strict=False)):
             raise ValueError(f"compressions must be strictly increasing, got {self.compressions!r}")
-        if len(self.windows) != len(self.compressions):
-            raise ValueError(
-                f"windows needs one entry per stream ({len(self.compressions)} for compressions "
-                f"{self.compressions!r}), got {self.windows!r}; use None for full attention"
-            )
+
+    def _check_per_stream(self):
+        streams = len(self.compressions)
+        for name in ("windows", "strides", "stream_widths"):
+            if len(getattr(self, name)) != streams:
+                raise ValueError(
+                    f"{name} needs one entry per stream ({streams} for compressions "
+                    f"{self.compressions!r}), got {getattr(self, name)!r}"
+                    + ("; use None for full attention" if name == "windows" else "")
+                )
         for window in self.windows:
-            if window is not None and (
-                isinstance(window, bool) or not isinstance(window, int) or window < 1
-            ):
+            if window is not None and not _positive_int(window):
                 raise ValueError(
                     f"each window must be a positive integer or None (full causal "
                     f"attention), got {window!r}"
                 )
+        for compression, stride in zip(self.compressions, self.strides, strict=True):
+            if not _positive_int(stride) or compression % stride != 0:
+                raise ValueError(
+                    f"each stride must be a positive integer dividing its compression, got "
+                    f"stride {stride!r} for compression {compression}; use 1 (the default)"
+                )
+        if self.stream_widths[0] != self.d_model:
+            raise ValueError(
+                f"stream_widths[0] must be d_model={self.d_model} (the predicting stream), got "
+                f"{self.stream_widths[0]!r}"
+            )
+        for width in self.stream_widths:
+            if not _positive_int(width) or width % self.n_heads or (width // self.n_heads) % 2:
+                raise ValueError(
+                    f"each stream width must be a positive multiple of n_heads={self.n_heads} "
+                    f"with an even head size (width / n_heads), got {width!r}"
+                )
+
+
+def token_shift(x: Tensor) -> Tensor:
+    """``(batch, length, d)``: the second half of the channels moves one position later (zeros
+    at position 0); the first half stays. Position t then holds half of t and half of t - 1."""
+    keep, shifted = x.chunk(2, dim=-1)
+    shifted = torch.cat((torch.zeros_like(shifted[:, :1]), shifted[:, :-1]), dim=1)
+    return torch.cat((keep, shifted), dim=-1)
+
+
+class CausalCompressor(nn.Module):
+    """Token embeddings ``(batch, L, d_model)`` -> stream ``(batch, ceil(L / stride), width)``.
+
+    Causal convolution (kernel ``compression``, stride ``stride``, ``compression - 1`` zeros in
+    front), SiLU, 1x1 convolution, LayerNorm. Output q summarises tokens
+    ``q*stride - (compression-1) .. q*stride``.
+    """
+
+    def __init__(self, d_model: int, width: int, compression: int, stride: int, expansion: int):
+        super().__init__()
+        self.compression = compression
+        hidden = expansion * d_model
+        self.window = nn.Conv1d(d_model, hidden, compression, stride=stride)
+        self.activation = nn.SiLU()
+        self.out = nn.Conv1d(hidden, width, 1)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.pad(rearrange(x, "b l d -> b d l"), (self.compression - 1, 0))
+        x = self.out(self.activation(self.window(x)))
+        return self.norm(rearrange(x, "b d l -> b l d"))
+
+
+class StreamBlock(TransformerBlock):
+    """A pre-norm block run on ``axial`` interleaved subsequences of a stream, with token shift.
+
+    ``forward(x, capture=None, name="")``: x ``(batch, n, width)`` -> same. Position q attends
+    only to q - a, q - 2a, ... (a = ``axial``; the last ``window`` of them, itself included, or all
+    with window None). With axial 1 and no token shift this is exactly ``TransformerBlock``.
+    Captures ``{name}`` and ``{name}.attn`` (weights ``(batch * axial, heads, n / a, n / a)``,
+    one attention per subsequence).
+    """
+
+    def __init__(self, width: int, n_heads: int, d_ff: int, *, axial: int, window: int | None,
+                 shift: bool, dropout: float, rotary: RotaryEmbedding):
+        attention = None
+        if window is not None:  # sliding window = Long-Short without the summaries
+            attention = LongShortAttention(width, n_heads, window=window, segment_size=None,
+                                           rank=None, dual_norm=False, rotary=rotary)
+        super().__init__(width, n_heads, d_ff, dropout=dropout, rotary=rotary,
+                         attention=attention)
+        self.axial = axial
+        self.shift = shift
+
+    def _shifted(self, x: Tensor) -> Tensor:
+        return token_shift(x) if self.shift else x
+
+    def forward(self, x: Tensor, *, capture: dict | None = None, name: str = "") -> Tensor:
+        length = x.shape[1]
+        x = rearrange(pad_to_multiple(x, self.axial), "b (m a) d -> (b a) m d", a=self.axial)
+        positions = torch.arange(x.shape[1], device=x.device)
+        attended, weights = self.attn(
+            self.attn_norm(self._shifted(x)), query_positions=positions, causal=True,
+            need_weights=capture is not None,
+        )
+        x = x + self.attn_dropout(attended)
+        x = x + self.ff(self.ff_norm(self._shifted(x)))
+        x = rearrange(x, "(b a) m d -> b (m a) d", a=self.axial)[:, :length]
+        record(capture, f"{name}.attn", weights)
+        record(capture, name, x)
+        return x
+
+
+class StreamMerge(nn.Module):
+    """All streams (coarse ones repeated by their stride) -> the update of the predicting stream:
+    LayerNorm of the concatenation, Linear to 2 * d_model, SiLU, Linear to d_model."""
+
+    def __init__(self, widths: tuple[int, ...], d_model: int, strides: tuple[int, ...]):
+        super().__init__()
+        self.strides = strides
+        self.norm = nn.LayerNorm(sum(widths))
+        self.expand = nn.Linear(sum(widths), 2 * d_model)
+        self.activation = nn.SiLU()
+        self.contract = nn.Linear(2 * d_model, d_model)
+        self.contract.is_residual_output = True  # a residual branch: scaled at init
+
+    def forward(self, streams: list[Tensor], length: int) -> Tensor:
+        # Fine position t reads compressed position t // stride (repeat, then crop).
+        full = [
+            repeat(stream, "b n d -> b (n s) d", s=stride)[:, :length]
+            for stream, stride in zip(streams, self.strides, strict=True)
+        ]
+        return self.contract(self.activation(self.expand(self.norm(torch.cat(full, dim=-1)))))
 
 
 class SimpleHierarchicalLM(LanguageModel):
     """Character LM with parallel streams at several compressions, merged every layer.
 
-    Capture names: ``embedding``; ``stream{c}.input`` ``(batch, ceil(L / c), d)`` for each
+    Capture names: ``embedding``; ``stream{c}.input`` ``(batch, ceil(L / s), width)`` for each
     compression c > 1 (the compressed embeddings); ``layer{j}.stream{c}`` (block output of stream
-    c in layer j) and ``layer{j}.stream{c}.attn`` (its weights, ``(batch, heads, n_c, n_c)``);
-    ``layer{j}.merged`` ``(batch, L, d)`` (the predicting stream after the merge);
-    ``final_norm``.
+    c in layer j) and ``layer{j}.stream{c}.attn`` (its weights, one attention per subsequence, see
+    ``StreamBlock``); ``layer{j}.merged`` ``(batch, L, d)`` (the predicting stream after the
+    merge); ``final_norm``.
     """
 
     config_class = SimpleHierarchicalConfig
 
     def __init__(self, config: SimpleHierarchicalConfig):
         super().__init__(config)
-        width = config.feed_forward_width
+        streams = list(zip(config.compressions, config.strides, config.stream_widths,
+                           config.windows, strict=True))
+        # One rotary per head size (no weights: these only hold their frequencies).
+        self.stream_rotaries = nn.ModuleList(
+            self.rotary if width == config.d_model
+            else RotaryEmbedding(width // config.n_heads, config.rotary_base)
+            for _, _, width, _ in streams
+        )
 
-        def block(window):
-            attention = None
-            if window is not None:  # sliding window = Long-Short without the summaries
-                attention = LongShortAttention(
-                    config.d_model,
-                    config.n_heads,
-                    window=window,
-                    segment_size=None,
-                    rank=None,
-                    dual_norm=False,
-                    rotary=self.rotary,
-                )
-            return TransformerBlock(
-                config.d_model,
-                config.n_heads,
-                width,
-                dropout=config.dropout,
-                rotary=self.rotary,
-                attention=attention,
-            )
+        def block(stream: int) -> StreamBlock:
+            compression, stride, width, window = streams[stream]
+            d_ff = config.feed_forward_width * width // config.d_model
+            return StreamBlock(width, config.n_heads, d_ff, axial=compression // stride,
+                               window=window, shift=config.token_shift, dropout=config.dropout,
+                               rotary=self.stream_rotaries[stream])
 
         self.compressors = nn.ModuleList(
-            LinearShortening(config.d_model, c) for c in config.compressions[1:]
+            CausalCompressor(config.d_model, width, compression, stride,
+                             config.compressor_expansion)
+            for compression, stride, width, _ in streams[1:]
         )
         self.layers = nn.ModuleList(
-            nn.ModuleList(block(w) for w in config.windows) for _ in range(config.n_layers)
+            nn.ModuleList(block(s) for s in range(len(streams))) for _ in range(config.n_layers)
         )
-        coarse = len(config.compressions) - 1
         self.merges = (
             nn.ModuleList(
-                nn.Linear(coarse * config.d_model, config.d_model) for _ in range(config.n_layers)
+                StreamMerge(config.stream_widths, config.d_model, config.strides)
+                for _ in range(config.n_layers)
             )
-            if coarse
+            if len(streams) > 1
             else None
         )
-        for merge in self.merges or []:
-            merge.is_residual_output = True  # a residual branch: scaled at init like the others
         self.init_weights()
-
-    def compress(self, x: Tensor, factor: int, compressor: nn.Module) -> Tensor:
-        """``(batch, L, d)`` -> ``(batch, ceil(L / factor), d)``: shift right by factor - 1, then
-        the strided convolution. Position p summarises tokens p*factor - (factor-1) ... p*factor."""
-        return compressor(shift_right(pad_to_multiple(x, factor), factor - 1))
 
     def body(self, x: Tensor, capture: dict | None) -> Tensor:
         length = x.shape[1]
         compressions = self.config.compressions
         streams = [x]
-        for factor, compressor in zip(compressions[1:], self.compressors, strict=True):
-            streams.append(self.compress(x, factor, compressor))
-            record(capture, f"stream{factor}.input", streams[-1])
+        for compression, compressor in zip(compressions[1:], self.compressors, strict=True):
+            streams.append(compressor(x))
+            record(capture, f"stream{compression}.input", streams[-1])
         for j, blocks in enumerate(self.layers):
-            for s, (factor, block) in enumerate(zip(compressions, blocks, strict=True)):
-                positions = torch.arange(streams[s].shape[1], device=x.device)
-                streams[s] = block(
-                    streams[s], positions, capture=capture, name=f"layer{j}.stream{factor}"
-                )
+            streams = [
+                block(stream, capture=capture, name=f"layer{j}.stream{compression}")
+                for compression, block, stream in zip(compressions, blocks, streams, strict=True)
+            ]
             if self.merges is not None:
-                # Fine position t reads compressed position t // factor (repeat, then crop).
-                upsampled = [
-                    repeat(stream, "b n d -> b (n k) d", k=factor)[:, :length]
-                    for factor, stream in zip(compressions[1:], streams[1:], strict=True)
-                ]
-                streams[0] = streams[0] + self.merges[j](torch.cat(upsampled, dim=-1))
+                streams[0] = streams[0] + self.merges[j](streams, length)
                 record(capture, f"layer{j}.merged", streams[0])
         return streams[0]

@@ -37,11 +37,12 @@ def pooling_labels(
 def pooling_diagram(text: str = "the old pond", factor: int = 3) -> Figure:
     """Which characters each shortened position pools, without and with the k-1 shift.
 
-    Four rows per panel: the characters; the sequence that is pooled (shifted right by k-1, the
-    gap filled with `FILL_GLYPH`, or unshifted); the shortened positions with the characters they
-    pool; and the full-resolution positions each shortened vector is repeated back to. A served
-    position is marked as a leak when the vector it receives pools a character that comes after
-    it: the output at position t predicts character t+1, so seeing t+1 or later is cheating.
+    Four rows per panel: the characters; the input to pooling (labelled "shifted input": the
+    characters shifted right by k-1, the gap filled with `FILL_GLYPH`; or "unshifted input"); the
+    shortened positions with the characters they pool; and the full-resolution positions each
+    shortened vector is repeated back to. A served position is marked as a leak when the vector it
+    receives pools a character that comes after it: the output at position t predicts character
+    t+1, so seeing t+1 or later is cheating.
     """
     if factor < 2:
         raise ValueError(f"factor must be at least 2 to show pooling, got {factor}")
@@ -61,7 +62,7 @@ def pooling_diagram(text: str = "the old pond", factor: int = 3) -> Figure:
 #: The pooling diagram's rows, top to bottom: name -> y.
 _POOLING_ROWS = {
     "characters": 3.0,
-    "pooled\nsequence": 2.0,
+    "pooling input": 2.0,
     "shortened": 1.0,
     "served\npositions": 0.0,
 }
@@ -77,7 +78,7 @@ def _pooling_panel(ax, chars: Sequence[str], factor: int, shift: bool) -> None:
         _box(ax, t, rows["characters"], 1, visible_char(char), "#F2F2F2")
         source = t - (factor - 1) if shift else t
         label = visible_char(chars[source]) if source >= 0 else FILL_GLYPH
-        _box(ax, t, rows["pooled\nsequence"], 1, label, "#FFFFFF" if source >= 0 else "#DDDDDD")
+        _box(ax, t, rows["pooling input"], 1, label, "#FFFFFF" if source >= 0 else "#DDDDDD")
         sees = spans[t // factor]
         leak = len(sees) > 0 and sees.stop - 1 > t
         leaks += leak
@@ -89,8 +90,11 @@ def _pooling_panel(ax, chars: Sequence[str], factor: int, shift: bool) -> None:
              PALETTE[position % 2 * 4] + "40")  # fmt: skip
         for edge in (position * factor, position * factor + width):
             ax.plot([edge, edge], [1.9, 2.1 + 0.8], color="#555555", lw=1.2)
+    # The second row is what the pooling reads: the shifted input, not a pooled result.
+    names = {**{name: name for name in rows},
+             "pooling input": "shifted\ninput" if shift else "unshifted\ninput"}
     for name, y in rows.items():
-        ax.text(-0.3, y + 0.4, name, ha="right", va="center", fontsize=9)
+        ax.text(-0.3, y + 0.4, names[name], ha="right", va="center", fontsize=9)
     ax.set_xlim(-2.6, n + 0.2)
     ax.set_ylim(-0.2, 4.0)
     ax.axis("off")
