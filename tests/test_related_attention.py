@@ -2,7 +2,7 @@
 
 References are written independently of the code under test: PyTorch's SDPA with an explicit
 mask, and slow per-query loops in float64 written from the papers' equations (Long-Short: window
-plus dynamic projection, DualLN, one softmax; hierarchical attention).
+plus dynamic projection, DualLN, one softmax). Hierarchical attention: tests/test_h_transformer.py.
 """
 
 from __future__ import annotations
@@ -363,148 +363,9 @@ def test_long_short_with_valid_settings_sees_every_past_position_at_least_once(
         torch.testing.assert_close(out[i], counts / total_keys)
 
 
-# ---------------------------------------------------------------- hierarchical (H-Transformer-1D)
+# H-Transformer-1D's own tests live in tests/test_h_transformer.py.
 
 
-def h_attention_reference(q, k, v, block_size, causal):
-    """Slow and obvious: list each query's keys (exact and pooled); one logsumexp in float64."""
-    q, k, v = q.double(), k.double(), v.double()
-    batch, heads, length, head_dim = q.shape
-    out = torch.zeros_like(q)
-    for i in range(length):
-        keys, values, biases = [], [], []
-        own_start = i // block_size * block_size
-        for j in range(own_start, min(own_start + block_size, length)):
-            if causal and j > i:
-                continue
-            keys.append(k[:, :, j])
-            values.append(v[:, :, j])
-            biases.append(0.0)
-        level = 0
-        while block_size * 2**level < length:
-            factor, span = 2**level, block_size * 2**level
-            own, sibling = i // span, (i // span) ^ 1
-            if not (causal and sibling > own):
-                for c in range(block_size):
-                    start = sibling * span + c * factor
-                    group = list(range(start, min(start + factor, length)))
-                    if group:
-                        keys.append(k[:, :, group].mean(2))
-                        values.append(v[:, :, group].mean(2))
-                        biases.append(math.log(len(group)))
-            level += 1
-        logits = torch.stack(
-            [
-                (q[:, :, i] * key).sum(-1) / math.sqrt(head_dim) + bias
-                for key, bias in zip(keys, biases, strict=True)
-            ],
-            dim=-1,
-        )
-        weights = (logits - logits.logsumexp(-1, keepdim=True)).exp()
-        out[:, :, i] = torch.einsum("bhk,kbhd->bhd", weights, torch.stack(values))
-    return out
-
-
-@settings(max_examples=20)
-@given(length=st.integers(1, 40), block_size=st.integers(1, 9), causal=st.booleans())
-def test_h_attention_matches_slow_reference(length, block_size, causal):
-    q, k, v = random_qkv(length)
-    torch.testing.assert_close(
-        h_attention(q, k, v, block_size=block_size, causal=causal),
-        h_attention_reference(q, k, v, block_size, causal),
-    )
-
-
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("length", [1, 7, 32])
-def test_h_attention_with_one_block_covering_sequence_is_exact_attention(length, causal):
-    q, k, v = random_qkv(length)
-    exact = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    for block_size in (length, length + 5):
-        torch.testing.assert_close(
-            h_attention(q, k, v, block_size=block_size, causal=causal), exact
-        )
-
-
-@settings(max_examples=20)
-@given(length=st.integers(1, 70), block_size=st.integers(1, 8), causal=st.booleans())
-def test_h_attention_covers_every_position_exactly_once(length, block_size, causal):
-    """Counting construction: zero logits and one-hot values.
-
-    Every key then has logit log(count of positions it stands for), so the output for query i is
-    (how many times each position j was counted) / (total count). Exactly-once coverage of the
-    past gives 1/(i+1) on every j <= i (whole sequence, 1/length, without the causal mask).
-    """
-    q = torch.zeros(1, 1, length, 4, dtype=torch.float64)
-    values = torch.eye(length, dtype=torch.float64)[None, None]
-    out = h_attention(q, q, values, block_size=block_size, causal=causal)[0, 0]
-    if causal:
-        expected = torch.ones(length, length).tril() / torch.arange(1, length + 1)[:, None]
-    else:
-        expected = torch.full((length, length), 1.0 / length)
-    torch.testing.assert_close(out, expected.double())
-
-
-@pytest.mark.parametrize("causal", [True, False])
-def test_h_attention_equals_exact_when_pooled_keys_and_values_are_exact(causal):
-    """With one shared key and values constant on aligned groups, pooling loses nothing."""
-    length, block_size = 48, 3
-    q, k, v = random_qkv(length)
-    k = k[:, :, :1].expand_as(k)
-    exact = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    torch.testing.assert_close(h_attention(q, k, v, block_size=block_size, causal=causal), exact)
-
-
-@pytest.mark.parametrize("length, block_size", [(37, 4), (64, 8), (50, 1)])
-def test_h_attention_receptive_field_is_the_whole_past(length, block_size):
-    """Measured by gradient: output i depends on value j exactly when j <= i."""
-    q, k, v = random_qkv(length, batch=1, heads=1)
-    v.requires_grad_()
-    out = h_attention(q, k, v, block_size=block_size, causal=True)
-    for i in range(length):
-        (grad,) = torch.autograd.grad(out[0, 0, i].sum(), v, retain_graph=True)
-        reached = grad[0, 0].abs().sum(-1) > 0
-        assert reached[: i + 1].all(), f"query {i} misses part of its past"
-        assert not reached[i + 1 :].any(), f"query {i} sees the future"
-
-
-def test_h_attention_shared_logsumexp_is_right_for_large_logits():
-    q, k, v = random_qkv(45, dtype=torch.float32, seed=4)
-    q = q * 40.0  # logits in the hundreds: separate per-level maxima would go badly wrong
-    for causal in (True, False):
-        out = h_attention(q, k, v, block_size=4, causal=causal)
-        assert torch.isfinite(out).all()
-        reference = h_attention_reference(q, k, v, 4, causal).float()
-        torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
-
-
-def test_h_attention_dense_weights_account_for_the_output():
-    q, k, v = random_qkv(29)
-    for causal in (True, False):
-        out, weights = h_attention(q, k, v, block_size=3, causal=causal, return_weights=True)
-        torch.testing.assert_close(out, weights @ v)
-        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]))
-        if causal:
-            assert (weights.triu(1) == 0).all()
-
-
-def test_h_attention_module_runs_under_bf16_autocast():
-    torch.manual_seed(5)
-    layer = HAttention(32, 4, block_size=4)
-    x = torch.randn(2, 45, 32)
-    reference, _ = layer(x, causal=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = layer(x, causal=True)
-        out.float().sum().backward()
-    torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
-    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
-
-
-def test_h_attention_module_rejects_bad_configuration():
-    with pytest.raises(ValueError, match="multiple of n_heads"):
-        HAttention(10, 4, block_size=4)
-    with pytest.raises(ValueError, match="block_size"):
-        HAttention(16, 4, block_size=0)
 
 
 def test_plugged_attention_rejects_cross_attention_and_masks():

@@ -46,14 +46,17 @@ def test_long_short_map_support_is_the_measured_support(length, window, segment_
     assert set(resolution.unique().tolist()) <= {0.0, 1.0, segment_size / rank}
 
 
+@pytest.mark.parametrize("hierarchy", ["paper", "sibling"])
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("length, block_size", [(45, 4), (16, 16), (9, 1)])
-def test_h_attention_map_matches_pooled_weights(length, block_size, causal):
-    """The map covers exactly the positions the weights reach, at powers of two."""
+@pytest.mark.parametrize("length, block_size", [(45, 4), (16, 16), (9, 2)])
+def test_h_attention_map_matches_pooled_weights(length, block_size, causal, hierarchy):
+    """The map covers exactly the positions the weights reach, at powers of two (resolution
+    values: tests/test_h_transformer.py)."""
     q, k, v = qkv(length)
     k = torch.zeros_like(k)  # equal logits: a pooled key's weight is spread evenly, 1/count each
-    _, weights = h_attention(q, k, v, block_size=block_size, causal=causal, return_weights=True)
-    resolution = h_attention_map(length, block_size, causal)
+    _, weights = h_attention(q, k, v, block_size=block_size, causal=causal, hierarchy=hierarchy,
+                             return_weights=True)
+    resolution = h_attention_map(length, block_size, causal, hierarchy)
     seen = torch.ones(length, length).tril() if causal else torch.ones(length, length)
     assert torch.equal(resolution > 0, seen > 0)
     # With zero logits every position gets the same weight 1 / (number seen), whatever its level.

@@ -32,7 +32,7 @@ def tiny_models():
         "long_short_window_only": LongShortLM(
             LongShortConfig(**TINY, window=3, segment_size=None, rank=None)
         ),
-        "h_transformer": HTransformerLM(HTransformerConfig(**TINY, block_size=3)),
+        "h_transformer": HTransformerLM(HTransformerConfig(**TINY, block_size=4)),
         "simple_hierarchical": SimpleHierarchicalLM(
             SimpleHierarchicalConfig(**TINY, **hierarchical)
         ),

@@ -4,6 +4,7 @@
     models = build_comparison_models(data.tokenizer.vocab_size, d_model=128, n_layers=4)
     results = train_comparison(models, data, TrainConfig(steps=None, minutes=1.0, ...))
     rows = measure_cost(build_comparison_models(vocab, max_length=2048), [256, 512, 1024, 2048])
+    rows = measure_scaling(models, [512, 1024, 2048])   # attention scores computed, forward time
 
 Every model is trained by the library's trainer with the same settings and budget, and evaluated
 by the same ``evaluate_bpc`` (cross-entropy only, in bits per character).
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hourglass_edu.analysis import saved_activation_bytes
 from hourglass_edu.hourglass import HourglassConfig, HourglassLM
@@ -35,8 +37,10 @@ from hourglass_edu.related.simple_hierarchical import (
 __all__ = [
     "MODEL_NAMES",
     "build_comparison_models",
+    "count_score_entries",
     "markdown_table",
     "measure_cost",
+    "measure_scaling",
     "train_comparison",
 ]
 
@@ -60,7 +64,8 @@ def build_comparison_models(
     * hourglass: ``"1@1 M@3 1@1"`` with M = 2 * (n_layers - 2) (at least 2): the shortened middle
       layers are cheap, so it gets more of them, as in the paper.
     * long_short: ``n_layers`` blocks, window ``window``, segments of ``window`` summarised by 4.
-    * h_transformer: ``n_layers`` blocks, blocks of ``window // 2`` positions.
+    * h_transformer: ``n_layers`` blocks, the paper's hierarchy with blocks of ``window // 2``
+      positions (rounded down to an even number, at least 2).
     * simple_hierarchical: ceil(n_layers / 2) layers of three streams (1, 2, 8), the reference's
       default variant (stride 1, convolution compressors, token shift); the predicting stream has
       a sliding window of ``window``, the others full attention inside their subsequences. The
@@ -85,7 +90,7 @@ def build_comparison_models(
             LongShortConfig(**common, n_layers=n_layers, window=window, segment_size=window, rank=4)
         ),
         "h_transformer": lambda: HTransformerLM(
-            HTransformerConfig(**common, n_layers=n_layers, block_size=max(1, window // 2))
+            HTransformerConfig(**common, n_layers=n_layers, block_size=max(2, window // 4 * 2))
         ),
         "simple_hierarchical": lambda: SimpleHierarchicalLM(
             SimpleHierarchicalConfig(
@@ -206,3 +211,61 @@ def markdown_table(rows: list[dict], columns: Sequence[tuple[str, str, str]]) ->
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+class _ScoreCounter(TorchDispatchMode):
+    """Counts attention scores as PyTorch computes them: every entry that enters a softmax, and
+    (queries x keys) for every fused attention kernel, which never shows its softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.entries = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__
+        if name.startswith("_softmax") or name.startswith("_log_softmax"):
+            self.entries += args[0].numel()
+        elif "scaled_dot_product" in name:
+            query, key = args[0], args[1]
+            self.entries += query.numel() // query.shape[-1] * key.shape[-2]
+        return func(*args, **(kwargs or {}))
+
+
+def count_score_entries(model: nn.Module, tokens: torch.Tensor) -> int:
+    """Attention scores one forward pass computes, summed over layers, heads and the batch
+    (counted at PyTorch's dispatcher, so whatever the model does is what is counted; a final
+    softmax over the vocabulary is not part of the model's forward)."""
+    with torch.no_grad(), _ScoreCounter() as counter:
+        model(tokens)
+    return counter.entries
+
+
+def measure_scaling(
+    models: dict[str, nn.Module], lengths: Iterable[int], *, repeats: int = 2, seed: int = 0
+) -> list[dict]:
+    """Score entries and forward time (batch 1, no gradients, best of ``repeats`` after a warm-up)
+    per model and length, on the models' device. Rows ``{"model", "length", "score_entries",
+    "forward_ms"}``."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for name, model in models.items():
+        model.eval()
+        device = next(model.parameters()).device
+        for length in lengths:
+            tokens = torch.randint(0, model.config.vocab_size, (1, length), generator=generator)
+            tokens = tokens.to(device)
+            entries = count_score_entries(model, tokens)
+            timings = []
+            with torch.no_grad():
+                for attempt in range(repeats + 1):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    start = time.perf_counter()
+                    model(tokens)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if attempt > 0:
+                        timings.append(time.perf_counter() - start)
+            rows.append({"model": name, "length": length, "score_entries": entries,
+                         "forward_ms": 1000 * min(timings)})
+    return rows
