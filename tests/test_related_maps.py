@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from hourglass_edu.related import (
-    SimpleHierarchicalConfig,
-    SimpleHierarchicalLM,
     h_attention,
     long_short_attention,
 )
@@ -16,7 +14,6 @@ from hourglass_edu.related.h_transformer import number_of_levels
 from hourglass_edu.related.maps import (
     h_attention_map,
     long_short_map,
-    simple_hierarchical_map,
     sliding_window_map,
 )
 from hourglass_edu.viz import plot_resolution_maps
@@ -63,31 +60,6 @@ def test_h_attention_map_matches_pooled_weights(length, block_size, causal, hier
     torch.testing.assert_close(weights[0, 0], seen.double() / seen.sum(-1, keepdim=True))
     levels = number_of_levels(length, block_size)
     assert set(resolution.unique().tolist()) <= {0.0} | {2.0**level for level in range(levels + 1)}
-
-
-def test_simple_hierarchical_map_support_is_the_measured_one_layer_receptive_field():
-    torch.manual_seed(0)
-    config = SimpleHierarchicalConfig(
-        vocab_size=5,
-        d_model=16,
-        n_heads=2,
-        n_layers=1,
-        compressions=(1, 2, 4),
-        windows=(3, 2, None),
-        # the strided variant without token shift: the one `simple_hierarchical_map` describes
-        strides=(1, 2, 4),
-        token_shift=False,
-    )
-    model = SimpleHierarchicalLM(config).double()
-    length = 26
-    embedded = torch.randn(1, length, 16, dtype=torch.float64, requires_grad=True)
-    out = model.body(embedded, None)
-    measured = torch.zeros(length, length, dtype=torch.bool)
-    for t in range(length):
-        (grad,) = torch.autograd.grad(out[0, t].sum(), embedded, retain_graph=True)
-        measured[t] = grad[0].abs().sum(-1) > 0
-    resolution = simple_hierarchical_map(length, config.compressions, config.windows)
-    assert torch.equal(resolution > 0, measured)
 
 
 @pytest.mark.parametrize("length, window", [(6, 2), (9, 1), (7, 7), (5, 12)])

@@ -22,7 +22,7 @@ def test_simple_hierarchical_map_with_stride_one_and_token_shift_by_hand():
 
 @pytest.mark.parametrize(
     "strides, token_shift", [((1, 1, 1), True), ((1, 1, 2), True), ((1, 2, 4), True),
-                             ((1, 1, 1), False)],
+                             ((1, 1, 1), False), ((1, 2, 4), False)],
 )
 def test_simple_hierarchical_map_support_is_the_measured_receptive_field(strides, token_shift):
     """One layer of the real model, measured by gradient, for strides and token shift."""
