@@ -17,6 +17,10 @@ Profiles. Every notebook's parameters cell sizes its work by one `PROFILE`:
 
 `default_profile()` picks one from the environment; a learner overrides it by assigning `PROFILE`
 in the parameters cell (or by setting HOURGLASS_EDU_PROFILE before starting Jupyter).
+
+Device. Every notebook computes on `DEVICE = default_device()`: CUDA where there is a GPU, else the
+CPU, or whatever HOURGLASS_EDU_DEVICE names (CI sets it to the test tree's simulated accelerator, so
+the course runs the code path a GPU runs; a learner may set `DEVICE = "cpu"` in the cell).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "REPOSITORY_URL",
     "colab_badge_url",
     "colab_install_command",
+    "default_device",
     "default_profile",
     "pip_requirement",
 ]
@@ -81,3 +86,29 @@ def default_profile(environ: Mapping[str, str] | None = None,
 
         cuda_available = torch.cuda.is_available()
     return "gpu" if cuda_available else "cpu"
+
+
+def default_device(environ: Mapping[str, str] | None = None,
+                   cuda_available: bool | None = None) -> str:
+    """The device a notebook computes on unless the learner sets one.
+
+    HOURGLASS_EDU_DEVICE, when set, names it (any device torch knows, e.g. "cpu", "cuda:1");
+    otherwise "cuda" where CUDA is available, else "cpu".
+    """
+    import torch
+
+    environ = os.environ if environ is None else environ
+    chosen = environ.get("HOURGLASS_EDU_DEVICE", "").strip()
+    if chosen:
+        try:
+            device = torch.device(chosen)
+        except RuntimeError as error:
+            raise ValueError(f"HOURGLASS_EDU_DEVICE={chosen!r} is not a device torch knows "
+                             f"({error}); use e.g. cpu or cuda") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"HOURGLASS_EDU_DEVICE={chosen!r} but this machine has no CUDA GPU; "
+                             "unset it or use cpu")
+        return chosen
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    return "cuda" if cuda_available else "cpu"

@@ -122,12 +122,23 @@ def test_default_profile_follows_the_environment():
         course.default_profile({"HOURGLASS_EDU_PROFILE": "laptop"})
 
 
+def test_default_device_follows_the_environment():
+    assert course.default_device({}, cuda_available=True) == "cuda"
+    assert course.default_device({}, cuda_available=False) == "cpu"
+    assert course.default_device({"HOURGLASS_EDU_DEVICE": "cpu"}, cuda_available=True) == "cpu"
+    with pytest.raises(ValueError, match="not a device torch knows"):
+        course.default_device({"HOURGLASS_EDU_DEVICE": "laptop"})
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_parameters_cell_picks_a_profile(path):
     text = parameters_cell(path)
     assert "PROFILE = default_profile()" in text.splitlines(), (
         f"{path.name}: the parameters cell must set PROFILE = default_profile() "
         "(hourglass_edu.course), which a learner may then override")
+    assert "DEVICE = default_device()" in text.splitlines(), (
+        f"{path.name}: the parameters cell must set DEVICE = default_device() "
+        "(hourglass_edu.course), so CI can run it on the simulated accelerator")
     for table in profile_tables(text):
         keys = [key.value for key in table.keys if isinstance(key, ast.Constant)]
         assert keys == list(course.PROFILES), (
