@@ -37,7 +37,18 @@ __all__ = [
     "RotaryEmbedding",
     "TransformerBlock",
     "record",
+    "rotary_inverse_frequencies",
 ]
+
+
+def rotary_inverse_frequencies(dim: int, base: float = 10000.0) -> torch.Tensor:
+    """``base ** (-2i / dim)`` for ``i < dim / 2``, as a float32 tensor on the CPU.
+
+    Always computed on the CPU (then moved with the model): ``pow`` may round differently on a
+    GPU, and one ulp here moves a trained model's logits by ~1e-4, so anything that must match
+    the library (the capstone's own rotary) calls this function instead of recomputing it.
+    """
+    return base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
 
 
 class RotaryEmbedding(nn.Module):
@@ -55,8 +66,8 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rotary embeddings need an even head dimension, got {dim}: "
                              "choose d_model / n_heads even")
         self.dim = dim
-        inverse_frequency = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-        self.register_buffer("inverse_frequency", inverse_frequency, persistent=False)
+        self.register_buffer("inverse_frequency", rotary_inverse_frequencies(dim, base),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         length = x.shape[-2]
