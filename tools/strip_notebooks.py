@@ -1,4 +1,4 @@
-"""Keep the course notebooks reviewable: no outputs, no execution counts, stable cell ids.
+"""Keep the course notebooks reviewable: no outputs, no execution counts, one cell-id scheme.
 
     python tools/strip_notebooks.py            # clean every notebooks/NN_*.ipynb in place
     python tools/strip_notebooks.py --check    # list what is not clean; exit 1 if anything is
@@ -12,14 +12,21 @@ diff shows only the change someone meant to make:
   `execution`, `collapsed` or `scrolled` go;
 * notebook metadata: only `kernelspec` and the language's name (no Python version, no saved
   widget state);
-* cell ids (nbformat 4.5): present, unique, and either a descriptive name of letter-only words
-  joined by dashes (`solutions`, `rotary-picture`) or the notebook's numbered pattern: one word
-  for the whole notebook, then a number (`cell-07`, `c12`, `capstone-03`), optionally a letter or
-  two for a cell inserted later without renumbering its neighbours (`c22a`). An id, once
-  committed, never changes, so diffs and review comments can point at a cell. Jupyter gives a
-  new cell a random id (`9f1c2ab4`, or a UUID); this tool renames such an id, or a missing or
-  duplicated one, to the notebook's word with the next free number. Ids that already follow
-  either rule are left alone, so cleaning twice changes nothing.
+* cell ids (nbformat 4.5): present, unique, and in the course's one scheme: `cell-NN` (two or
+  more digits, `cell-07`), optionally with one or two lower-case letters for a cell inserted later
+  without renumbering its neighbours (`cell-07a`), plus the one descriptive id `solutions` for
+  the solutions cell. An id, once committed, never changes, so diffs and review comments can point
+  at a cell.
+
+Cleaning renames what does not follow the scheme, and leaves every conforming id alone, so that
+cleaning twice changes nothing:
+
+* the course's old numbered schemes keep their number: `c07` -> `cell-07`, `related-07` and
+  `capstone-07a` -> `cell-07` and `cell-07a`;
+* any other id (a random one Jupyter gave a new cell, `9f1c2ab4` or a UUID; a descriptive name such
+  as `rotary-picture`; a missing or repeated id) becomes an inserted-cell id after the cell before
+  it: after `cell-07` comes `cell-07a`, then `cell-07b`. So ids keep the reading order, and a cell
+  added in the editor is named by where it sits.
 
 The file is written as nbformat writes it (one-space indent, sorted keys, UTF-8, final newline);
 `--check` compares the exact text, so a notebook saved in any other layout is reported too.
@@ -33,17 +40,18 @@ import copy
 import json
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-#: A stable, hand-readable cell id: a lower-case word (with its dash, if any), at least two
-#: digits, and up to two letters for a cell inserted later (`cell-07`, `c22a`).
-STABLE_ID = re.compile(r"^([a-z]+-?)([0-9]{2,})([a-z]{0,2})$")
-#: A descriptive id (`solutions`, `rotary-picture`): letters only, so never a random hex id.
-NAMED_ID = re.compile(r"^[a-z]+(-[a-z]+)*$")
-DEFAULT_ID_PREFIX = "cell-"
+#: The course's cell id: `cell-`, at least two digits, and up to two letters for a cell inserted
+#: later (`cell-07`, `cell-22a`).
+CELL_ID = re.compile(r"^cell-([0-9]{2,})([a-z]{0,2})$")
+#: The one descriptive id: the "## Solutions" markdown cell at the end of every notebook.
+SOLUTIONS_ID = "solutions"
+#: Numbered ids of the course's earlier schemes (`c07`, `related-07`, `capstone-07a`), renamed to
+#: `cell-` with the same number. Two or three digits only: `c1234567` is a random hex id.
+LEGACY_ID = re.compile(r"^(?:c|related-|capstone-)([0-9]{2,3})([a-z]{0,2})$")
 KEPT_CELL_METADATA = ("tags",)
 KEPT_NOTEBOOK_METADATA = ("kernelspec", "language_info")
 
@@ -58,32 +66,57 @@ def notebook_text(notebook: dict) -> str:
     return json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def _id_prefix(ids: list[str]) -> str:
-    """The word most of the notebook's stable ids start with (`cell-` if none is stable yet)."""
-    prefixes = Counter(match.group(1) for match in map(STABLE_ID.match, ids) if match)
-    return prefixes.most_common(1)[0][0] if prefixes else DEFAULT_ID_PREFIX
+def is_course_id(cell_id: object) -> bool:
+    """Whether `cell_id` follows the course's scheme (`cell-07`, `cell-07a` or `solutions`)."""
+    return isinstance(cell_id, str) and (cell_id == SOLUTIONS_ID or bool(CELL_ID.match(cell_id)))
 
 
-def _stable_ids(cells: list[dict]) -> list[str]:
-    """Every cell's id: kept when stable and unique, otherwise the next free `prefix + number`.
+def _renamed_legacy(cell_id: object) -> object:
+    """`c07` / `related-07` / `capstone-07` -> `cell-07`; any other id unchanged."""
+    match = LEGACY_ID.match(cell_id) if isinstance(cell_id, str) else None
+    return f"cell-{match.group(1)}{match.group(2)}" if match else cell_id
 
-    Stable means a descriptive name, or the pattern *and* the notebook's own word: a random id
-    that happens to look like `abc12345` is still renamed in a notebook whose ids are `cell-NN`.
-    """
-    ids = [cell.get("id") if isinstance(cell.get("id"), str) else "" for cell in cells]
-    prefix = _id_prefix(ids)
-    matches = [match for match in map(STABLE_ID.match, ids) if match and match.group(1) == prefix]
-    width = max([2, *(len(match.group(2)) for match in matches)])
-    next_number = max((int(match.group(2)) for match in matches), default=-1) + 1
-    seen: set[str] = set()
-    result = []
-    for cell_id in ids:
-        match = STABLE_ID.match(cell_id)
-        numbered = match is not None and match.group(1) == prefix
-        if not (numbered or NAMED_ID.match(cell_id)) or cell_id in seen:
-            cell_id = f"{prefix}{next_number:0{width}d}"
-            next_number += 1
-        seen.add(cell_id)
+
+def _suffixes():
+    """`a` .. `z`, then `aa` .. `zz`: the letters of inserted cells, in order."""
+    letters = [chr(code) for code in range(ord("a"), ord("z") + 1)]
+    yield from letters
+    for first in letters:
+        for second in letters:
+            yield first + second
+
+
+def _new_id(previous: str | None, numbered_later: bool, taken: set[str]) -> str:
+    """A free id for a cell after the cell `previous` (None: the first cell). Inside the notebook
+    (a numbered cell follows) it is an inserted cell, `cell-07a` after `cell-07`; at the end it
+    takes the next number, so a notebook that had no ids at all is numbered `cell-00` onwards."""
+    match = CELL_ID.match(previous) if previous else None
+    if match and numbered_later:
+        number = match.group(1)
+        for suffix in _suffixes():
+            if f"cell-{number}{suffix}" not in taken:
+                return f"cell-{number}{suffix}"
+    numbers = [int(m.group(1)) for m in map(CELL_ID.match, taken) if m]
+    candidate = max(numbers, default=-1) + 1
+    while f"cell-{candidate:02d}" in taken:
+        candidate += 1
+    return f"cell-{candidate:02d}"
+
+
+def _course_ids(cells: list[dict]) -> list[str]:
+    """Every cell's id in the course's scheme: conforming ids kept, old numbered ones renamed,
+    the rest (random, descriptive, missing, repeated) named by where they sit."""
+    wanted = [_renamed_legacy(cell.get("id")) for cell in cells]
+    kept = [is_course_id(cell_id) and cell_id not in wanted[:index]
+            for index, cell_id in enumerate(wanted)]
+    taken = {cell_id for cell_id, keep in zip(wanted, kept, strict=True) if keep}
+    result: list[str] = []
+    for index, (cell_id, keep) in enumerate(zip(wanted, kept, strict=True)):
+        if not keep:
+            numbered_later = any(later and CELL_ID.match(wanted[after])
+                                 for after, later in enumerate(kept) if after > index)
+            cell_id = _new_id(result[-1] if result else None, numbered_later, taken)
+            taken.add(cell_id)
         result.append(cell_id)
     return result
 
@@ -99,7 +132,7 @@ def clean(notebook: dict) -> dict:
     if "language_info" in cleaned["metadata"]:
         cleaned["metadata"]["language_info"] = {
             "name": cleaned["metadata"]["language_info"].get("name", "python")}
-    for cell, cell_id in zip(cleaned["cells"], _stable_ids(cleaned["cells"]), strict=True):
+    for cell, cell_id in zip(cleaned["cells"], _course_ids(cleaned["cells"]), strict=True):
         cell["id"] = cell_id
         cell["metadata"] = {key: cell["metadata"][key] for key in KEPT_CELL_METADATA
                             if key in cell.get("metadata", {})}
@@ -123,8 +156,8 @@ def problems(path: Path) -> list[str]:
         if before.get("execution_count") is not None:
             found.append(f"cell {index} has an execution count")
         if before.get("id") != after["id"]:
-            found.append(f"cell {index} id {before.get('id')!r} is missing, repeated or random "
-                         f"(would become {after['id']!r})")
+            found.append(f"cell {index} id {before.get('id')!r} is not in the course's scheme, or "
+                         f"missing or repeated (would become {after['id']!r})")
         if before.get("metadata", {}) != after["metadata"]:
             found.append(f"cell {index} has run-time metadata "
                          f"{sorted(set(before.get('metadata', {})) - set(after['metadata']))}")
