@@ -103,14 +103,18 @@ def test_exercises_then_check_helpers_then_collapsed_solutions(path):
     assert source(notebook_cells[where]).count("</details>") == len(asked)
 
 
-SECTION = re.compile(r"^## (\d+)\. ", re.MULTILINE)
+NUMBERED_HEADING = re.compile(r"^## \d.*$", re.MULTILINE)
+SECTION = re.compile(r"^## (\d+)\. \S")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS)
 def test_sections_are_numbered_from_one(path):
-    numbers = [int(n) for cell in cells(path) if cell["cell_type"] == "markdown"
-               for n in SECTION.findall(source(cell))]
-    assert numbers == list(range(1, len(numbers) + 1)), (
+    headings = [heading for cell in cells(path) if cell["cell_type"] == "markdown"
+                for heading in NUMBERED_HEADING.findall(source(cell))]
+    odd = [heading for heading in headings if not SECTION.match(heading)]
+    assert odd == [], f"{path.name}: a numbered section is written '## 3. Title', found {odd}"
+    numbers = [int(SECTION.match(heading).group(1)) for heading in headings]
+    assert numbers and numbers == list(range(1, len(numbers) + 1)), (
         f"{path.name}: sections must be '## 1. ...', '## 2. ...' in order, found {numbers}")
 
 
@@ -164,6 +168,14 @@ def test_clean_numbers_cells_added_at_the_end():
     notebook["cells"].append({"cell_type": "code", "id": "5d0c9e3b", "execution_count": None,
                               "metadata": {}, "outputs": [], "source": "y = 2"})
     assert strip_notebooks.clean(notebook)["cells"][-1]["id"] == "cell-04"
+
+
+def test_clean_gives_a_new_first_cell_the_first_free_number():
+    notebook = dirty_notebook()
+    notebook["cells"][0]["id"] = "0b3e7c21"
+    assert strip_notebooks.clean(notebook)["cells"][0]["id"] == "cell-00"
+    notebook["cells"][1]["id"] = "cell-00"
+    assert strip_notebooks.clean(notebook)["cells"][0]["id"] == "cell-02"
 
 
 def test_clean_renames_the_old_schemes_keeping_their_numbers():

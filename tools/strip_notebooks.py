@@ -97,7 +97,7 @@ def _new_id(previous: str | None, numbered_later: bool, taken: set[str]) -> str:
             if f"cell-{number}{suffix}" not in taken:
                 return f"cell-{number}{suffix}"
     numbers = [int(m.group(1)) for m in map(CELL_ID.match, taken) if m]
-    candidate = max(numbers, default=-1) + 1
+    candidate = 0 if previous is None else max(numbers, default=-1) + 1
     while f"cell-{candidate:02d}" in taken:
         candidate += 1
     return f"cell-{candidate:02d}"
