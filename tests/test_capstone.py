@@ -230,3 +230,6 @@ def test_the_solved_notebook_passes_every_check(tmp_path, monkeypatch):
     assert not any("waiting:" in text for text in printed.values())
     assert "your hourglass == HourglassLM" in "".join(printed.values())
     assert "".join(printed.values()).count("correct:") == 3       # the three exercises
+    figures = [output for cell in notebook.cells for output in cell.get("outputs", [])
+               if "image/png" in output.get("data", {})]
+    assert len(figures) == 4, "flow, training curve, dependency matrices, attention map"
