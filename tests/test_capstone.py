@@ -233,3 +233,25 @@ def test_the_solved_notebook_passes_every_check(tmp_path, monkeypatch):
     figures = [output for cell in notebook.cells for output in cell.get("outputs", [])
                if "image/png" in output.get("data", {})]
     assert len(figures) == 4, "flow, training curve, dependency matrices, attention map"
+
+
+# ---- a check reports, it never raises ----------------------------------------------------------
+
+
+def test_a_check_reports_an_error_in_the_learners_code_in_one_line(capsys):
+    from hourglass_edu.capstone_checks import check_rotary
+
+    def broken_rotary(x, positions):
+        return x @ torch.ones(3)                   # a shape error, as a learner might write
+
+    assert check_rotary(broken_rotary) is False
+    printed = capsys.readouterr().out
+    assert printed.startswith("✗ my_rotary, shape: RuntimeError:"), printed
+    assert "return x @ torch.ones(3)" in printed and printed.count("\n") == 1
+
+
+def test_a_check_names_the_wrong_shape(capsys):
+    from hourglass_edu.capstone_checks import check_rotary
+
+    assert check_rotary(lambda x, positions: x[..., :4]) is False
+    assert "returned shape (2, 3, 7, 4), expected (2, 3, 7, 8)" in capsys.readouterr().out
