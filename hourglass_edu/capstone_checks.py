@@ -86,9 +86,10 @@ def copy_weights(source, target, rename: Callable[[str], str]):
     expected = target.state_dict()
     missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or extra:
-        raise CheckFailed(f"the weight names differ from the library's: yours has no {extra}, "
-                          f"the library has no {missing}; use the attribute names the docstring "
-                          "gives")
+        found = ([f"the library's {extra} have no place in yours"] if extra else []) + (
+            [f"yours has {missing}, which the library does not"] if missing else [])
+        raise CheckFailed(f"the weight names differ from the library's: {'; '.join(found)}; "
+                          "name the attributes as the docstring says")
     for name, value in weights.items():
         if value.shape != expected[name].shape:
             raise CheckFailed(f"weight {name} has shape {tuple(expected[name].shape)}, the "

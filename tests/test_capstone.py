@@ -255,3 +255,19 @@ def test_a_check_names_the_wrong_shape(capsys):
 
     assert check_rotary(lambda x, positions: x[..., :4]) is False
     assert "returned shape (2, 3, 7, 4), expected (2, 3, 7, 8)" in capsys.readouterr().out
+
+
+def test_a_check_names_the_weights_that_do_not_fit(capsys):
+    from hourglass_edu.capstone_checks import check_block
+
+    solutions = fill_solutions.solutions(stubbed())
+    namespace = {"torch": torch}
+    exec("import torch.nn.functional as F\nfrom torch import nn\n"
+         "from einops import rearrange\n"
+         "from hourglass_edu.blocks import rotary_inverse_frequencies", namespace)
+    for _, _, code in solutions[:3]:                # rotary, attention, block
+        exec(code.replace("self.norm2", "self.ff_norm"), namespace)
+    assert check_block(namespace["Block"]) is False
+    printed = capsys.readouterr().out
+    assert ("the library's ['norm2.bias', 'norm2.weight'] have no place in yours; yours has "
+            "['ff_norm.bias', 'ff_norm.weight'], which the library does not") in printed, printed
