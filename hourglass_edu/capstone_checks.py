@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -101,10 +102,15 @@ def copy_weights(source, target, rename: Callable[[str], str]):
 # ---- running a check: stages, messages ----------------------------------------------------------
 
 
+_NOT_THE_LEARNERS = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
+
+
 def _where(error: BaseException) -> str:
-    """' (at: LINE)' for the last line of the learner's own code in the traceback, if any."""
+    """' (at: LINE)' for the last line of the learner's own code in the traceback, if any: the
+    last frame outside torch, this package and installed libraries (einops, ...)."""
     frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if "site-packages" not in frame.filename and "hourglass_edu" not in frame.filename]
+              if not frame.filename.startswith(_NOT_THE_LEARNERS)
+              and "site-packages" not in frame.filename and "dist-packages" not in frame.filename]
     return f" (at: {frames[-1].line})" if frames and frames[-1].line else ""
 
 

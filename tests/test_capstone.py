@@ -271,3 +271,15 @@ def test_a_check_names_the_weights_that_do_not_fit(capsys):
     printed = capsys.readouterr().out
     assert ("the library's ['norm2.bias', 'norm2.weight'] have no place in yours; yours has "
             "['ff_norm.bias', 'ff_norm.weight'], which the library does not") in printed, printed
+
+
+def test_a_check_points_at_the_learners_line_not_inside_einops(capsys):
+    from einops import rearrange
+
+    from hourglass_edu.capstone_checks import check_mean_shorten
+
+    def mean_shorten(shifted, k):
+        return rearrange(shifted, "b (m k) d -> b m d", k=k)   # rearrange cannot reduce
+
+    assert check_mean_shorten(mean_shorten, lambda x, k: x[:, : x.shape[1] // k * k]) is False
+    assert 'return rearrange(shifted, "b (m k) d -> b m d", k=k)' in capsys.readouterr().out
