@@ -1,0 +1,547 @@
+"""The checks of notebook 11 (the capstone): each piece a learner writes, held to the library's.
+
+Every check runs in stages and stops at the first that fails: the **shape**, then **causality**
+(a perturbation check on one random sequence: change the input at one position and watch which
+outputs move; it checks, it does not prove), then **equality** with the library's piece after
+copying the library's weights in (``copy_weights`` with the renames below). A check prints one
+line per stage, ``✓`` or ``✗`` with what to look at, and returns ``True`` or ``False``; it never
+raises, so a notebook with pieces still to write runs to its end. A piece not written yet raises
+``NotImplementedError("fill in NAME above")`` and its check says "not written yet: fill in NAME
+above" instead of a traceback.
+
+Equality is measured as the largest absolute difference, against ``TOLERANCE`` (``1e-5`` in
+float32): the same arithmetic in a different order (another einsum, another kernel) differs by a
+few roundings of ~1e-7 each, while a real mistake (a pair rotated the wrong way, a shift off by
+one, a missing residual) moves outputs by 1e-2 or more.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from hourglass_edu.attention import MultiHeadAttention, funnel_down_mask
+from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock
+from hourglass_edu.hourglass import HourglassConfig, HourglassLM, parse_structure
+from hourglass_edu.resampling import AvgShortening, RepeatUpsampling, pad_to_multiple, shift_right
+
+__all__ = [
+    "RENAMES",
+    "TOLERANCE",
+    "check_attention",
+    "check_attention_level",
+    "check_attention_model",
+    "check_block",
+    "check_funnel_attention",
+    "check_funnel_down",
+    "check_funnel_up",
+    "check_level",
+    "check_levels_of",
+    "check_mean_shorten",
+    "check_model",
+    "check_pad_and_shift",
+    "check_repeat_upsample",
+    "check_rotary",
+    "copy_weights",
+    "my_name",
+]
+
+TOLERANCE = 1e-5
+#: A piece of a library weight name -> the same piece in the capstone's modules, in this order.
+RENAMES = [
+    (r"^embedding\.", "embed."), (r"^final_norm\.", "norm."), (r"^hourglass\.", "body."),
+    (r"\.pre_blocks\.", ".pre."), (r"\.post_blocks\.", ".post."),
+    (r"\.attn_norm\.", ".norm1."), (r"\.ff_norm\.", ".norm2."),
+    (r"\.attn\.query_proj\.", ".attn.q."), (r"\.attn\.key_value_proj\.", ".attn.kv."),
+    (r"\.attn\.out_proj\.", ".attn.out."),
+    (r"\.ff\.expand\.", ".mlp.0."), (r"\.ff\.contract\.", ".mlp.2."),   # Linear, GELU, Linear
+]
+_D_MODEL, _N_HEADS = 16, 2
+_STRUCTURE = "1@1 1@2 2@6 1@2 1@1"   # two nested shortenings, by 2 then by 3
+
+
+class CheckFailed(Exception):
+    """A stage of a check found a difference; the message says what to look at."""
+
+
+def my_name(library_name: str) -> str:
+    """'hourglass.inner.pre_blocks.0.attn.query_proj.weight' -> 'body.inner.pre.0.attn.q.weight'"""
+    for pattern, replacement in RENAMES:
+        library_name = re.sub(pattern, replacement, library_name)
+    return library_name
+
+
+def _renamer(prefix: str, renamed: str) -> Callable[[str], str]:
+    """`my_name` for a part of a model (an attention, a block, a level), whose weight names lack
+    the part's own prefix: `_renamer(".attn.", ".attn.")("query_proj.weight") == "q.weight"`."""
+    return lambda name: my_name(prefix + name).removeprefix(renamed)
+
+
+def copy_weights(source, target, rename: Callable[[str], str]):
+    """Copy every weight of `source` into `target` as `rename(name)`; refuse any mismatch."""
+    weights = {rename(name): value for name, value in source.state_dict().items()}
+    expected = target.state_dict()
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or extra:
+        found = ([f"the library's {extra} have no place in yours"] if extra else []) + (
+            [f"yours has {missing}, which the library does not"] if missing else [])
+        raise CheckFailed(f"the weight names differ from the library's: {'; '.join(found)}; "
+                          "name the attributes as the docstring says")
+    for name, value in weights.items():
+        if value.shape != expected[name].shape:
+            raise CheckFailed(f"weight {name} has shape {tuple(expected[name].shape)}, the "
+                              f"library's {tuple(value.shape)}")
+    target.load_state_dict(weights)                 # strict: every name exactly once
+    return target
+
+
+# ---- running a check: stages, messages ----------------------------------------------------------
+
+
+_NOT_THE_LEARNERS = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
+
+
+def _where(error: BaseException) -> str:
+    """' (at: LINE)' for the last line of the learner's own code in the traceback, if any: the
+    last frame outside torch, this package and installed libraries (einops, ...)."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if not frame.filename.startswith(_NOT_THE_LEARNERS)
+              and "site-packages" not in frame.filename and "dist-packages" not in frame.filename]
+    return f" (at: {frames[-1].line})" if frames and frames[-1].line else ""
+
+
+def _run(piece: str, stages) -> bool:
+    """Run `(label, stage)` pairs in order; print ✓ per stage passed, ✗ and stop at a failure."""
+    for label, stage in stages:
+        try:
+            detail = stage()
+        except NotImplementedError as error:
+            if str(error).startswith("fill in "):
+                print(f"✗ {piece}: not written yet: {error}")
+                return False
+            print(f"✗ {piece}, {label}: NotImplementedError: {error}{_where(error)}")
+            return False
+        except CheckFailed as error:
+            print(f"✗ {piece}, {label}: {error}")
+            return False
+        except Exception as error:  # the learner's code raised: say what and where, briefly
+            print(f"✗ {piece}, {label}: {type(error).__name__}: {error}{_where(error)}")
+            return False
+        print(f"✓ {piece}, {label}" + (f": {detail}" if detail else ""))
+    return True
+
+
+def _expect_shape(got, expected, what: str) -> str:
+    if not isinstance(got, torch.Tensor):
+        raise CheckFailed(f"{what} should return a tensor, got {type(got).__name__}")
+    if tuple(got.shape) != tuple(expected):
+        raise CheckFailed(f"{what} returned shape {tuple(got.shape)}, expected {tuple(expected)}")
+    return f"{tuple(expected)}"
+
+
+def _expect_equal(got, expected, hint: str, what: str = "|yours - library|") -> str:
+    difference = (got.float() - expected.float()).abs().max().item()
+    if not difference <= TOLERANCE:
+        raise CheckFailed(f"max {what} = {difference:.2e} > {TOLERANCE:.0e}: {hint}")
+    return f"max {what} = {difference:.1e}"
+
+
+def _change_vector(x, s):
+    changed = x.clone()
+    changed[:, s] = _randn(x.shape[-1], seed=100 + s)
+    return changed
+
+
+def _change_token(tokens, s):
+    changed = tokens.clone()
+    changed[:, s] = (changed[:, s] + 1) % 23
+    return changed
+
+
+def _expect_causal(function, x, visible: Callable[[int], int], hint: str,
+                   change=_change_vector) -> str:
+    """Change input position `s` of one sequence; outputs before `visible(s)` must not move and
+    some output must. Checked for a few positions `s`: a perturbation check, not a proof."""
+    with torch.no_grad():
+        base = function(x)
+        for s in range(1, x.shape[1], max(1, x.shape[1] // 5)):
+            out = function(change(x, s))
+            first = visible(s)
+            moved = (out[:, :first] - base[:, :first]).abs().max().item() if first else 0.0
+            if moved > 1e-6:
+                raise CheckFailed(f"changing input {s} moved output {first - 1} or an earlier one "
+                                  f"by {moved:.1e}: {hint}")
+            if (out - base).abs().max().item() == 0:
+                raise CheckFailed(f"changing input {s} moved no output at all")
+    return "no output moved when a later input changed (one sequence, a few positions)"
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _library_model(**settings) -> HourglassLM:
+    config = HourglassConfig(vocab_size=23, d_model=_D_MODEL, n_heads=_N_HEADS,
+                             structure=_STRUCTURE, **settings)
+    torch.manual_seed(0)
+    return HourglassLM(config).eval()
+
+
+def _randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """`module` in eval mode with every weight drawn at random, so that no weight is a default
+    (a zero bias, a LayerNorm's ones) behind which a mistake could hide."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return module.eval()
+
+
+def _build(make: Callable[[], torch.nn.Module], what: str) -> torch.nn.Module:
+    module = make()
+    if not isinstance(module, torch.nn.Module):
+        raise CheckFailed(f"{what} should build an nn.Module, got {type(module).__name__}")
+    return module.eval()
+
+
+# ---- the pieces of section 2 --------------------------------------------------------------------
+
+
+def check_rotary(my_rotary) -> bool:
+    """`my_rotary(x, positions)`: x (batch, heads, n, d_head), positions (n,) -> x's shape."""
+    x, positions = _randn(2, 3, 7, 8), torch.arange(7) * 3 + 2   # any integers, not just 0..n-1
+    state = {}
+
+    def shape():
+        state["got"] = my_rotary(x, positions)
+        return _expect_shape(state["got"], x.shape, "my_rotary(x, positions)")
+
+    def equal():
+        return _expect_equal(state["got"], RotaryEmbedding(8)(x, positions),
+                             "rotate the pair (x[i], x[i + d/2]) by position * frequency[i], "
+                             "with the frequencies of rotary_inverse_frequencies(d)")
+
+    def relative():
+        # Rotary scores depend only on the distance: shifting every position by 5 changes none.
+        q, k = _randn(1, 1, 7, 8, seed=1), _randn(1, 1, 7, 8, seed=2)
+        scores = my_rotary(q, positions) @ my_rotary(k, positions).transpose(-1, -2)
+        moved = my_rotary(q, positions + 5) @ my_rotary(k, positions + 5).transpose(-1, -2)
+        return _expect_equal(moved, scores, "scores should depend on position differences only",
+                             "|scores at positions + 5 - scores|")
+
+    return _run("my_rotary", [("shape", shape), ("equal to RotaryEmbedding", equal),
+                              ("scores depend only on distances", relative)])
+
+
+def check_attention(Attention) -> bool:  # noqa: N803 - the class the learner wrote
+    """`Attention(d_model, n_heads)`: (batch, n, d_model) -> (batch, n, d_model), causal."""
+    x = _randn(2, 11, _D_MODEL)
+    state = {}
+
+    def shape():
+        state["mine"] = _build(lambda: Attention(_D_MODEL, _N_HEADS), "Attention(d_model, n_heads)")
+        with torch.no_grad():
+            return _expect_shape(state["mine"](x), x.shape, "attention(x)")
+
+    def causal():
+        return _expect_causal(state["mine"], x[:1], lambda s: s,
+                              "use is_causal=True (or a causal mask) in the attention")
+
+    def equal():
+        library = _randomized(MultiHeadAttention(_D_MODEL, _N_HEADS,
+                                                 rotary=RotaryEmbedding(_D_MODEL // _N_HEADS)))
+        copy_weights(library, state["mine"], _renamer(".attn.", ".attn."))
+        with torch.no_grad():
+            expected, _ = library(x, causal=True)
+            return _expect_equal(state["mine"](x), expected,
+                                 "keys are the first d outputs of kv, values the last d; rotate "
+                                 "queries and keys (not values) after splitting the heads")
+
+    return _run("Attention", [("shape", shape), ("causality", causal),
+                              ("equal to MultiHeadAttention", equal)])
+
+
+def check_block(Block) -> bool:  # noqa: N803
+    """`Block(d_model, n_heads)`: pre-norm block, (batch, n, d_model) -> same, causal."""
+    x = _randn(2, 11, _D_MODEL)
+    state = {}
+
+    def shape():
+        state["mine"] = _build(lambda: Block(_D_MODEL, _N_HEADS), "Block(d_model, n_heads)")
+        with torch.no_grad():
+            return _expect_shape(state["mine"](x), x.shape, "block(x)")
+
+    def causal():
+        return _expect_causal(state["mine"], x[:1], lambda s: s,
+                              "the attention inside is not causal")
+
+    def equal():
+        d_head = _D_MODEL // _N_HEADS
+        library = _randomized(TransformerBlock(_D_MODEL, _N_HEADS, 4 * _D_MODEL,
+                                               rotary=RotaryEmbedding(d_head)))
+        copy_weights(library, state["mine"], _renamer(".", "."))
+        with torch.no_grad():
+            return _expect_equal(state["mine"](x), library(x, torch.arange(x.shape[1])),
+                                 "x + attn(norm1(x)), then x + mlp(norm2(x)): the norm inside "
+                                 "each branch, the residual stream itself never normalised")
+
+    return _run("Block", [("shape", shape), ("causality", causal),
+                          ("equal to TransformerBlock", equal)])
+
+
+def check_pad_and_shift(pad_and_shift) -> bool:
+    """`pad_and_shift(x, k)`: (batch, n, d) -> (batch, ceil(n / k) * k, d)."""
+    x = _randn(2, 11, 4)
+
+    def shape():
+        for k in (2, 3):
+            _expect_shape(pad_and_shift(x, k), (2, -(-11 // k) * k, 4), f"pad_and_shift(x, k={k})")
+        return "(batch, ceil(n / k) * k, d)"
+
+    def equal():
+        for k in (2, 3, 11):
+            expected = shift_right(pad_to_multiple(x, k), k - 1)
+            _expect_equal(pad_and_shift(x, k), expected,
+                          f"k={k}: pad with zeros at the end first, then prepend k - 1 zero "
+                          "vectors and drop as many at the end")
+        return "pad first, then shift by k - 1"
+
+    return _run("pad_and_shift", [("shape", shape), ("equal to pad_to_multiple + shift_right",
+                                                     equal)])
+
+
+def check_mean_shorten(mean_shorten, pad_and_shift) -> bool:
+    """`mean_shorten(shifted, k)`: (batch, m, d) with m a multiple of k -> (batch, m / k, d)."""
+    x = _randn(2, 11, 4)
+
+    def shape():
+        return _expect_shape(mean_shorten(pad_and_shift(x, 3), 3), (2, 4, 4),
+                             "mean_shorten(pad_and_shift(x, 3), 3)")
+
+    def causal():
+        for k in (2, 3):
+            _expect_causal(lambda x, k=k: mean_shorten(pad_and_shift(x, k), k), x[:1],
+                           lambda s, k=k: -(-s // k),
+                           f"k={k}: short vector i may hold inputs up to i * k only")
+        return "short vector i holds no input after i * k (one sequence)"
+
+    def equal():
+        shifted = pad_and_shift(x, 3)
+        return _expect_equal(mean_shorten(shifted, 3), AvgShortening(3)(shifted),
+                             "the mean of each group of k consecutive vectors")
+
+    return _run("mean_shorten", [("shape", shape), ("causality", causal),
+                                 ("equal to AvgShortening", equal)])
+
+
+def check_repeat_upsample(repeat_upsample) -> bool:
+    """`repeat_upsample(short, residual, k)`: (batch, m, d), (batch, n, d) -> (batch, n, d)."""
+    short, residual = _randn(2, 4, 4), _randn(2, 11, 4, seed=1)
+
+    def shape():
+        return _expect_shape(repeat_upsample(short, residual, 3), residual.shape,
+                             "repeat_upsample(short, residual, 3)")
+
+    def equal():
+        return _expect_equal(repeat_upsample(short, residual, 3),
+                             RepeatUpsampling(3)(short, residual),
+                             "repeat each short vector k times, crop to n, add the residual")
+
+    return _run("repeat_upsample", [("shape", shape), ("equal to RepeatUpsampling", equal)])
+
+
+def check_levels_of(levels_of) -> bool:
+    """`levels_of(structure)` -> [(pre, post, k), ...], outermost first, the innermost k None."""
+    structures = [_STRUCTURE, "2@1 8@3 2@1", "12@1", "3@1 8@3 1@1", "1@1 1@2 1@4 2@8 1@4 1@2 1@1"]
+
+    def equal():
+        for structure in structures:
+            library = [(level.pre_layers, level.post_layers, level.factor)
+                       for level in parse_structure(structure)]
+            got = levels_of(structure)
+            if list(got) != library:
+                raise CheckFailed(f"levels_of({structure!r}) gave {got}; parse_structure reads "
+                                  f"{len(library)} levels there (k: how much the next level "
+                                  "shortens this one)")
+        return f"{len(structures)} structures"
+
+    return _run("levels_of", [("equal to parse_structure", equal)])
+
+
+def _check_level(piece: str, make_level, library_level, hint: str) -> bool:
+    x = _randn(2, 11, _D_MODEL)
+    levels = [(1, 1, 2), (1, 1, 3), (2, 0, None)]
+    state = {}
+
+    def shape():
+        state["mine"] = _build(lambda: make_level(levels), f"{piece}(levels, d_model, n_heads)")
+        with torch.no_grad():
+            return _expect_shape(state["mine"](x), x.shape, "level(x)")
+
+    def causal():
+        return _expect_causal(state["mine"], x[:1], lambda s: s,
+                              "the order must be pad -> shift by k - 1 -> shorten")
+
+    def equal():
+        library = _randomized(library_level)
+        copy_weights(library, state["mine"], _renamer("hourglass.", "body."))
+        with torch.no_grad():
+            return _expect_equal(state["mine"](x), library(x), hint)
+
+    return _run(piece, [("shape", shape), ("causality", causal),
+                        ("equal to HourglassLevel", equal)])
+
+
+def check_level(Level) -> bool:  # noqa: N803
+    """`Level(levels, d_model, n_heads)`: the recursive level, (batch, n, d) -> (batch, n, d)."""
+    return _check_level("Level", lambda levels: Level(levels, _D_MODEL, _N_HEADS),
+                        _library_model().hourglass,
+                        "pre blocks, residual, pad_and_shift, mean_shorten, inner level, "
+                        "repeat_upsample with the residual, post blocks")
+
+
+def _check_model(piece: str, make_model, library: HourglassLM, device) -> bool:
+    tokens = torch.randint(23, (2, 101), generator=torch.Generator().manual_seed(2)).to(device)
+    state = {}
+
+    def shape():
+        state["mine"] = _build(make_model, piece).to(device)
+        with torch.no_grad():
+            return _expect_shape(state["mine"](tokens), (2, 101, 23), "model(tokens)")
+
+    def causal():
+        return _expect_causal(state["mine"], tokens[:1], lambda s: s, "a level leaks the future",
+                              change=_change_token)
+
+    def equal():
+        copy_weights(library, state["mine"], my_name)
+        with torch.no_grad():
+            return _expect_equal(state["mine"](tokens), library.to(device)(tokens),
+                                 "embedding -> body -> final LayerNorm -> head (no bias)")
+
+    return _run(piece, [("shape", shape), ("causality", causal),
+                        ("equal to HourglassLM", equal)])
+
+
+def check_model(MyHourglass, device="cpu") -> bool:  # noqa: N803
+    """`MyHourglass(vocab_size, d_model, n_heads, structure)`: tokens (batch, n) -> logits."""
+    return _check_model("MyHourglass",
+                        lambda: MyHourglass(23, _D_MODEL, _N_HEADS, _STRUCTURE),
+                        _randomized(_library_model()), device)
+
+
+# ---- the extension: attention shortening and upsampling -----------------------------------------
+
+
+def check_funnel_attention(FunnelAttention) -> bool:  # noqa: N803
+    """`FunnelAttention(d_model, n_heads)(queries, keys_values, query_positions, key_positions,
+    mask)`: (batch, nq, d), (batch, nk, d), (nq,), (nk,), bool (nq, nk) -> (batch, nq, d)."""
+    k, short_length, full_length = 3, 4, 12
+    queries = _randn(2, short_length, _D_MODEL)
+    keys_values = _randn(2, full_length, _D_MODEL, seed=1)
+    query_positions = torch.arange(short_length) * k
+    key_positions = torch.arange(full_length) - (k - 1)
+    mask = funnel_down_mask(short_length, full_length, k)
+    state = {}
+
+    def run():
+        with torch.no_grad():
+            return state["mine"](queries, keys_values, query_positions, key_positions, mask)
+
+    def shape():
+        state["mine"] = _build(lambda: FunnelAttention(_D_MODEL, _N_HEADS), "FunnelAttention")
+        return _expect_shape(run(), queries.shape, "attention(queries, keys_values, ...)")
+
+    def equal():
+        library = _randomized(MultiHeadAttention(_D_MODEL, _N_HEADS,
+                                                 rotary=RotaryEmbedding(_D_MODEL // _N_HEADS)))
+        copy_weights(library, state["mine"], _renamer(".attn.", ".attn."))
+        with torch.no_grad():
+            expected, _ = library(queries, keys_values, query_positions=query_positions,
+                                  key_positions=key_positions, mask=mask)
+        return _expect_equal(run(), expected,
+                             "queries from the first argument, keys and values from the second, "
+                             "each rotated by its own positions; the mask as SDPA's attn_mask")
+
+    return _run("FunnelAttention", [("shape", shape), ("equal to MultiHeadAttention", equal)])
+
+
+def _attention_level():
+    return _library_model(shortening="attention", upsampling="attention").hourglass
+
+
+def check_funnel_down(FunnelDown) -> bool:  # noqa: N803
+    """`FunnelDown(d_model, n_heads, k)(shifted)`: (batch, m, d) -> (batch, m / k, d)."""
+    shifted = _randn(2, 12, _D_MODEL)
+    state = {}
+
+    def shape():
+        state["mine"] = _build(lambda: FunnelDown(_D_MODEL, _N_HEADS, 2), "FunnelDown")
+        with torch.no_grad():
+            return _expect_shape(state["mine"](shifted), (2, 6, _D_MODEL), "shorten(shifted)")
+
+    def causal():
+        return _expect_causal(state["mine"], shifted[:1], lambda s: s // 2,
+                              "short query i may see shifted positions s < (i + 1) * k only")
+
+    def equal():
+        library = _randomized(_attention_level().shorten)
+        copy_weights(library, state["mine"], _renamer(".", "."))
+        with torch.no_grad():
+            return _expect_equal(state["mine"](shifted), library(shifted),
+                                 "queries at i * k, keys at s - (k - 1); pooled + attention, "
+                                 "then + mlp(norm2(.))")
+
+    return _run("FunnelDown", [("shape", shape), ("causality", causal),
+                               ("equal to AttentionShortening", equal)])
+
+
+def check_funnel_up(FunnelUp) -> bool:  # noqa: N803
+    """`FunnelUp(d_model, n_heads, k)(short, residual)`: (b, m, d), (b, n, d) -> (b, n, d)."""
+    short, residual = _randn(2, 6, _D_MODEL), _randn(2, 11, _D_MODEL, seed=1)
+    state = {}
+
+    def shape():
+        state["mine"] = _build(lambda: FunnelUp(_D_MODEL, _N_HEADS, 2), "FunnelUp")
+        with torch.no_grad():
+            return _expect_shape(state["mine"](short, residual), residual.shape,
+                                 "upsample(short, residual)")
+
+    def causal():
+        _expect_causal(lambda r: state["mine"](short[:1], r), residual[:1], lambda s: s,
+                       "full position j may read residual positions <= j only")
+        _expect_causal(lambda x: state["mine"](x, residual[:1]), short[:1], lambda m: m * 2,
+                       "full query j may see short keys m <= j // k only")
+        return "no output moved when a later residual or short vector changed (one sequence)"
+
+    def equal():
+        library = _randomized(_attention_level().upsample)
+        copy_weights(library, state["mine"], _renamer(".", "."))
+        with torch.no_grad():
+            return _expect_equal(state["mine"](short, residual), library(short, residual),
+                                 "x = residual + repeat(short), queries at j, keys at m * k; "
+                                 "x + attention, then + mlp(norm2(.))")
+
+    return _run("FunnelUp", [("shape", shape), ("causality", causal),
+                             ("equal to AttentionUpsampling", equal)])
+
+
+def check_attention_level(AttentionLevel) -> bool:  # noqa: N803
+    """`AttentionLevel(levels, d_model, n_heads)`: a Level that resamples by attention."""
+    return _check_level("AttentionLevel",
+                        lambda levels: AttentionLevel(levels, _D_MODEL, _N_HEADS),
+                        _attention_level(),
+                        "pad_and_shift, then self.shorten(shifted); self.upsample(short, residual)")
+
+
+def check_attention_model(MyHourglass, AttentionLevel, device="cpu") -> bool:  # noqa: N803
+    """MyHourglass(..., level=AttentionLevel) equal to HourglassLM(shortening="attention",
+    upsampling="attention")."""
+    return _check_model(
+        "MyHourglass with AttentionLevel",
+        lambda: MyHourglass(23, _D_MODEL, _N_HEADS, _STRUCTURE, level=AttentionLevel),
+        _randomized(_library_model(shortening="attention", upsampling="attention")), device)
