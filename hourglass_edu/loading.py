@@ -140,10 +140,20 @@ def model_shapes(class_name: str, config: dict[str, Any], where: str) -> Languag
         raise ValueError(f"{where}: structure {model_config.structure!r} shortens by "
                          f"{_largest_factor(model_config)}, beyond this library's limit "
                          f"{SIZE_LIMITS['max_length']} (the longest sequence a model may take)")
+    # Every block holds at least one d_model x d_model matrix: a lower bound of the parameter
+    # count that refuses a giant at once, before even the meta build (seconds for 1000 layers).
+    at_least = layers * model_config.d_model**2
+    if at_least > MAX_PARAMETERS:
+        raise ValueError(_too_many_parameters(where, at_least, "at least "))
     with torch.device("meta"):
         model = cls(model_config)
     check_model_size(model, where)
     return model
+
+
+def _too_many_parameters(where: str, count: int, qualifier: str = "") -> str:
+    return (f"{where}: the config asks for {qualifier}{count:,} parameters, beyond this "
+            f"library's limit {MAX_PARAMETERS:,}; is the config damaged?")
 
 
 def activation_bytes(model: nn.Module) -> int:
@@ -163,8 +173,7 @@ def check_model_size(model: LanguageModel, where: str) -> None:
     """Raise ValueError when a model (best built on `meta`) is too large to build or run."""
     parameters = model.num_parameters()
     if parameters > MAX_PARAMETERS:
-        raise ValueError(f"{where}: the config asks for {parameters:,} parameters, beyond this "
-                         f"library's limit {MAX_PARAMETERS:,}; is the config damaged?")
+        raise ValueError(_too_many_parameters(where, parameters))
     activations = activation_bytes(model)
     if activations > MAX_ACTIVATION_BYTES:
         raise ValueError(f"{where}: one window of max_length={model.config.max_length} tokens "
