@@ -124,9 +124,9 @@ def export_model_folder(model: LanguageModel, tokenizer: CharTokenizer,
     if model.config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the model has {model.config.vocab_size} vocabulary rows but the "
                          f"tokenizer {tokenizer.vocab_size} entries: they do not belong together")
-    folder = Path(folder)
-    if not str(folder).strip():
+    if not os.fspath(folder).strip():  # Path("") would be the current folder
         raise ValueError("the model folder's path is empty: name the folder to write")
+    folder = Path(folder)
     replace_whole = check_export_folder(folder, force=force)
     files = _folder_files(model, tokenizer, dtype, card, card_body or f"# {folder.name}",
                           history)

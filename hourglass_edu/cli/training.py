@@ -238,7 +238,8 @@ def _check_demo_folder(folder: Path) -> None:
             return
         reason = f"{folder} holds {' and '.join(found)} of a run that demo did not write"
     raise ValueError(f"{reason}, and demo replaces only its own runs: choose another --out (say "
-                     f"{folder}-demo), or move that run elsewhere first")
+                     f"{folder}-demo), move that run elsewhere first, or pass --force to "
+                     "replace it")
 
 
 def _print_samples(model, tokenizer, count, *, max_new_tokens=200, temperature=0.8, seed=0):

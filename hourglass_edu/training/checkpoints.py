@@ -311,9 +311,9 @@ def check_run_folder(folder: str | os.PathLike, *, force: bool = False) -> None:
     """Raise ValueError, before any work, unless `folder` can take a run: missing, empty, or a run
     of this library (whether to resume or replace it is the trainer's rule); with `force` any
     folder (the run's files replace those of the same names, the others stay)."""
-    folder = Path(folder)
-    if not str(folder).strip():
+    if not os.fspath(folder).strip():  # Path("") would be the current folder
         raise ValueError("--out is empty: name the run folder (e.g. runs/NAME)")
+    folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"the run folder {folder} is a file: choose another --out")
     if force or run_folder_state(folder) != "other":
