@@ -85,9 +85,6 @@ def run_evaluate(args) -> int:
     ids = data.val_ids if args.max_tokens is None else data.val_ids[:args.max_tokens]
     context = args.context if args.context is not None else model.config.max_length
     stride = args.stride if args.stride is not None else max(1, context // 2)
-    if context > model.config.max_length or stride > context:
-        raise ValueError(f"--context {context} and --stride {stride} must satisfy stride <= "
-                         f"context <= the model's max_length {model.config.max_length}")
     bpc = evaluate_bpc_long_context(model, ids, context=context, stride=stride,
                                     count_eot=args.count_eot, eot_id=tokenizer.eot_id,
                                     batch_size=args.batch_size, device=args.device)
