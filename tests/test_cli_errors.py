@@ -267,3 +267,16 @@ def test_a_full_disk_while_exporting_is_one_line_and_leaves_no_folder(tmp_path, 
     assert code == 2
     one_line(err, "No space left on device", "the disk is full")
     assert sorted(path.name for path in small_disk.iterdir()) == ["filler"]
+
+
+def test_out_of_memory_is_one_line_with_what_to_change(tmp_path, capsys, monkeypatch):
+    import hourglass_edu.generation as generation
+
+    def allocation_fails(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\n"
+                                     "See the documentation for Memory Management")
+
+    monkeypatch.setattr(generation, "stream", allocation_fails)
+    code, _, err = run(capsys, "sample", "--ckpt", tiny_folder(tmp_path / "m"))
+    assert code == 2
+    one_line(err, "CUDA out of memory. Tried to allocate 2.00 GiB.", "another --device")

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.run(args) or 0)
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             # Library errors already say what to change; a traceback would only hide that.
-            print(f"{_process_prefix()}error: {error}{_memory_advice(error)}", file=sys.stderr)
+            print(f"{_process_prefix()}error: {_error_line(error, args.command)}",
+                  file=sys.stderr)
             return 2
         except OSError as error:  # the disk, not the input: full, read-only, not a folder
             print(f"{_process_prefix()}error: {os_error_line(error)}", file=sys.stderr)
@@ -90,13 +91,19 @@ def os_error_line(error: OSError) -> str:
     return f"{where}{what}; {advice} (files written before are unchanged)"
 
 
-def _memory_advice(error: Exception) -> str:
-    """Advice for an allocation that failed (torch raises a RuntimeError for both devices)."""
+def _error_line(error: Exception, command: str) -> str:
+    """The library's message; for an allocation that failed (torch raises a RuntimeError of
+    several lines on either device), its first line and what to change."""
     text = str(error)
-    if "out of memory" in text.lower() or "can't allocate memory" in text:
-        return ("; lower --batch-size (with --grad-accum to keep the same batch per step) or "
-                "--block-size")
-    return ""
+    if "out of memory" not in text.lower() and "can't allocate memory" not in text:
+        return text
+    first = text.strip().splitlines()[0] if text.strip() else "out of memory"
+    if command in ("train", "finetune", "demo"):
+        return (f"{first}; lower --batch-size (with --grad-accum to keep the same batch per "
+                "step) or --block-size")
+    if command == "evaluate":
+        return f"{first}; lower --batch-size or --context"
+    return f"{first}; use a smaller model, or another --device"
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
