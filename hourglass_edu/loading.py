@@ -59,8 +59,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as error:
-        raise ValueError(f"unknown device {device!r} ({error}); use auto, cpu or cuda") from None
+    except (RuntimeError, TypeError, ValueError):  # torch's message lists every device type
+        raise ValueError(f"unknown device {device!r}: torch knows no such device here; use "
+                         "auto, cpu, cuda or cuda:N (or a type a backend has registered)") from None
     if device.type in ("cpu", "meta"):
         return device
     backend = getattr(torch, device.type, None)

@@ -9,9 +9,10 @@ The layout follows a Hugging Face model repository:
                          it is also valid YAML) with the figures and the weights' sha256, then text
     history.json         (optional) the training history: what the run measured as it went
 
-`export_model_folder` writes one (every file atomically); `load_model_folder` checks the weights'
-sha256 against the card, the config, the tokenizer against the embedding and every tensor's shape
-before it builds the model.
+`export_model_folder` writes one (beside an earlier one, then swapped in whole); `load_model_folder`
+checks the weights' sha256 against the card, the config (sized on the meta device, `loading.py`),
+the tokenizer against the embedding and every tensor's shape in the file's header before it
+builds the model.
 """
 
 from __future__ import annotations

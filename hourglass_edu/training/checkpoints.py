@@ -3,9 +3,14 @@
 A checkpoint is a dict of plain containers and tensors: the model class and config, tokenizer,
 train config, weights, optimizer, schedule position, history and random states. It is written
 atomically (`files.atomic_writer`) and read with `torch.load(weights_only=True)`, so a file
-cannot run code when it is loaded. Before any model is built, `load_checkpoint` checks the schema
-(types, required keys), the config (with size limits, so a crafted file cannot ask for a huge
+cannot run code when it is loaded (torch's own check names what a crafted file would import).
+Before any model is built, `load_checkpoint` checks the schema (types, required keys), the config
+(sized on the meta device by `loading.model_shapes`, so a crafted file cannot ask for a huge
 allocation), the tokenizer against the embedding, and every tensor's shape against the config.
+
+A run folder holds one run: `check_run_folder` refuses, before any work, a folder that holds
+anything else (unless forced), and `run_folder_lock` removes the temporary files that killed
+writes left behind.
 """
 
 from __future__ import annotations
