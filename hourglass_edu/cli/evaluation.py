@@ -46,15 +46,17 @@ def _model_and_corpus(args):
     """`(model, tokenizer, corpus name or None)` of the model the command line names."""
     from hourglass_edu.model_folders import is_model_folder, read_card
     from hourglass_edu.pretrained import load_pretrained, pretrained_card
-    from hourglass_edu.training import load_checkpoint, load_model
+    from hourglass_edu.training import load_checkpoint, load_model, model_from_checkpoint
 
     if args.pretrained is not None:
         model, tokenizer = load_pretrained(args.pretrained, device=args.device)
         return model, tokenizer, pretrained_card(args.pretrained).get("corpus")
-    model, tokenizer = load_model(args.ckpt, device=args.device)
     if is_model_folder(args.ckpt):
+        model, tokenizer = load_model(args.ckpt, device=args.device)
         return model, tokenizer, read_card(args.ckpt).get("corpus")
-    return model, tokenizer, load_checkpoint(args.ckpt).get("data", {}).get("corpus")
+    checkpoint = load_checkpoint(args.ckpt)  # read once: the model and the corpus it names
+    model, tokenizer = model_from_checkpoint(checkpoint, device=args.device)
+    return model, tokenizer, checkpoint.get("data", {}).get("corpus")
 
 
 def _check_options(args) -> None:
