@@ -333,6 +333,8 @@ def test_crafted_checkpoints_are_refused_with_a_reason(toy_data, tmp_path, capsy
         (lambda c: c["tokenizer"]["chars"].pop(), "the tokenizer has"),
         (setter("model_config", "d_model", 10**9), "beyond this library's limit"),
         (setter("model_config", "structure", "100000@1"), "100000 layers in all"),
+        (lambda c: c["model_config"].update(d_model=16384, d_ff=65536, structure="1000@1"),
+         "parameters, beyond this library's limit"),  # every field within its own limit
         (setter("model_config", "structure", "1@1 1@2 1@1 1@1"), "odd number"),
     ]
     for index, (change, message) in enumerate(cases):
