@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_writer"]
+__all__ = ["atomic_write", "atomic_writer", "describe_contents", "remove_stale_temporaries",
+           "stale_temporaries"]
 
 # mkstemp makes owner-only files; a finished file gets the usual permissions (0o666 minus the
 # umask), as open() would have given it. os.umask can only be read by setting it.
@@ -45,9 +47,22 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[IO[bytes]]:
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
+    except OSError as error:
+        raise _naming(error, path) from None
+    except RuntimeError as error:  # torch.save wraps the OSError of a failed write
+        if isinstance(error.__context__, OSError):
+            raise _naming(error.__context__, path) from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """`error` with the target's name when it has none (a failed write() names no file)."""
+    if error.filename is not None:
+        return error
+    return type(error)(error.errno, error.strerror, str(path))
 
 
 def atomic_write(path: str | os.PathLike, content: bytes | str) -> Path:
@@ -56,3 +71,37 @@ def atomic_write(path: str | os.PathLike, content: bytes | str) -> Path:
     with atomic_writer(path) as handle:
         handle.write(data)
     return Path(path)
+
+
+def stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files (`.NAME.*.tmp`) that interrupted atomic writes left in `folder`: a
+    `kill -9` mid-write leaves one, since no `finally` runs."""
+    folder = Path(folder)
+    return sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> str | None:
+    """Delete `stale_temporaries(folder)` (only call it while nothing writes there, e.g. under a
+    folder lock); returns a line saying what was removed, or None when there was nothing."""
+    stale = stale_temporaries(folder)
+    if not stale:
+        return None
+    size = 0
+    for path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir():
+                size += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                shutil.rmtree(path)
+            else:
+                size += path.stat().st_size
+                path.unlink()
+    names = ", ".join(path.name for path in stale[:3]) + (", ..." if len(stale) > 3 else "")
+    return (f"removed {len(stale)} temporary file(s) of interrupted writes from {folder} "
+            f"({size / 1e6:.1f} MB: {names})")
+
+
+def describe_contents(folder: str | os.PathLike, limit: int = 4) -> str:
+    """What a folder holds, for a refusal: 'README.md, config.json and 3 more entries'."""
+    names = sorted(path.name for path in Path(folder).iterdir())
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more entries" if len(names) > limit else "")

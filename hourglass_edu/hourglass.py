@@ -56,7 +56,7 @@ from torch import nn
 
 from hourglass_edu.attention import ATTENTION_IMPLS
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
-from hourglass_edu.lm import SIZE_LIMITS, LanguageModel, ModelConfig
+from hourglass_edu.lm import LanguageModel, ModelConfig
 from hourglass_edu.resampling import (
     SHIFT_FILLS,
     SHORTENINGS,
@@ -96,12 +96,6 @@ _PART = re.compile(r"^([0-9]+)@([0-9]+)$")  # ASCII digits only: int() would rea
 _EXAMPLE = "e.g. '2@1 8@3 2@1' or '2@1 2@2 4@8 2@2 2@1'"
 
 
-def _whole_number(digits: str) -> int:
-    """`digits` as an int; one too long to be a sensible count reads as 10**9 (over every limit)
-    instead of converting a crafted million-digit string."""
-    return int(digits) if len(digits) <= 9 else 10**9
-
-
 def parse_structure(structure: str) -> list[LevelSpec]:
     """Parse the paper's notation into levels, outermost first. Raises ValueError if malformed."""
     if not isinstance(structure, str) or not structure.strip():
@@ -115,18 +109,8 @@ def parse_structure(structure: str) -> list[LevelSpec]:
                 f"cannot read {part!r} in structure {structure!r}: each part must be "
                 f"LAYERS@FACTOR with whole numbers in the digits 0-9, {_EXAMPLE}"
             )
-        layers.append(_whole_number(match.group(1)))
-        factors.append(_whole_number(match.group(2)))
-    if sum(layers) > SIZE_LIMITS["n_layers"]:
-        raise ValueError(
-            f"structure {structure!r} asks for {sum(layers)} layers in all, beyond this library's "
-            f"limit {SIZE_LIMITS['n_layers']}; is the config damaged? ({_EXAMPLE})"
-        )
-    if max(factors) > SIZE_LIMITS["max_length"]:
-        raise ValueError(
-            f"structure {structure!r} shortens by {max(factors)}, beyond this library's limit "
-            f"{SIZE_LIMITS['max_length']} (the longest sequence a model may take)"
-        )
+        layers.append(int(match.group(1)))
+        factors.append(int(match.group(2)))
     if len(parts) % 2 == 0:
         raise ValueError(
             f"structure {structure!r} has {len(parts)} parts; it needs an odd number: the levels "

@@ -365,3 +365,55 @@ def test_real_corpora_from_the_env_directory(corpus_dir, isolated, monkeypatch):
     assert [p.name for p in lovecraft.sources] == sorted(p.name for p in lovecraft.sources)
     assert lovecraft.documents[0].startswith("AT THE MOUNTAINS OF MADNESS")
     assert lovecraft.num_characters > 2_800_000
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A server on 127.0.0.1 that accepts every connection and never answers; yields its URL.
+    It stops by itself when the block ends (the sockets close, the thread is a daemon)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.1)
+    accepted, stop = [], threading.Event()
+
+    def accept_and_say_nothing() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+def test_a_silent_server_is_retried_aloud_and_given_up_in_bounded_time(mirror, isolated,
+                                                                        monkeypatch, capsys):
+    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(download_module, "DOWNLOAD_TIMEOUT", 0.2)
+    monkeypatch.setattr(download_module, "RETRY_PAUSE", 0.0)
+    with silent_server() as url, pytest.raises(DownloadError) as caught:
+        load_corpus("tinypoems", base_url=url)
+    host = url.removeprefix("http://")
+    err = capsys.readouterr().err
+    assert f"no answer from {host} within 0.2 s, retrying 2/3" in err
+    assert f"no answer from {host} within 0.2 s, retrying 3/3" in err
+    assert "retrying 4/3" not in err
+    assert f"{url}/tinypoems/poems.txt" in str(caught.value)
+    assert leftovers(isolated) == []
+
+
+def test_retries_stop_at_the_deadline(mirror, isolated, monkeypatch, capsys):
+    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 5)
+    monkeypatch.setattr(download_module, "DOWNLOAD_TIMEOUT", 0.2)
+    monkeypatch.setattr(download_module, "DOWNLOAD_DEADLINE", 0.0)  # no second try may start
+    with silent_server() as url, pytest.raises(DownloadError):
+        load_corpus("tinypoems", base_url=url)
+    assert "retrying" not in capsys.readouterr().err

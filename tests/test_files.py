@@ -34,3 +34,26 @@ def test_written_files_get_the_usual_permissions_not_owner_only(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_stale_temporaries_are_found_removed_and_counted_and_nothing_else(tmp_path):
+    from hourglass_edu.files import remove_stale_temporaries, stale_temporaries
+
+    keep = [atomic_write(tmp_path / "checkpoint.pt", b"x"), atomic_write(tmp_path / ".lock", b"")]
+    (tmp_path / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"y" * 2_000_000)
+    (tmp_path / ".README.md.a1b2.tmp").mkdir()  # an export's staging folder, killed
+    assert len(stale_temporaries(tmp_path)) == 2
+    line = remove_stale_temporaries(tmp_path)
+    assert line.startswith("removed 2 temporary file(s)") and "2.0 MB" in line
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    assert remove_stale_temporaries(tmp_path) is None
+
+
+def test_a_failed_write_names_the_file_it_was_writing(tmp_path):
+    import errno
+
+    target = tmp_path / "model.bin"
+    with pytest.raises(OSError) as raised, atomic_writer(target):
+        raise OSError(errno.ENOSPC, "No space left on device")  # write() names no file
+    assert raised.value.filename == str(target) and raised.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

@@ -66,3 +66,10 @@ def test_the_equal_compute_pair_names_each_other():
         "lovecraft-plain")
     assert plain["structure"] == "12@1" and plain["d_model"] == hourglass["d_model"]
     assert abs(plain["training_seconds"] - hourglass["training_seconds"]) <= 5
+
+
+def test_device_auto_is_the_device_every_loader_picks():
+    from hourglass_edu.loading import resolve_device
+
+    model, _ = load_pretrained("haiku", device="auto")  # once "auto" reached model.to("auto")
+    assert next(model.parameters()).device.type == resolve_device("auto").type

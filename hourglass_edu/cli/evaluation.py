@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hourglass_edu.cli.options import positive_int, seed
+
 __all__ = ["add_evaluate"]
 
 
@@ -19,9 +21,9 @@ def add_evaluate(subparsers) -> None:
     source.add_argument("--ckpt", help="checkpoint file, run directory or model folder")
     source.add_argument("--pretrained", metavar="NAME",
                         help="a model shipped with the package (see `models`)")
-    parser.add_argument("--context", type=int, default=None,
+    parser.add_argument("--context", type=positive_int, default=None,
                         help="characters per window (default: the model's max_length)")
-    parser.add_argument("--stride", type=int, default=None,
+    parser.add_argument("--stride", type=positive_int, default=None,
                         help="characters scored per window (default: CONTEXT // 2)")
     parser.add_argument("--no-eot", dest="count_eot", action="store_false",
                         help="leave the <eot> (end of document) targets out of the average")
@@ -29,12 +31,14 @@ def add_evaluate(subparsers) -> None:
                         help="the corpus to score (default: the model's training corpus)")
     parser.add_argument("--val-fraction", type=float, default=0.05,
                         help="share of documents held out, as in training (default 0.05)")
-    parser.add_argument("--split-seed", type=int, default=0,
+    parser.add_argument("--split-seed", type=seed, default=0,
                         help="the seed of the document split, as in training (default 0)")
-    parser.add_argument("--max-tokens", type=int, default=None,
+    parser.add_argument("--max-tokens", type=positive_int, default=None,
                         help="score only the first N tokens of the split (quicker, less exact)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="windows per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto (cuda when "
+                        "there is one), or any device torch knows")
     parser.set_defaults(run=run_evaluate)
 
 
@@ -42,23 +46,38 @@ def _model_and_corpus(args):
     """`(model, tokenizer, corpus name or None)` of the model the command line names."""
     from hourglass_edu.model_folders import is_model_folder, read_card
     from hourglass_edu.pretrained import load_pretrained, pretrained_card
-    from hourglass_edu.training import load_checkpoint, load_model
+    from hourglass_edu.training import load_checkpoint, load_model, model_from_checkpoint
 
     if args.pretrained is not None:
         model, tokenizer = load_pretrained(args.pretrained, device=args.device)
         return model, tokenizer, pretrained_card(args.pretrained).get("corpus")
-    model, tokenizer = load_model(args.ckpt, device=args.device)
     if is_model_folder(args.ckpt):
+        model, tokenizer = load_model(args.ckpt, device=args.device)
         return model, tokenizer, read_card(args.ckpt).get("corpus")
-    return model, tokenizer, load_checkpoint(args.ckpt).get("data", {}).get("corpus")
+    checkpoint = load_checkpoint(args.ckpt)  # read once: the model and the corpus it names
+    model, tokenizer = model_from_checkpoint(checkpoint, device=args.device)
+    return model, tokenizer, checkpoint.get("data", {}).get("corpus")
+
+
+def _check_options(args) -> None:
+    """Everything that can be checked before the model and corpus load."""
+    from hourglass_edu.cli.runs import check_val_fraction
+    from hourglass_edu.loading import resolve_device
+
+    if args.max_tokens is not None and args.max_tokens < 2:
+        raise ValueError(f"--max-tokens must be at least 2, got {args.max_tokens}")
+    if args.context is not None and args.stride is not None and args.stride > args.context:
+        raise ValueError(f"--stride {args.stride} exceeds --context {args.context}: a window "
+                         "cannot score more characters than it holds")
+    check_val_fraction(args)
+    resolve_device(args.device)
 
 
 def run_evaluate(args) -> int:
     from hourglass_edu.data import prepare_data
     from hourglass_edu.training import evaluate_bpc_long_context
 
-    if args.max_tokens is not None and args.max_tokens < 2:
-        raise ValueError(f"--max-tokens must be at least 2, got {args.max_tokens}")
+    _check_options(args)
     model, tokenizer, trained_on = _model_and_corpus(args)
     corpus = args.corpus or trained_on
     if corpus is None:

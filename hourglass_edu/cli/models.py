@@ -43,18 +43,26 @@ def add_export(subparsers) -> None:
     parser.add_argument("--out", required=True, help="the model folder to write")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                         help="float32 (exact, default) or a half-size float16 / bfloat16")
+    parser.add_argument("--force", action="store_true",
+                        help="write into OUT even when it holds something else than a model "
+                        "folder of ours (files of the same names are replaced, others left "
+                        "alone); an earlier model folder there is always replaced whole")
     parser.set_defaults(run=run_export)
 
 
 def run_export(args) -> int:
-    from hourglass_edu.model_folders import export_model_folder
+    from hourglass_edu.model_folders import check_export_folder, export_model_folder
     from hourglass_edu.training import load_checkpoint, model_from_checkpoint
 
+    if not args.out.strip():
+        raise ValueError("--out is empty: name the model folder to write (e.g. models/NAME)")
+    check_export_folder(args.out, force=args.force)  # before the checkpoint is read
     checkpoint = load_checkpoint(args.ckpt)
     model, tokenizer = model_from_checkpoint(checkpoint)
     card = {"corpus": checkpoint.get("data", {}).get("corpus"), "steps": checkpoint["step"],
             "tokens_seen": checkpoint["tokens_seen"],
             "training_seconds": round(checkpoint["elapsed"])}
-    folder = export_model_folder(model, tokenizer, args.out, dtype=args.dtype, card=card)
+    folder = export_model_folder(model, tokenizer, args.out, dtype=args.dtype, card=card,
+                                 force=args.force)
     print(f"wrote {folder} ({type(model).__name__}, {model.num_parameters():,} parameters)")
     return 0

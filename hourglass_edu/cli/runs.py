@@ -22,8 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["add_run_settings", "check_val_fraction", "lock_run_folder", "run_processes",
-           "run_training", "train_config"]
+from hourglass_edu.cli.options import positive_int, seed
+
+__all__ = ["add_force", "add_run_settings", "check_batch_fits", "check_val_fraction",
+           "lock_run_folder", "run_processes", "run_training", "train_config"]
 
 
 @contextlib.contextmanager
@@ -41,31 +43,58 @@ def run_processes(device: str | None) -> Iterator[bool]:
             yield False
 
 
-def lock_run_folder(out, main: bool):
-    """`run_folder_lock(out)` on the main process; the others write nothing there."""
-    from hourglass_edu.training import run_folder_lock
+def lock_run_folder(out, main: bool, force: bool = False):
+    """`run_folder_lock(out)` on the main process, once `check_run_folder` has found that OUT
+    may take a run (before anything is created there); the others write nothing there."""
+    from hourglass_edu.training.checkpoints import check_run_folder, run_folder_lock
 
+    check_run_folder(out, force=force)
     return run_folder_lock(out) if main else contextlib.nullcontext(Path(out))
+
+
+def add_force(parser, what: str) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help=f"write into OUT even when it holds something else than {what} "
+                        "(files of the same names are replaced, others left alone)")
+
+
+# One micro-batch's activations beyond this cannot fit any single device this course targets.
+MAX_BATCH_ACTIVATIONS = 256 << 30
+
+
+def check_batch_fits(model, config) -> None:
+    """Refuse, before any work, a batch whose activations could not fit any machine (a typo
+    like --batch-size 1000000000 would otherwise end in a raw allocator error)."""
+    from hourglass_edu.loading import activation_bytes_per_token
+
+    needed = activation_bytes_per_token(model) * config.batch_size * config.block_size
+    if needed > MAX_BATCH_ACTIVATIONS:
+        raise ValueError(
+            f"--batch-size {config.batch_size} x --block-size {config.block_size} would need "
+            f"about {needed / 2**30:,.0f} GiB of activations per micro-batch: lower --batch-size "
+            "(--grad-accum N keeps N micro-batches per step)"
+        )
 
 
 def add_run_settings(parser, budget_help: str) -> None:
     """Settings shared by train, finetune and demo: budget, batch, optimizer, hardware, split."""
     parser.add_argument("--minutes", type=float, default=None,
                         help=f"training time budget in minutes ({budget_help})")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="optimizer steps budget (with --minutes: whichever ends first)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="windows per micro-batch (under torchrun: over all processes)")
-    parser.add_argument("--grad-accum", type=int, default=None,
+    parser.add_argument("--grad-accum", type=positive_int, default=None,
                         help="micro-batches per optimizer step (default 1): a larger step "
                              "without the memory of a larger batch")
-    parser.add_argument("--block-size", type=int, default=None, help="tokens per window")
+    parser.add_argument("--block-size", type=positive_int, default=None,
+                        help="tokens per window")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                         help="auto (default) = bf16 autocast on GPUs and CPUs with bf16 units")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--seed", type=int, default=None, help="seed of batches and init")
+    parser.add_argument("--seed", type=seed, default=None, help="seed of batches and init")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--data-dir", default=None,
                         help="corpus directory (default: $HOURGLASS_EDU_DATA, then the cache)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from hourglass_edu.cli.options import non_negative_int, seed
+
 __all__ = ["add_sample"]
 
 
@@ -22,7 +24,7 @@ def add_sample(subparsers) -> None:
                         help="a model shipped with the package (see `models`)")
     parser.add_argument("--prompt", default="",
                         help="text to continue (default: empty = the start of a new document)")
-    parser.add_argument("--max-new-tokens", type=int, default=500,
+    parser.add_argument("--max-new-tokens", type=non_negative_int, default=500,
                         help="most characters to generate (default 500)")
     parser.add_argument("--temperature", type=float, default=0.8,
                         help="0 = greedy; higher = more surprising (default 0.8)")
@@ -30,7 +32,7 @@ def add_sample(subparsers) -> None:
                         help="sample only among the k most likely characters")
     parser.add_argument("--top-p", type=float, default=None,
                         help="nucleus sampling: the smallest set with probability >= p")
-    parser.add_argument("--seed", type=int, default=None, help="makes the sample reproducible")
+    parser.add_argument("--seed", type=seed, default=None, help="makes the sample reproducible")
     parser.add_argument("--stop", action="append", default=None, metavar="TEXT",
                         help="stop before this text appears (may be given several times)")
     parser.add_argument("--no-stop-at-end", dest="stop_at_end", action="store_false",
@@ -40,7 +42,8 @@ def add_sample(subparsers) -> None:
                         "(default: refuse them, for every model)")
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole window for every character (slow; to compare)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto (cuda when "
+                        "there is one), or any device torch knows")
     parser.set_defaults(run=run_sample)
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hourglass_edu.cli.options import non_negative_int, temperature
 from hourglass_edu.cli.runs import (
+    add_force,
     add_run_settings,
+    check_batch_fits,
     check_val_fraction,
     lock_run_folder,
     run_processes,
@@ -37,6 +40,7 @@ def add_train(subparsers) -> None:
     parser.add_argument("--shortening", default=None, help="avg, linear or attention")
     parser.add_argument("--upsampling", default=None, help="repeat, linear or attention")
     _add_out_and_resume(parser, "run directory, e.g. runs/NAME", "run")
+    add_force(parser, "a run of ours; a run there is replaced unless --resume")
     add_run_settings(parser, "default: the preset's")
     parser.set_defaults(run=run_train)
 
@@ -48,9 +52,8 @@ def _add_out_and_resume(parser, out_help: str, run: str) -> None:
 
 
 def run_train(args) -> int:
-    import torch
-
     from hourglass_edu.data import prepare_data
+    from hourglass_edu.loading import model_shapes
     from hourglass_edu.training import build_model, get_preset
 
     preset = get_preset(args.preset)
@@ -59,12 +62,14 @@ def run_train(args) -> int:
     overrides = dict(structure=args.structure, d_model=args.d_model, n_heads=args.n_heads,
                      shortening=args.shortening, upsampling=args.upsampling,
                      max_length=max(preset.model["max_length"], config.block_size))
-    with torch.device("meta"):  # the model settings, checked before the corpus loads
-        build_model(preset, 2, **overrides)
-    with run_processes(config.device) as main, lock_run_folder(args.out, main):
+    # The model settings, sized on the meta device before the corpus loads (256: any vocabulary).
+    fields = {**preset.model, **{k: v for k, v in overrides.items() if v is not None}}
+    check_batch_fits(model_shapes("HourglassLM", {"vocab_size": 256, **fields},
+                                  "the model settings"), config)
+    with run_processes(config.device) as main, lock_run_folder(args.out, main, args.force):
         data = prepare_data(args.corpus, val_fraction=args.val_fraction, data_dir=args.data_dir)
         model = build_model(preset, data.tokenizer.vocab_size, seed=config.seed, **overrides)
-        run_training(args, model, data, config, resume=args.resume)
+        run_training(args, model, data, config, resume=args.resume, overwrite=args.force)
         if main:
             _print_samples(model, data.tokenizer, 1, max_new_tokens=300, seed=config.seed)
     return 0
@@ -83,7 +88,9 @@ def add_finetune(subparsers) -> None:
     parser.add_argument("--from", dest="base", required=True, metavar="CKPT",
                         help="checkpoint file or run directory to start from")
     parser.add_argument("--corpus", required=True, help="haiku, lovecraft, or a path")
-    _add_out_and_resume(parser, "run directory for the fine-tuned model", "fine-tuning run")
+    _add_out_and_resume(parser, "run directory for the fine-tuned model (not the base run's)",
+                        "fine-tuning run")
+    add_force(parser, "a run of ours; a run there is replaced unless --resume")
     add_run_settings(parser, "default: half the base run's")
     parser.set_defaults(run=run_finetune)
 
@@ -93,9 +100,12 @@ def run_finetune(args) -> int:
     from hourglass_edu.training import TrainConfig, prepare_finetuning
 
     check_val_fraction(args)
-    with run_processes(args.device) as main, lock_run_folder(args.out, main):
+    _check_not_the_base_run(args.base, args.out)
+    with run_processes(args.device) as main, lock_run_folder(args.out, main, args.force):
         corpus = load_corpus(args.corpus, data_dir=args.data_dir)
         setup = prepare_finetuning(args.base, corpus, val_fraction=args.val_fraction)
+        if args.resume:
+            _check_resumes_a_finetuning_of(Path(args.out), args.base, setup.metadata)
         base = TrainConfig.from_dict(setup.base_checkpoint["train_config"])
         defaults = dict(
             lr=base.lr / 3, warmup_steps=min(base.warmup_steps, 50),
@@ -108,10 +118,37 @@ def run_finetune(args) -> int:
               + (f"added {len(added)} characters to the vocabulary: {added!r}" if added
                  else "no new characters"))
         run_training(args, setup.model, setup.data, config, resume=args.resume,
-                     metadata=setup.metadata)
+                     overwrite=args.force, metadata=setup.metadata)
         if main:
             _print_samples(setup.model, setup.data.tokenizer, 3, seed=config.seed)
     return 0
+
+
+def _check_not_the_base_run(base, out) -> None:
+    """Fine-tuning into the base run's own folder would replace its checkpoint: the run it
+    started from would be gone (with or without --resume)."""
+    base, out = Path(base), Path(out)
+    base_folder = base if base.is_dir() else base.parent
+    if out.resolve() == base_folder.resolve():
+        raise ValueError(f"--out {out} is the folder of the base run (--from {base}): fine-tuning "
+                         "there would replace the checkpoint it starts from; choose another "
+                         f"--out, say {base_folder.name}-finetuned")
+
+
+def _check_resumes_a_finetuning_of(out: Path, base, metadata: dict) -> None:
+    """--resume continues a fine-tuning run of this --from, and nothing else."""
+    from hourglass_edu.training import CHECKPOINT_NAME, load_checkpoint
+
+    if not (out / CHECKPOINT_NAME).is_file():
+        raise FileNotFoundError(f"nothing to resume: no checkpoint at {out / CHECKPOINT_NAME}")
+    saved = load_checkpoint(out).get("metadata", {}).get("finetuned_from")
+    if saved is None:
+        raise ValueError(f"{out} holds a run that is not a fine-tuning run, so --resume cannot "
+                         "continue it as one: choose another --out")
+    if saved != metadata["finetuned_from"]:
+        raise ValueError(f"{out} holds a fine-tuning run of another base (corpus "
+                         f"{saved.get('corpus')}, step {saved.get('step')}), not of --from "
+                         f"{base}: pass that run's --from, or choose another --out")
 
 
 def add_demo(subparsers) -> None:
@@ -129,15 +166,18 @@ def add_demo(subparsers) -> None:
     parser.add_argument("--preset", default=None, help="smoke, cpu or gpu (default by device)")
     parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; "
                         "an earlier demo's run there is replaced, any other run refused)")
-    parser.add_argument("--samples", type=int, default=6, help="haiku to print (default 6)")
-    parser.add_argument("--temperature", type=float, default=0.8,
+    parser.add_argument("--samples", type=non_negative_int, default=6,
+                        help="haiku to print (default 6)")
+    parser.add_argument("--temperature", type=temperature, default=0.8,
                         help="sampling temperature (default 0.8)")
+    add_force(parser, "an earlier demo's run")
     add_run_settings(parser, "default: 5 on a CPU, 3 on a GPU")
     parser.set_defaults(run=run_demo)
 
 
 def run_demo(args) -> int:
     from hourglass_edu.data import prepare_data
+    from hourglass_edu.generation import GenerationSettings
     from hourglass_edu.training import build_model, get_preset, resolve_device
 
     on_gpu = resolve_device(args.device or "auto").type == "cuda"
@@ -146,8 +186,11 @@ def run_demo(args) -> int:
         args.minutes = 3.0 if on_gpu else 5.0
     config = train_config(preset.train, args)
     check_val_fraction(args)
-    with run_processes(config.device) as main, lock_run_folder(args.out, main) as out:
-        _check_demo_folder(out)
+    GenerationSettings(temperature=args.temperature, seed=config.seed)  # checked before training
+    with run_processes(config.device) as main, lock_run_folder(args.out, main,
+                                                               args.force) as out:
+        if not args.force:
+            _check_demo_folder(out)
         data = prepare_data("haiku", val_fraction=args.val_fraction, data_dir=args.data_dir)
         model = build_model(preset, data.tokenizer.vocab_size, seed=config.seed,
                             max_length=max(preset.model["max_length"], config.block_size))
@@ -195,7 +238,8 @@ def _check_demo_folder(folder: Path) -> None:
             return
         reason = f"{folder} holds {' and '.join(found)} of a run that demo did not write"
     raise ValueError(f"{reason}, and demo replaces only its own runs: choose another --out (say "
-                     f"{folder}-demo), or move that run elsewhere first")
+                     f"{folder}-demo), move that run elsewhere first, or pass --force to "
+                     "replace it")
 
 
 def _print_samples(model, tokenizer, count, *, max_new_tokens=200, temperature=0.8, seed=0):

@@ -14,7 +14,8 @@ file on its own, so an interrupted download resumes where it stopped):
    pinned upstream URLs, or from a mirror laid out like the cache when `base_url` (or
    `$HOURGLASS_EDU_BASE_URL`) is set: file `haiku/haiku.txt` is fetched from
    `{base_url}/haiku/haiku.txt`. A file reaches its final name only when its size and sha256
-   match; a failed transfer is tried again, and what fails for good leaves nothing behind.
+   match; a failed transfer is tried again (each retry says why, within a bounded wait), and
+   what fails for good leaves nothing behind.
 
 `read_verified` checks every file that is read against its pinned size and sha256. Hashing costs a
 few milliseconds per megabyte and the bytes are read anyway, so there is no reason to trust a stale
@@ -28,9 +29,12 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
 import pooch
@@ -50,7 +54,9 @@ __all__ = [
 DATA_ENV = "HOURGLASS_EDU_DATA"
 BASE_URL_ENV = "HOURGLASS_EDU_BASE_URL"
 DOWNLOAD_RETRIES = 2  # more tries after a dropped connection, a timeout or a corrupted transfer
-DOWNLOAD_TIMEOUT = 30.0  # seconds to wait for the server to connect or send the next bytes
+DOWNLOAD_TIMEOUT = 15.0  # seconds to wait for the server to connect or send the next bytes
+DOWNLOAD_DEADLINE = 60.0  # no try of a file starts after this many seconds spent on it
+RETRY_PAUSE = 1.0  # seconds before the first retry (twice that before the second, ...)
 
 
 @dataclass(frozen=True)
@@ -129,17 +135,45 @@ def _download(remotes: Sequence[RemoteFile], target_dir: Path, base_url: str | N
     DOWNLOAD_RETRIES times. Every failure is raised as a DownloadError that says what to do."""
     urls = {remote.path: _download_url(remote, base_url) for remote in remotes}
     fetcher = pooch.create(
-        path=target_dir, base_url="", urls=urls, retry_if_failed=DOWNLOAD_RETRIES,
+        path=target_dir, base_url="", urls=urls, retry_if_failed=0,  # retried here, and said
         registry={remote.path: f"sha256:{remote.sha256}" for remote in remotes},
         allow_updates=False,  # never overwrite a file that is there (only missing ones come here)
     )
     total = sum(remote.size for remote in remotes)
     with tqdm(total=total, unit="B", unit_scale=True, desc=desc) as bar, _quiet_pooch():
         for remote in remotes:
-            try:
-                fetcher.fetch(remote.path, downloader=_PinnedDownloader(remote, bar))
-            except (ValueError, requests.RequestException) as error:
-                raise _download_error(error, remote, urls[remote.path]) from error
+            _fetch_with_retries(fetcher, remote, bar, urls[remote.path])
+
+
+def _fetch_with_retries(fetcher: pooch.Pooch, remote: RemoteFile, bar: tqdm, url: str) -> None:
+    """One file, tried 1 + DOWNLOAD_RETRIES times within DOWNLOAD_DEADLINE seconds; each retry
+    says on stderr why ("no answer from HOST, retrying 2/3"), so a silent server is not a
+    progress bar frozen at 0% for minutes."""
+    tries = 1 + DOWNLOAD_RETRIES
+    started = time.monotonic()
+    for attempt in range(1, tries + 1):
+        try:
+            fetcher.fetch(remote.path, downloader=_PinnedDownloader(remote, bar))
+            return
+        except (ValueError, requests.RequestException) as error:
+            pause = RETRY_PAUSE * attempt
+            spent = time.monotonic() - started
+            if attempt == tries or spent + pause > DOWNLOAD_DEADLINE:
+                raise _download_error(error, remote, url) from error
+            tqdm.write(f"{_failure_in_brief(error, url)}, retrying {attempt + 1}/{tries}",
+                       file=sys.stderr)
+            time.sleep(pause)
+
+
+def _failure_in_brief(error: Exception, url: str) -> str:
+    host = urlsplit(url).netloc or url
+    if isinstance(error, requests.Timeout):
+        return f"no answer from {host} within {DOWNLOAD_TIMEOUT:g} s"
+    if isinstance(error, requests.ConnectionError):
+        return f"could not reach {host}"
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return f"{host} answered HTTP {error.response.status_code}"
+    return f"what {host} sent was damaged (sha256 mismatch)"
 
 
 @contextlib.contextmanager

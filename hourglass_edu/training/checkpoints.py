@@ -3,17 +3,21 @@
 A checkpoint is a dict of plain containers and tensors: the model class and config, tokenizer,
 train config, weights, optimizer, schedule position, history and random states. It is written
 atomically (`files.atomic_writer`) and read with `torch.load(weights_only=True)`, so a file
-cannot run code when it is loaded. Before any model is built, `load_checkpoint` checks the schema
-(types, required keys), the config (with size limits, so a crafted file cannot ask for a huge
+cannot run code when it is loaded (torch's own check names what a crafted file would import).
+Before any model is built, `load_checkpoint` checks the schema (types, required keys), the config
+(sized on the meta device by `loading.model_shapes`, so a crafted file cannot ask for a huge
 allocation), the tokenizer against the embedding, and every tensor's shape against the config.
+
+A run folder holds one run: `check_run_folder` refuses, before any work, a folder that holds
+anything else (unless forced), and `run_folder_lock` removes the temporary files that killed
+writes left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickletools
-import re
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,16 +27,17 @@ import torch
 from filelock import FileLock, Timeout
 
 from hourglass_edu.data import CharTokenizer
-from hourglass_edu.files import atomic_writer
+from hourglass_edu.files import atomic_writer, describe_contents, remove_stale_temporaries
 from hourglass_edu.lm import build_model_from_config, check_weights
-from hourglass_edu.model_folders import is_model_folder, load_model_folder
-from hourglass_edu.training.precision import resolve_device
+from hourglass_edu.loading import model_shapes, resolve_device
+from hourglass_edu.model_folders import WEIGHTS_NAME, is_model_folder, load_model_folder
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "CHECKPOINT_VERSION",
     "RESUMABLE_CHANGES",
+    "check_run_folder",
     "config_differences",
     "data_fingerprint",
     "load_checkpoint",
@@ -40,6 +45,7 @@ __all__ = [
     "model_from_checkpoint",
     "resumable_differences",
     "run_folder_lock",
+    "run_folder_state",
     "save_checkpoint",
     "validate_checkpoint",
 ]
@@ -70,39 +76,34 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path
     return Path(path)
 
 
-def _pickled_imports(path: Path) -> list[str]:
-    """The `module.name`s a plain pickle file would import, read without running it
-    (`pickletools` only parses opcodes). Empty when the file is not a readable pickle."""
-    names, strings = [], []
+def _unsafe_globals(path: Path) -> list[str]:
+    """The `module.name`s a torch.save file would import beyond tensors and plain containers,
+    read without unpickling it (torch >= 2.5; older torch cannot tell, and says nothing)."""
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if finder is None:
+        return []
     try:
-        for opcode, argument, _position in pickletools.genops(path.read_bytes()):
-            if opcode.name in ("GLOBAL", "INST"):
-                names.append(str(argument).replace(" ", "."))
-            elif "UNICODE" in opcode.name:
-                strings.append(str(argument))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                names.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # not a pickle, or a damaged one: nothing to name
-        return names
-    return names
+        return list(finder(path))
+    except Exception:  # not a torch.save zip file: torch.load's refusal says the rest
+        return []
 
 
 def _read(path: Path, map_location) -> Any:
     """`torch.load(weights_only=True)` with one clear ValueError for every way it can refuse."""
-    try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we say it better
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # unpickling, zip, EOF or decoding errors
-        refused = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", str(error), re.I)
-        imports = [refused.group(1)] if refused else _pickled_imports(path)
+    imports = _unsafe_globals(path)
     if imports:
         raise ValueError(
             f"refused to load {path}: it asks to import {', '.join(dict.fromkeys(imports))}, "
             "which could run code when unpickled. hourglass_edu checkpoints hold only tensors "
             "and plain containers; only open files from sources you trust"
         )
-    raise ValueError(f"{path} is not a checkpoint (truncated, damaged or not a PyTorch file)")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": we say it better
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # unpickling, zip, EOF or decoding errors
+        raise ValueError(f"{path} is not a checkpoint (truncated, damaged, not a PyTorch file, "
+                         "or a pickle of more than tensors and plain containers)") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -112,6 +113,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     truncated, foreign, unsafe or inconsistent one.
     """
     path = Path(path)
+    _refuse_model_folder(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
@@ -121,6 +123,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     checkpoint = _read(path, map_location)
     validate_checkpoint(checkpoint, where=str(path))
     return checkpoint
+
+
+def _refuse_model_folder(path: Path) -> None:
+    """A model folder (or a file in one) where a checkpoint is needed: say what it is."""
+    folder = path if path.is_dir() else path.parent
+    if is_model_folder(folder) and not (path.is_file() and path.suffix == ".pt"):
+        raise ValueError(
+            f"{path} is a model folder (export writes them: weights, config and card, without "
+            "the optimizer state and history of a training run); sample or evaluate it with "
+            f"--ckpt {folder}, and to fine-tune or resume, pass the run folder it was exported "
+            "from"
+        )
 
 
 def _check_schema(checkpoint: Any, where: str) -> None:
@@ -149,8 +163,8 @@ def validate_checkpoint(checkpoint: Any, where: str = "checkpoint") -> None:
     """Schema, config, tokenizer and tensor shapes, checked without allocating the model."""
     _check_schema(checkpoint, where)
     class_name = checkpoint.get("model_class", DEFAULT_MODEL_CLASS)
+    shapes = model_shapes(class_name, checkpoint["model_config"], where)
     try:
-        shapes = build_model_from_config(class_name, checkpoint["model_config"], device="meta")
         tokenizer = CharTokenizer.from_dict(checkpoint["tokenizer"])
     except (ValueError, TypeError, KeyError) as error:
         raise ValueError(f"{where}: {type(error).__name__}: {error}") from None
@@ -178,8 +192,12 @@ def model_from_checkpoint(checkpoint: dict | str | os.PathLike, device: str = "c
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """`(model, tokenizer)` ready to sample from, out of a checkpoint file, a run directory
     (DIR/checkpoint.pt) or a model folder (`export_model_folder`)."""
+    path = Path(path)
     if is_model_folder(path):
-        return load_model_folder(path, device=resolve_device(device))
+        return load_model_folder(path, device=device)
+    if path.name == WEIGHTS_NAME and is_model_folder(path.parent):
+        return load_model_folder(path.parent, device=device)
+    device = resolve_device(device)  # checked before the file is read
     return model_from_checkpoint(load_checkpoint(path), device=device)
 
 
@@ -261,7 +279,54 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
                          "choose another --out") from None
     _HELD_FOLDERS.add(key)
     try:
+        _report_stale_temporaries(folder)
         yield folder
     finally:
         _HELD_FOLDERS.discard(key)
         lock.release()
+
+
+def _report_stale_temporaries(folder: Path) -> None:
+    """Under the lock no write of ours is under way, so a `.NAME.*.tmp` file is left from one that
+    was killed (`kill -9`, a power cut): remove it, and say so."""
+    removed = remove_stale_temporaries(folder)
+    if removed:
+        print(removed, file=sys.stderr)
+
+
+# What a run folder of this library holds (the lock, checkpoints, the history and its figure).
+RUN_FILES = frozenset({".lock", CHECKPOINT_NAME, "best.pt", "history.json", "history.png"})
+
+
+def run_folder_state(folder: str | os.PathLike) -> str:
+    """"empty" (missing, or only a lock and temporary files), "run" (a run of this library: a
+    checkpoint and nothing but run files) or "other" (anything else)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "other" if folder.exists() else "empty"
+    names = {path.name for path in folder.iterdir()
+             if not (path.name.startswith(".") and path.name.endswith(".tmp"))}
+    if names <= {".lock"}:
+        return "empty"
+    has_checkpoint = (folder / CHECKPOINT_NAME).is_file() or (folder / "best.pt").is_file()
+    return "run" if has_checkpoint and names <= RUN_FILES else "other"
+
+
+def check_run_folder(folder: str | os.PathLike, *, force: bool = False) -> None:
+    """Raise ValueError, before any work, unless `folder` can take a run: missing, empty, or a run
+    of this library (whether to resume or replace it is the trainer's rule); with `force` any
+    folder (the run's files replace those of the same names, the others stay)."""
+    if not os.fspath(folder).strip():  # Path("") would be the current folder
+        raise ValueError("--out is empty: name the run folder (e.g. runs/NAME)")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"the run folder {folder} is a file: choose another --out")
+    if force or run_folder_state(folder) != "other":
+        return
+    kind = "a model folder" if is_model_folder(folder) else "files that are not a run of ours"
+    if (folder / "history.json").exists() and not (folder / CHECKPOINT_NAME).exists():
+        kind = "a history.json without a checkpoint (not a run of hourglass_edu)"
+    raise ValueError(f"{folder} holds {kind} ({describe_contents(folder)}); a run writes only "
+                     "into an empty folder or one of its own runs: choose another --out, or "
+                     "pass --force to write into it (checkpoint.pt, history.json and "
+                     "history.png there are replaced, other files left alone)")

@@ -18,6 +18,7 @@ import contextlib
 
 import torch
 
+from hourglass_edu.loading import resolve_device  # the one device check (loading.py)
 from hourglass_edu.training.config import PRECISIONS
 
 __all__ = [
@@ -28,19 +29,6 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
 ]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the GPU when torch sees one, else the CPU; a named device is checked."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {device!r} ({error}); use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use device='cpu'")
-    return device
 
 
 def cpu_has_fast_bf16() -> bool:
