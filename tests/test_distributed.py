@@ -219,7 +219,7 @@ def test_ctrl_c_on_process_0_stops_both_and_one_process_resumes(tmp_path):
     step = checkpoint["step"]
     assert step >= 15
     assert json.loads((out / "history.json").read_text()) == checkpoint["history"]
-    assert sorted(path.name for path in out.iterdir()) == [".lock", "checkpoint.pt",
+    assert sorted(path.name for path in out.iterdir()) == [".lock", "best.pt", "checkpoint.pt",
                                                            "history.json"]
 
     resumed = subprocess.run([sys.executable, *args, "--steps", str(step + 3), "--resume"],

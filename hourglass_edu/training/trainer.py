@@ -98,8 +98,9 @@ class Trainer:
     """Owns the state of one run: model, optimizer, schedule position, history, random states.
 
     `train(...)` is the usual entry point; use a Trainer directly to step through a run or inspect
-    its optimizer. `callbacks` are called as `callback(trainer)` after every optimizer step; one
-    may set `trainer.stop_requested = True` to stop the run as Ctrl-C would.
+    its optimizer. `callbacks` are called as `callback(trainer)` after every step (under fp16 a
+    skipped one too: `trainer.skipped_steps` counts those); one may set
+    `trainer.stop_requested = True` to stop the run as Ctrl-C would.
     Inside a process group (`distributed.process_group()`, torchrun) it trains data-parallel:
     `ranks` says where this process stands and `data_parallel` is the DDP wrapper (else None).
     """
