@@ -74,14 +74,18 @@ def test_gradient_clipping_clips_the_norm_the_optimizer_sees(toy_data):
 # fp16: steps the gradient scaler skips are not counted
 
 
+FIRST_SCALE = 2.0**24
+
+
 @pytest.fixture
 def forced_fp16(monkeypatch):
     """The trainer's fp16 path on the CPU: fp16 autocast and a live GradScaler("cpu") whose first
-    loss scale (2**40) makes the fp16 gradients overflow until it has been halved enough."""
+    loss scale (2**24, 256x torch's default) makes the fp16 gradients overflow until it has been
+    halved enough (8 times for the tiny model here)."""
     monkeypatch.setattr(trainer_module, "resolve_precision", lambda *_: "fp16")
     monkeypatch.setattr(evaluation_module, "resolve_precision", lambda precision, _: precision)
     monkeypatch.setattr(trainer_module, "gradient_scaler",
-                        lambda *_: torch.amp.GradScaler("cpu", init_scale=2.0**40))
+                        lambda *_: torch.amp.GradScaler("cpu", init_scale=FIRST_SCALE))
 
 
 def test_fp16_steps_the_scaler_skips_are_not_counted_and_are_reported(toy_data, forced_fp16):
@@ -97,10 +101,10 @@ def test_fp16_steps_the_scaler_skips_are_not_counted_and_are_reported(toy_data, 
     trainer.callbacks.append(snapshot)
     history = trainer.run()
     skipped = trainer.skipped_steps
-    assert skipped > 0, "the 2**40 loss scale should overflow fp16 gradients"
+    assert skipped > 0, "a 2**24 loss scale should overflow fp16 gradients"
     assert trainer.step == 5 and len(seen) == 1 + 5 + skipped
     assert trainer.tokens_seen == 5 * 4 * 32  # skipped steps add no tokens
-    assert trainer.scaler.get_scale() == 2.0**40 / 2**skipped  # halved once per skip
+    assert trainer.scaler.get_scale() == FIRST_SCALE / 2**skipped  # halved once per skip
     for (step, skips, weights), (before_step, skips_before, before) in zip(seen[1:], seen,
                                                                            strict=False):
         if skips > skips_before:
@@ -136,7 +140,7 @@ def test_fp16_run_with_skipped_steps_resumes_exactly(toy_data, tmp_path, forced_
 
 def test_fp16_gradient_that_never_becomes_finite_is_a_divergence(toy_data, forced_fp16,
                                                                  monkeypatch):
-    # A scale already near the floor, so the test need not wait for ~50 halvings from 2**40.
+    # A scale already near the floor, so the test need not wait for ~34 halvings.
     monkeypatch.setattr(trainer_module, "gradient_scaler",
                         lambda *_: torch.amp.GradScaler("cpu", init_scale=2.0**-8))
     model = tiny_model(toy_data.tokenizer.vocab_size)
