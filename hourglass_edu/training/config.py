@@ -31,7 +31,9 @@ class TrainConfig:
     with a time budget it follows the clock (`progress = elapsed / budget`), so the cosine still
     ends at the end of the budget, but two runs are no longer identical.
 
-    Each optimizer step sees `batch_size * grad_accum` windows of `block_size` tokens.
+    Each optimizer step sees `batch_size * grad_accum` windows of `block_size` tokens, drawn at
+    once and split into `grad_accum` micro-batches (so on resume the split may change, not the
+    product). Under fp16 a step the gradient scaler skips is not counted (trainer.py).
     """
 
     steps: int | None = 2000
