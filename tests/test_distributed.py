@@ -78,15 +78,18 @@ def test_two_processes_follow_the_one_process_loss_curve(two_process_run, monkey
         assert mine == pytest.approx(reference, abs=1e-5)
     assert result["val_bpc"] == pytest.approx(alone.column("val_bpc"), abs=1e-5)
 
-    # The control: process 0's half of each batch alone, what it would learn without DDP.
+    # The control: process 0's half of each micro-batch alone, what it would learn without DDP.
+    # Alone with 2 windows per micro-batch it asks for 4 windows per step; it gets the rows
+    # process 0 trains on out of the 8 the two-process run draws.
     draw = trainer_module.sample_batch
 
-    def first_half(ids, batch_size, block_size, generator):
-        inputs, targets = draw(ids, batch_size, block_size, generator)
-        return inputs[: batch_size // 2], targets[: batch_size // 2]
+    def process_0_rows(ids, windows, block_size, generator):
+        inputs, targets = draw(ids, 2 * windows, block_size, generator)
+        rows = [0, 1, 4, 5]  # the first half of each micro-batch of 4
+        return inputs[rows], targets[rows]
 
-    monkeypatch.setattr(trainer_module, "sample_batch", first_half)
-    unaveraged = train(worker.tiny_model(vocab), data, worker.reference_config())
+    monkeypatch.setattr(trainer_module, "sample_batch", process_0_rows)
+    unaveraged = train(worker.tiny_model(vocab), data, worker.reference_config(batch_size=2))
     gaps = [abs(a - b) for a, b in zip(unaveraged.column("train_loss")[1:],
                                        result["losses"][1:], strict=True)]
     assert max(gaps) > 1e-3, gaps  # so the 1e-5 above can tell averaging from no averaging
@@ -216,7 +219,7 @@ def test_ctrl_c_on_process_0_stops_both_and_one_process_resumes(tmp_path):
     step = checkpoint["step"]
     assert step >= 15
     assert json.loads((out / "history.json").read_text()) == checkpoint["history"]
-    assert sorted(path.name for path in out.iterdir()) == [".lock", "checkpoint.pt",
+    assert sorted(path.name for path in out.iterdir()) == [".lock", "best.pt", "checkpoint.pt",
                                                            "history.json"]
 
     resumed = subprocess.run([sys.executable, *args, "--steps", str(step + 3), "--resume"],

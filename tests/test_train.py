@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-import hourglass_edu.data as data_module
+import hourglass_edu.training.trainer as trainer_module
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.data import Corpus, prepare_data
 from hourglass_edu.training import (
@@ -216,23 +216,27 @@ def test_training_lowers_validation_bpc_and_records_history(toy_data):
 
 
 def test_gradient_accumulation_equals_one_big_batch(toy_data, monkeypatch):
-    generator = torch.Generator().manual_seed(3)
-    big_x, big_y = data_module.sample_batch(toy_data.train_ids, 8, 32, generator)
-    halves = iter([(big_x[:4], big_y[:4]), (big_x[4:], big_y[4:])])
-    original = data_module.sample_batch
-    results = []
-    for batch_size, accumulate, batches in ((8, 1, iter([(big_x, big_y)])), (4, 2, halves)):
-        def fixed_batches(*args, batches=batches):  # training draws these; evaluation the usual
-            return next(batches, None) or original(*args)
+    """A step draws its batch_size x grad_accum windows at once and splits them: 8 x 1, 4 x 2
+    and 2 x 4 train on the same windows and make the same update (up to float rounding)."""
+    draws = []
+    original = trainer_module.sample_batch
 
-        monkeypatch.setattr(data_module, "sample_batch", fixed_batches)
+    def counted(ids, windows, block_size, generator):
+        draws.append(windows)
+        return original(ids, windows, block_size, generator)
+
+    monkeypatch.setattr(trainer_module, "sample_batch", counted)
+    results = []
+    for batch_size, accumulate in ((8, 1), (4, 2), (2, 4)):
         model = tiny_model(toy_data.tokenizer.vocab_size)
         train(model, toy_data, tiny_config(steps=1, batch_size=batch_size, grad_accum=accumulate,
                                            warmup_steps=0, eval_every=100))
         results.append(model.state_dict())
-    for name in results[0]:
-        torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6,
-                                   msg=name)
+    assert draws == [8, 8, 8]  # one draw of the whole step, however it is split
+    for other in results[1:]:
+        for name in results[0]:
+            torch.testing.assert_close(results[0][name], other[name], rtol=1e-5, atol=1e-6,
+                                       msg=name)
 
 
 def test_block_size_longer_than_the_model_is_refused(toy_data):

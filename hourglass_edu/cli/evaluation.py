@@ -18,7 +18,8 @@ def add_evaluate(subparsers) -> None:
         "characters of each window see almost nothing. CONTEXT may not exceed the model's "
         "max_length.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="checkpoint file, run directory or model folder")
+    source.add_argument("--ckpt", help="checkpoint file, run directory (its best.pt; "
+                        "RUN/checkpoint.pt for the last weights) or model folder")
     source.add_argument("--pretrained", metavar="NAME",
                         help="a model shipped with the package (see `models`)")
     parser.add_argument("--context", type=positive_int, default=None,

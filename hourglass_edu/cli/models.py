@@ -39,7 +39,8 @@ def add_export(subparsers) -> None:
         "repository: config.json, tokenizer.json, model.safetensors (no pickle) and a model "
         "card README.md with the weights' sha256. Load it with `sample --ckpt OUT` or "
         "`load_model(OUT)`.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint file or run directory")
+    parser.add_argument("--ckpt", required=True, help="checkpoint file or run directory (its "
+                        "best.pt; RUN/checkpoint.pt for the last weights)")
     parser.add_argument("--out", required=True, help="the model folder to write")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                         help="float32 (exact, default) or a half-size float16 / bfloat16")
@@ -53,11 +54,12 @@ def add_export(subparsers) -> None:
 def run_export(args) -> int:
     from hourglass_edu.model_folders import check_export_folder, export_model_folder
     from hourglass_edu.training import load_checkpoint, model_from_checkpoint
+    from hourglass_edu.training.checkpoints import model_checkpoint_file
 
     if not args.out.strip():
         raise ValueError("--out is empty: name the model folder to write (e.g. models/NAME)")
     check_export_folder(args.out, force=args.force)  # before the checkpoint is read
-    checkpoint = load_checkpoint(args.ckpt)
+    checkpoint = load_checkpoint(model_checkpoint_file(args.ckpt))
     model, tokenizer = model_from_checkpoint(checkpoint)
     card = {"corpus": checkpoint.get("data", {}).get("corpus"), "steps": checkpoint["step"],
             "tokens_seen": checkpoint["tokens_seen"],

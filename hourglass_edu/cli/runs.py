@@ -90,8 +90,10 @@ def add_run_settings(parser, budget_help: str) -> None:
     parser.add_argument("--block-size", type=positive_int, default=None,
                         help="tokens per window")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
-                        help="auto (default) = bf16 autocast on GPUs and CPUs with bf16 units")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default=None,
+                        help="auto (default) = bf16 on GPUs with native bf16 (A100, L4, ...), "
+                        "fp16 with loss scaling on older GPUs (T4), bf16 on CPUs with bf16 units, "
+                        "else fp32; fp16 needs a GPU, bf16 a native one")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--seed", type=seed, default=None, help="seed of batches and init")

@@ -19,7 +19,8 @@ def add_sample(subparsers) -> None:
         "The prompt is printed as the model read it (normalized, unknown characters replaced).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="checkpoint file, run directory or model folder")
+    source.add_argument("--ckpt", help="checkpoint file, run directory (its best.pt; "
+                        "RUN/checkpoint.pt for the last weights) or model folder")
     source.add_argument("--pretrained", metavar="NAME",
                         help="a model shipped with the package (see `models`)")
     parser.add_argument("--prompt", default="",

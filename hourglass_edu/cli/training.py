@@ -27,7 +27,9 @@ def add_train(subparsers) -> None:
         "train",
         help="train an hourglass language model on a corpus",
         description="Train a character-level hourglass transformer. Writes OUT/checkpoint.pt "
-        "(at every evaluation, at the end and on Ctrl-C), OUT/history.json and OUT/history.png. "
+        "(at every evaluation, at the end and on Ctrl-C), OUT/best.pt (the weights of the best "
+        "validation so far, which `sample`, `evaluate`, `export` and `finetune --from` read for "
+        "OUT; name OUT/checkpoint.pt for the last), OUT/history.json and OUT/history.png. "
         "Presets: smoke (seconds, for tests), cpu (about 10 minutes on 2 cores), gpu (about 20M "
         "parameters, under 30 minutes on one GPU).",
     )
@@ -48,7 +50,8 @@ def add_train(subparsers) -> None:
 def _add_out_and_resume(parser, out_help: str, run: str) -> None:
     parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--resume", action="store_true", help=f"continue the {run} in OUT (same "
-                        "model and data; --steps, --minutes and --lr may change)")
+                        "model and data; --steps, --minutes and --lr may change, and "
+                        "--batch-size with --grad-accum if their product stays)")
 
 
 def run_train(args) -> int:

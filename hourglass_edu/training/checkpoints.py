@@ -36,12 +36,15 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
     "CHECKPOINT_VERSION",
+    "BEST_CHECKPOINT_NAME",
     "RESUMABLE_CHANGES",
+    "best_checkpoint_path",
     "check_run_folder",
     "config_differences",
     "data_fingerprint",
     "load_checkpoint",
     "load_model",
+    "model_checkpoint_file",
     "model_from_checkpoint",
     "resumable_differences",
     "run_folder_lock",
@@ -53,6 +56,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "hourglass_edu.checkpoint"
 CHECKPOINT_VERSION = 2  # 2 added "model_class"; version 1 files hold an HourglassLM
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_CHECKPOINT_NAME = "best.pt"  # beside checkpoint.pt: the weights of the best validation
 DEFAULT_MODEL_CLASS = "HourglassLM"
 
 # Train settings a resumed run may change: what is printed or how fast it runs, never which
@@ -189,16 +193,35 @@ def model_from_checkpoint(checkpoint: dict | str | os.PathLike, device: str = "c
     return model.to(resolve_device(device)).eval(), tokenizer
 
 
+def best_checkpoint_path(checkpoint_path: str | os.PathLike) -> Path:
+    """Where a run keeps its best-validation checkpoint: RUN/best.pt beside RUN/checkpoint.pt
+    (NAME.best.pt beside any other checkpoint file name)."""
+    path = Path(checkpoint_path)
+    if path.name == CHECKPOINT_NAME:
+        return path.with_name(BEST_CHECKPOINT_NAME)
+    return path.with_name(f"{path.stem}.best{path.suffix}")
+
+
+def model_checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint whose *model* a run directory stands for: its best.pt (the best validation)
+    when it has one, else its checkpoint.pt (the last step). A file path names itself, so
+    RUN/checkpoint.pt chooses the last weights."""
+    path = Path(path)
+    if path.is_dir() and (path / BEST_CHECKPOINT_NAME).is_file():
+        return path / BEST_CHECKPOINT_NAME
+    return path
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """`(model, tokenizer)` ready to sample from, out of a checkpoint file, a run directory
-    (DIR/checkpoint.pt) or a model folder (`export_model_folder`)."""
+    (DIR/best.pt, else DIR/checkpoint.pt) or a model folder (`export_model_folder`)."""
     path = Path(path)
     if is_model_folder(path):
         return load_model_folder(path, device=device)
     if path.name == WEIGHTS_NAME and is_model_folder(path.parent):
         return load_model_folder(path.parent, device=device)
     device = resolve_device(device)  # checked before the file is read
-    return model_from_checkpoint(load_checkpoint(path), device=device)
+    return model_from_checkpoint(load_checkpoint(model_checkpoint_file(path)), device=device)
 
 
 def config_differences(saved: dict, current: dict, prefix: str, *, ignore: Iterable[str] = (),

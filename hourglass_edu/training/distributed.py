@@ -43,8 +43,8 @@ import torch.distributed as dist
 
 from hourglass_edu.training.precision import resolve_device
 
-__all__ = ["Ranks", "check_same_settings", "current_ranks", "launched_by_torchrun",
-           "per_process_batch", "process_group", "rank_device"]
+__all__ = ["Ranks", "check_same_settings", "current_ranks", "data_parallel_summary",
+           "launched_by_torchrun", "per_process_batch", "process_group", "rank_device"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -174,6 +174,15 @@ def per_process_batch(batch_size: int, ranks: Ranks | None) -> int:
             f"{processes} processes: use {lower} or {upper}, or another number of processes"
         )
     return batch_size // processes
+
+
+def data_parallel_summary(ranks: Ranks, device: torch.device, batch_size: int,
+                          block_size: int) -> str:
+    """The line process 0 prints when a data-parallel run starts: how the global batch splits."""
+    processes = f"{ranks.world_size} process" + "es" * (ranks.world_size > 1)
+    return (f"data parallel: {processes} ({device.type}), global batch {batch_size} windows = "
+            f"{ranks.world_size} x {per_process_batch(batch_size, ranks)} per process, of "
+            f"{block_size} tokens")
 
 
 def check_same_settings(settings: dict[str, Any], ranks: Ranks | None) -> None:

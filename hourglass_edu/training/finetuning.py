@@ -12,7 +12,11 @@ import torch
 from torch import nn
 
 from hourglass_edu.data import CharTokenizer, PreparedData, load_corpus, split_documents
-from hourglass_edu.training.checkpoints import load_checkpoint, model_from_checkpoint
+from hourglass_edu.training.checkpoints import (
+    load_checkpoint,
+    model_checkpoint_file,
+    model_from_checkpoint,
+)
 from hourglass_edu.training.evaluation import History
 
 __all__ = ["FineTuning", "characters_to_add", "extend_vocabulary", "prepare_finetuning"]
@@ -107,9 +111,11 @@ def prepare_finetuning(checkpoint, corpus, *, val_fraction: float = 0.05, seed: 
     documents that the base vocabulary lacks are added (`extend_vocabulary`) and listed in
     `.added_chars`; every poem/story is still laid out `<eot> doc <eot> ...`, so a model
     fine-tuned on haiku learns to end a poem with `<eot>` and generation stops by itself.
+    `checkpoint`: a dict from `load_checkpoint`, a file, or a run directory (its best.pt, the
+    best validation, when it has one; name RUN/checkpoint.pt for the last weights).
     """
     if not isinstance(checkpoint, dict):
-        checkpoint = load_checkpoint(checkpoint)
+        checkpoint = load_checkpoint(model_checkpoint_file(checkpoint))
     model, tokenizer = model_from_checkpoint(checkpoint)
     if isinstance(corpus, (str, os.PathLike)):
         corpus = load_corpus(corpus, data_dir=data_dir)

@@ -10,6 +10,14 @@
 - any other CPU -> "fp32" (on an AVX2-only CPU bf16 matmuls are about 80x *slower* than fp32).
 
 Weights and optimizer state always stay fp32; autocast only lowers the matmuls of the forward pass.
+A name is taken as asked, with two refusals: "fp16" off CUDA (CPU fp16 autocast is slow and has
+no loss scaling here), and "bf16" on a GPU without native bf16 (emulated, many times slower: use
+"fp16" or "auto"). `choose_precision` is the rule as a pure function of what the hardware has.
+
+While a run trains on CUDA, fp32 matmuls may use TF32 tensor cores (`fast_fp32_matmuls`: 10 bits
+of mantissa instead of 23 inside the matmul, the default of most training code on Ampere and
+newer; it matters for "fp32" runs and for the fp32 matmuls left outside autocast). It is switched
+back when the run ends, so evaluation and sampling outside training stay full fp32.
 """
 
 from __future__ import annotations
@@ -23,11 +31,14 @@ from hourglass_edu.training.config import PRECISIONS
 
 __all__ = [
     "autocast_context",
+    "choose_precision",
     "cpu_has_fast_bf16",
     "cuda_has_native_bf16",
+    "fast_fp32_matmuls",
     "gradient_scaler",
     "resolve_device",
     "resolve_precision",
+    "uses_tf32",
 ]
 
 
@@ -49,20 +60,60 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
     return major >= 8
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The precision a run will use: `precision` itself, or for "auto" the rule above."""
+def choose_precision(precision: str, device_type: str, *, native_bf16: bool = False,
+                     fast_cpu_bf16: bool = False, device_name: str = "this GPU") -> str:
+    """The rule above, given what the hardware has: `native_bf16` (a CUDA GPU of compute
+    capability >= 8.0) and `fast_cpu_bf16` (AMX or AVX512-BF16)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
+    if precision == "fp16" and device_type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA GPU (fp16 autocast on a CPU is slow and "
                          "unscaled); use 'auto', 'bf16' or 'fp32'")
+    if precision == "bf16" and device_type == "cuda" and not native_bf16:
+        raise ValueError(f"precision 'bf16' was asked for, but {device_name} has no native bf16 "
+                         "(before compute capability 8.0 it is emulated, many times slower): "
+                         "use --precision fp16 (autocast with loss scaling) or auto")
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if cuda_has_native_bf16(device) else "fp16"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if device_type == "cuda":
+        return "bf16" if native_bf16 else "fp16"
+    if device_type == "cpu":
+        return "bf16" if fast_cpu_bf16 else "fp32"
     return "fp32"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run will use on `device`: `choose_precision` with this machine's answers."""
+    device = torch.device(device)
+    on_cuda = device.type == "cuda" and precision in ("auto", "bf16")
+    return choose_precision(
+        precision, device.type,
+        native_bf16=on_cuda and cuda_has_native_bf16(device),
+        fast_cpu_bf16=device.type == "cpu" and precision == "auto" and cpu_has_fast_bf16(),
+        device_name=torch.cuda.get_device_name(device) if on_cuda and torch.cuda.is_available()
+        else "this GPU",
+    )
+
+
+def uses_tf32(device_type: str) -> bool:
+    """Whether a run lets its fp32 matmuls use TF32: on CUDA, in every precision (under bf16 /
+    fp16 autocast it touches only the matmuls autocast leaves in fp32; a GPU older than Ampere
+    has no TF32 and ignores the setting). CPUs have none."""
+    return device_type == "cuda"
+
+
+@contextlib.contextmanager
+def fast_fp32_matmuls(device: torch.device):
+    """TF32 for fp32 matmuls while the block runs (see `uses_tf32`); the previous setting after."""
+    if not uses_tf32(torch.device(device).type):
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def autocast_context(precision: str, device: torch.device):

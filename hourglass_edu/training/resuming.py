@@ -1,0 +1,112 @@
+"""What a running Trainer's checkpoint holds, and how a Trainer continues the run stored in one.
+
+`run_checkpoint(trainer)` gathers the run's whole state (weights, optimizer, loss scaler,
+schedule position, skipped steps, history, log window, random states) as plain containers and
+tensors; `restore_run(trainer, checkpoint)` puts it back after checking that the run is the same
+(model, data, recipe). Resuming may change what does not change the numbers a run computes (the
+progress bar, the device, ...), the budget and the learning rate (checkpoints.RESUMABLE_CHANGES),
+and the split of each step's windows into micro-batches: `batch_size` and `grad_accum` together,
+as long as their product stays (the step draws all its windows at once, so the batches stay the
+same and the run continues identically up to float rounding). That is the way out of memory on
+resume: half the batch size, twice the accumulation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from hourglass_edu.training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    config_differences,
+    data_fingerprint,
+    load_checkpoint,
+    resumable_differences,
+)
+from hourglass_edu.training.evaluation import History
+
+__all__ = ["BATCH_SPLIT", "empty_log_window", "restore_run", "run_checkpoint",
+           "run_differences"]
+
+# Train settings that may change on resume as long as their product (the windows per step) stays.
+BATCH_SPLIT = ("batch_size", "grad_accum")
+
+
+def empty_log_window() -> dict[str, Any]:
+    """What the next history record averages: loss sum, steps, tokens and seconds since the
+    last record (saved in checkpoints, so a resumed run logs the same means)."""
+    return {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
+
+
+def run_checkpoint(trainer, rng_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's state (what `save_checkpoint` writes). The model's own state dict: never the DDP
+    wrapper's, whose names start with "module."."""
+    model_config = getattr(trainer.model, "config", None)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_class": type(trainer.model).__name__,
+        "model_config": model_config.to_dict() if model_config is not None else {},
+        "tokenizer": trainer.tokenizer.to_dict(),
+        "train_config": trainer.config.to_dict(),
+        "data": data_fingerprint(trainer.data),
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "step": trainer.step,
+        "tokens_seen": trainer.tokens_seen,
+        "elapsed": trainer.elapsed,
+        "skipped_steps": trainer.skipped_steps,
+        "log_window": dict(trainer.log_window),
+        "history": trainer.history.to_dict(),
+        "rng": rng_state if rng_state is not None else trainer.random.state(),
+        "metadata": dict(trainer.metadata),
+        "torch_version": str(torch.__version__),  # TorchVersion is not a plain str
+    }
+
+
+def same_windows_per_step(saved: dict[str, Any], config) -> bool:
+    """Whether `config` splits each step into the same number of windows as the saved run."""
+    return all(name in saved for name in BATCH_SPLIT) and (
+        saved["batch_size"] * saved["grad_accum"] == config.batch_size * config.grad_accum)
+
+
+def run_differences(trainer, checkpoint: dict[str, Any]) -> list[str]:
+    """How the trainer's run differs from a checkpoint's in ways resuming cannot accept."""
+    config, saved = trainer.config, checkpoint["train_config"]
+    if same_windows_per_step(saved, config):  # another split of the same windows is accepted
+        config = config.replace(**{name: saved[name] for name in BATCH_SPLIT})
+    return resumable_differences(checkpoint, trainer.model, config, trainer.tokenizer,
+                                 data_fingerprint(trainer.data))
+
+
+def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None:
+    """Load `checkpoint` into `trainer`, or refuse (ValueError, listing every difference)."""
+    if not isinstance(checkpoint, dict):
+        checkpoint = load_checkpoint(checkpoint)
+    differences = run_differences(trainer, checkpoint)
+    if differences:
+        raise ValueError(
+            "refusing to resume: this run's configuration differs from the checkpoint's:\n  "
+            + "\n  ".join(differences)
+            + "\nResume with the same settings, or start a new run in another directory."
+        )
+    trainer.resumed_changes = config_differences(
+        checkpoint["train_config"], trainer.config.to_dict(), "",
+        only=("steps", "minutes", "lr", *BATCH_SPLIT))
+    trainer.model.load_state_dict(checkpoint["model"])
+    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint.get("scaler"):
+        trainer.scaler.load_state_dict(checkpoint["scaler"])
+    trainer.step = checkpoint["step"]
+    trainer.tokens_seen = checkpoint["tokens_seen"]
+    trainer.elapsed = checkpoint["elapsed"]
+    trainer.skipped_steps = checkpoint.get("skipped_steps", 0)
+    trainer.log_window = {**empty_log_window(), **checkpoint.get("log_window", {})}
+    trainer.history = History.from_dict(checkpoint["history"])
+    trainer.metadata = {**checkpoint.get("metadata", {}), **trainer.metadata}
+    trainer.random.set_state(checkpoint["rng"], step=trainer.step)
+    trainer.last_checkpoint_step = trainer.step

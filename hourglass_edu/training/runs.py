@@ -1,0 +1,81 @@
+"""`train(model, data, config)`: one training run, from scratch or from its checkpoint.
+
+It locks the run folder for the whole run (a second run into it is refused), starts fresh or
+resumes (resuming.py says what may change), and runs a `Trainer` (trainer.py) to the end of its
+budget. Beside the run's checkpoint it keeps `best.pt`, the weights of the best validation so
+far; a fresh run removes an earlier run's best.pt, so it never passes for this run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hourglass_edu.training.checkpoints import best_checkpoint_path, run_folder_lock
+from hourglass_edu.training.config import TrainConfig
+from hourglass_edu.training.distributed import current_ranks
+from hourglass_edu.training.evaluation import History
+from hourglass_edu.training.trainer import Trainer
+
+__all__ = ["train"]
+def train(model: nn.Module, data, config: TrainConfig | None = None, *,
+          checkpoint_path: str | os.PathLike | None = None, resume: bool = False,
+          overwrite: bool = False, callbacks: Sequence[Callable[[Trainer], None]] = (),
+          metadata: dict[str, Any] | None = None) -> History:
+    """Train `model` (in place) on `data` (a `PreparedData`: tokenizer, train_ids, val_ids).
+
+    checkpoint_path: where to keep the run's checkpoint (written at every evaluation, or every
+        `config.checkpoint_every` steps, at the end and on Ctrl-C); None trains without saving.
+        Beside it, `best.pt` keeps the weights of the best validation so far (same format).
+        Its folder is locked for the whole run: a second run into it is refused.
+    resume: continue the run stored at `checkpoint_path` (same model, data and recipe; a new
+        budget, learning rate or batch_size x grad_accum split of the same windows is accepted
+        and printed).
+    overwrite: allow a fresh run to replace an existing checkpoint at `checkpoint_path`.
+
+    Returns the `History`. Raises `TrainingDiverged` if the loss stops being finite and
+    `TrainingOutOfMemory` (saying which settings fit) if a step does not fit in memory. After
+    Ctrl-C or SIGTERM it saves the checkpoint and raises KeyboardInterrupt, whose `stop_signal`
+    is the signal's number (None when the interrupt came from elsewhere).
+
+    Data-parallel (called inside `distributed.process_group()` on every process torchrun
+    started): `config.batch_size` is the global batch, split evenly across the processes; only
+    process 0 locks the folder, evaluates and writes; the other processes' histories hold the
+    training losses only (no val_bpc).
+    """
+    if checkpoint_path is None:
+        if resume:
+            raise ValueError("resume=True needs a checkpoint_path")
+        return Trainer(model, data, config, callbacks=callbacks, metadata=metadata).run()
+    main = current_ranks() is None or current_ranks().is_main
+    with run_folder_lock(Path(checkpoint_path).parent) if main else contextlib.nullcontext():
+        trainer = Trainer(model, data, config, checkpoint_path=checkpoint_path,
+                          callbacks=callbacks, metadata=metadata)
+        if resume:
+            if not Path(checkpoint_path).exists():
+                raise FileNotFoundError(f"nothing to resume: no checkpoint at {checkpoint_path}")
+            trainer.resume(checkpoint_path)
+            for change in trainer.resumed_changes if main else ():
+                print(f"resuming with a changed setting: {change}")
+        else:
+            _start_fresh(Path(checkpoint_path), overwrite=overwrite, main=main)
+        return trainer.run()
+
+
+def _start_fresh(checkpoint_path: Path, *, overwrite: bool, main: bool) -> None:
+    """A new run into `checkpoint_path`: refuse to replace another run's files unless told to,
+    and remove an earlier run's best.pt (it would otherwise pass for this run's best)."""
+    best = best_checkpoint_path(checkpoint_path)
+    found = [path for path in (checkpoint_path, best) if path.exists()]
+    if found and not overwrite:
+        raise ValueError(
+            f"{found[0]} already holds a checkpoint: resume it (resume=True / --resume) "
+            "or choose another path (overwrite=True replaces it)"
+        )
+    if main and best.exists():
+        best.unlink()

@@ -1,0 +1,166 @@
+"""How a training run stops: Ctrl-C and SIGTERM, the processes' agreement, and the errors it raises.
+
+Everything here sits *around* the training step (trainer.py), never inside it:
+
+- `stop_signals_finish_step`: a first Ctrl-C (SIGINT) or SIGTERM (what clusters and hosted
+  notebooks send before taking a machine away) asks the loop to stop after the current step;
+  a second one interrupts at once.
+- `agree_to_stop`: in a data-parallel run every process learns after every step whether any
+  of them was asked to stop (one tiny all-reduce of a "stop reason" integer), so they all stop
+  after the same step.
+- `StepUnderWay`: where an interrupted step stood (the random state it began with, and whether
+  it was inside the weight update), so the checkpoint `save_after_interrupt` writes on the way
+  out is exact.
+- `TrainingDiverged` and `TrainingOutOfMemory`: the two ways a step can fail, each with a message
+  that says what to change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+__all__ = ["OUT_OF_MEMORY", "StepUnderWay", "TrainingDiverged", "TrainingOutOfMemory",
+           "agree_to_stop", "divergence_message", "out_of_memory_message",
+           "save_after_interrupt", "stop_signals_finish_step"]
+
+# torch >= 2.5 names it torch.OutOfMemoryError; torch.cuda.OutOfMemoryError is the same class.
+OUT_OF_MEMORY: type[BaseException] = getattr(torch, "OutOfMemoryError",
+                                             torch.cuda.OutOfMemoryError)
+
+# A stop asked for by a callback (`trainer.stop_requested = True`) rather than by a signal:
+# signal numbers are >= 1 too, so the agreement sends 1 for "a callback" and the signal otherwise.
+CALLBACK_STOP = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm stopped being finite."""
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """A training step did not fit in the device's memory (the message says what to change)."""
+
+
+class StepUnderWay:
+    """What the loop must know about a step that an interrupt cut off."""
+
+    def __init__(self) -> None:
+        self.start_rng: dict[str, Any] | None = None  # the random state the step began with
+        self.updating = False  # inside optimizer.step(): weights partly old, partly new
+
+    @contextlib.contextmanager
+    def step(self, start_rng: dict[str, Any]) -> Iterator[None]:
+        """Around one step: an interrupt inside it replays the step from `start_rng`. A step that
+        ends in an exception (an interrupt included) leaves its state for the handler to read."""
+        self.start_rng = start_rng
+        yield
+        self.start_rng = None
+
+    @contextlib.contextmanager
+    def weight_update(self) -> Iterator[None]:
+        self.updating = True
+        yield
+        self.updating = False
+
+
+def agree_to_stop(ranks, requested: bool, stop_signal: int | None) -> tuple[bool, int | None]:
+    """Whether to stop now, and the signal that asked (None for a callback). Alone: what this
+    process was asked. Data-parallel: the largest stop reason of all processes (0 = go on), so a
+    Ctrl-C or SIGTERM that reached any process stops them all after the same step."""
+    if ranks is None:
+        return requested, stop_signal
+    mine = (stop_signal or CALLBACK_STOP) if requested else 0
+    agreed = ranks.any(mine)
+    if stop_signal is None and agreed > CALLBACK_STOP:
+        stop_signal = agreed
+    return bool(agreed), stop_signal
+
+
+@contextlib.contextmanager
+def stop_signals_finish_step(trainer) -> Iterator[None]:
+    """While training in the main thread, a first Ctrl-C (SIGINT) or SIGTERM sets
+    `trainer.stop_requested` (the loop then saves a checkpoint and raises KeyboardInterrupt);
+    a second one interrupts at once. Signals someone else already handles are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {signum: signal.getsignal(signum) for signum in defaults}
+    ours = [signum for signum, handler in previous.items() if handler is defaults[signum]]
+
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        trainer.stop_signal = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if trainer.is_main:
+            print(f"\n{name}: stopping after this step and saving a checkpoint (again to stop "
+                  "now)")
+
+    for signum in ours:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum in ours:
+            signal.signal(signum, previous[signum])
+
+
+def save_after_interrupt(trainer) -> None:
+    """After an interrupt: save the run where it stands, unless it stands nowhere."""
+    if trainer.checkpoint_path is None:
+        return
+    if trainer.under_way.updating:
+        # Cut off inside optimizer.step(): some weights may hold the new values and some the
+        # old, which no step number describes. Keep the previous checkpoint instead.
+        if trainer.is_main:
+            print(f"interrupted during a weight update: kept {trainer.checkpoint_path} "
+                  f"(step {trainer.last_checkpoint_step})")
+        return
+    # Between steps, or inside one before its update: weights and optimizer are exactly those
+    # after `trainer.step` steps; a step under way is replayed from the random state it began
+    # with (the loss window holds only finished steps).
+    trainer.save(rng_state=trainer.under_way.start_rng)
+    trainer.under_way.start_rng = None
+    if trainer.is_main:
+        print(f"interrupted: saved {trainer.checkpoint_path} at step {trainer.step}; resume to "
+              "continue")
+
+
+def divergence_message(step: int, loss: float, norm: float, lr: float, kept: str,
+                       loss_scale: float | None = None) -> str:
+    """Why the run stopped at `step` (1-based), and what to try."""
+    cause = f"the loss became {loss} (gradient norm {norm})"
+    if loss_scale is not None:
+        cause = (f"the gradient was still not finite with the fp16 loss scale down to "
+                 f"{loss_scale:g} (loss {loss})")
+    return (f"training stopped at step {step}: {cause}; the update was not applied and {kept}. "
+            f"Try a lower learning rate (now {lr:.3g}; on resume pass --lr), precision='fp32', "
+            "or a smaller grad_clip")
+
+
+def out_of_memory_message(error: BaseException, *, config, precision: str, processes: int,
+                          device, kept: str) -> str:
+    """One line: what did not fit, and the settings that keep the run the same but fit."""
+    torch_says = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+    micro = config.batch_size // processes
+    windows = config.batch_size * config.grad_accum
+    where = f"{device}" + (f" (each of {processes} processes)" if processes > 1 else "")
+    advice = "lower --block-size, or use a smaller model (--d-model, --structure)"
+    factor = next((f for f in (2, 3, 4, 5, 8) if micro % f == 0), None)
+    if factor is not None:
+        advice = (f"keep the global batch of {windows} windows and split it into more, smaller "
+                  f"micro-batches: --batch-size {config.batch_size // factor} --grad-accum "
+                  f"{config.grad_accum * factor} (the same steps and batches, in {factor}x as many "
+                  f"forward passes; with "
+                  f"--resume the pair may change as long as their product stays {windows}); "
+                  f"else {advice}")
+    return (f"out of memory on {where} with micro-batches of {micro} windows x "
+            f"{config.block_size} tokens ({precision}): {advice}. {kept}. "
+            f"(torch: {torch_says})")
