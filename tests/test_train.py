@@ -375,7 +375,7 @@ def test_unreadable_foreign_and_unsafe_files_give_clear_errors(tmp_path):
         load_checkpoint(truncated)
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    with pytest.raises(ValueError, match="truncated, damaged or not a PyTorch file"):
+    with pytest.raises(ValueError, match="truncated, damaged, not a PyTorch file"):
         load_checkpoint(text)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
@@ -385,11 +385,13 @@ def test_unreadable_foreign_and_unsafe_files_give_clear_errors(tmp_path):
         load_checkpoint(good)
 
     marker = tmp_path / "pwned"
-    for name, write in (("evil_torch.pt", torch.save), ("evil_pickle.pt", pickle.dump)):
+    # torch's own format names the unsafe global; a bare pickle is not a torch file at all
+    for name, write, refusal in (("evil_torch.pt", torch.save, "refused to load"),
+                                 ("evil_pickle.pt", pickle.dump, "not a checkpoint")):
         evil = tmp_path / name
         with open(evil, "wb") as handle:
             write({"format": "hourglass_edu.checkpoint", "payload": Evil(marker)}, handle)
-        with pytest.raises(ValueError, match="refused to load"):
+        with pytest.raises(ValueError, match=refusal):
             load_checkpoint(evil)
         assert not marker.exists()
     with open(tmp_path / "evil_pickle.pt", "rb") as handle:  # the file really is dangerous
