@@ -18,6 +18,7 @@ import contextlib
 
 import torch
 
+from hourglass_edu.course import default_device
 from hourglass_edu.training.config import PRECISIONS
 
 __all__ = [
@@ -31,9 +32,10 @@ __all__ = [
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the GPU when torch sees one, else the CPU; a named device is checked."""
+    """"auto" -> HOURGLASS_EDU_DEVICE when set (the course's device, `course.default_device`),
+    else the GPU when torch sees one, else the CPU; a named device is checked."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(default_device())
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
