@@ -18,7 +18,6 @@ import contextlib
 
 import torch
 
-from hourglass_edu.course import default_device
 from hourglass_edu.training.config import PRECISIONS
 
 __all__ = [
@@ -32,10 +31,9 @@ __all__ = [
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> HOURGLASS_EDU_DEVICE when set (the course's device, `course.default_device`),
-    else the GPU when torch sees one, else the CPU; a named device is checked."""
+    """"auto" -> the GPU when torch sees one, else the CPU; a named device is checked."""
     if str(device) == "auto":
-        return torch.device(default_device())
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
