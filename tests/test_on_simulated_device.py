@@ -40,6 +40,7 @@ from hourglass_edu.related import (  # noqa: E402
     SimpleHierarchicalConfig,
     SimpleHierarchicalLM,
 )
+from hourglass_edu.related.compare import count_score_entries  # noqa: E402
 from hourglass_edu.related.maps import long_short_map, sliding_window_map  # noqa: E402
 from hourglass_edu.training import (  # noqa: E402
     TrainConfig,
@@ -225,6 +226,15 @@ def test_cached_and_recomputing_generation_agree_on_sim_and_with_the_cpu(data, n
     sim_logits = model(tokens.to(SIM))
     assert sim_logits.device == SIM
     torch.testing.assert_close(sim_logits.cpu(), cpu_logits)
+
+
+def test_attention_scores_are_counted_on_sim_as_on_the_cpu(data):
+    """The race of notebook 10 counts score entries at the dispatcher; on a device where no fused
+    kernel fits, attention takes the math path (_safe_softmax), which must count too."""
+    for name, model in related_models(data.tokenizer.vocab_size).items():
+        tokens = torch.randint(0, data.tokenizer.vocab_size, (1, 32))
+        on_cpu = count_score_entries(model.eval(), tokens)
+        assert on_cpu > 0 and count_score_entries(model.to(SIM), tokens.to(SIM)) == on_cpu, name
 
 
 def test_run_with_cache_and_analysis_on_sim(data):
