@@ -67,6 +67,13 @@ def test_sample_and_evaluate_on_sim(sim_run, corpus_dir, source):
     assert "bits per character" in scored.stdout
 
 
+@pytest.mark.parametrize("name", ["sample", "evaluate"])
+def test_pretrained_commands_accept_the_device_auto_their_help_offers(name):
+    """Issue 22 finding 2: `--pretrained NAME --device auto` once handed "auto" to model.to()."""
+    extra = ["--max-new-tokens", "8"] if name == "sample" else ["--max-tokens", "300"]
+    command(name, "--pretrained", "haiku", "--device", "auto", *extra)
+
+
 def test_export_of_a_run_trained_on_sim(sim_run, tmp_path):
     command("export", "--ckpt", str(sim_run), "--out", str(tmp_path / "folder"))
     assert (tmp_path / "folder" / "model.safetensors").is_file()
