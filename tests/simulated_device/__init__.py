@@ -25,7 +25,8 @@ synchronization, autocast or GradScaler on CUDA (on sim the library trains in fp
 `torch.compile`, NCCL. Known gaps: `torch.Generator(device="sim")` cannot be made (a Python
 backend cannot provide a device generator); `torch.save` of a sim tensor stores a CPU tensor
 (CUDA would store a cuda one); tensors cannot be shared across processes (no torchrun with
-sim gradients through gloo).
+sim gradients through gloo); an op that changes a tensor's shape in place (`resize_`, `t_`,
+`unsqueeze_`, a resizing `out=`) raises NotImplementedError, since a wrapper's shape is fixed.
 
 Use: `install()` once per process before the first "sim" tensor. For subprocesses (notebook
 kernels, CLI commands, torchrun workers) put tests/simulated_device/activate on PYTHONPATH and
@@ -100,6 +101,11 @@ class SimTensor(torch.Tensor):
         # An in-place or out= op returns the very tensor it wrote into: give back that SimTensor.
         written = _written_arguments(func, args, kwargs)
         if written is not None:
+            for tensor in written if isinstance(written, tuple) else (written,):
+                if isinstance(tensor, SimTensor) and tensor.shape != tensor._cpu.shape:
+                    # A wrapper's shape is fixed when it is made: say so instead of going wrong.
+                    raise NotImplementedError(f"{func} changed the shape of a sim tensor in place, "
+                                              "which the simulated device cannot follow")
             return written
         return tree_map(_wrap, result)
 
