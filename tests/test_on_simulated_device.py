@@ -49,7 +49,13 @@ from hourglass_edu.training import (  # noqa: E402
     train,
 )
 
-SIM = simulated_device.install()
+SIM = simulated_device.DEVICE  # "sim:0"; torch knows it once `install()` has run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def sim_device():
+    """Register "sim" when these tests run, not when pytest collects the file."""
+    simulated_device.install()
 WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
 
 
@@ -68,7 +74,7 @@ def tiny_hourglass(vocab_size: int, seed: int = 0) -> HourglassLM:
 
 def on_sim(module: torch.nn.Module) -> bool:
     tensors = [*module.parameters(), *module.buffers()]
-    return all(t.device == SIM for t in tensors)
+    return all(t.device.type == "sim" for t in tensors)
 
 
 # ------------------------------------------------------------------------------------------
@@ -83,11 +89,11 @@ def test_a_forgotten_to_device_raises_as_on_a_gpu():
     model.to(SIM)
     with pytest.raises(RuntimeError, match="same device"):
         model(tokens)  # the input stayed on the CPU
-    assert model(tokens.to(SIM)).device == SIM
+    assert model(tokens.to(SIM)).device.type == "sim"
     with pytest.raises(RuntimeError, match="same device"):
         torch.ones(3, device=SIM) + torch.ones(3)
     # A 0-dim CPU tensor mixes with device tensors, as on CUDA.
-    assert (torch.ones(3, device=SIM) * torch.tensor(2.0)).device == SIM
+    assert (torch.ones(3, device=SIM) * torch.tensor(2.0)).device.type == "sim"
 
 
 def test_a_forgotten_cpu_before_numpy_or_matplotlib_raises():
@@ -116,10 +122,10 @@ def test_moving_copies_and_factories_make_sim_tensors():
     made = [torch.zeros(2, device=SIM), torch.arange(4, device=SIM),
             torch.tensor([1, 2], device=SIM), torch.randn(2, 2, device=SIM),
             torch.full((2,), 3.0, device="sim"), torch.linspace(0, 1, 5, device=SIM)]
-    assert all(t.device == SIM for t in made)
+    assert all(t.device.type == "sim" for t in made)
     assert made[1].tolist() == [0, 1, 2, 3] and made[5].tolist() == [0, 0.25, 0.5, 0.75, 1]
     with torch.device(SIM):
-        assert torch.nn.Linear(2, 2).weight.device == SIM
+        assert torch.nn.Linear(2, 2).weight.device.type == "sim"
 
 
 def test_a_cpu_generator_on_a_sim_op_raises_as_on_cuda():
@@ -224,7 +230,7 @@ def test_cached_and_recomputing_generation_agree_on_sim_and_with_the_cpu(data, n
     assert on_sim(model)
     assert len(set(texts.values())) == 1, texts
     sim_logits = model(tokens.to(SIM))
-    assert sim_logits.device == SIM
+    assert sim_logits.device.type == "sim"
     torch.testing.assert_close(sim_logits.cpu(), cpu_logits)
 
 
@@ -241,7 +247,8 @@ def test_run_with_cache_and_analysis_on_sim(data):
     model = tiny_hourglass(data.tokenizer.vocab_size).to(SIM).eval()
     tokens = torch.tensor(data.tokenizer.encode("the old pond a frog"), device=SIM)
     logits, cache = model.run_with_cache(tokens[None])
-    assert logits.device == SIM and all(value.device == SIM for value in cache.values())
+    assert logits.device.type == "sim"
+    assert all(value.device.type == "sim" for value in cache.values())
     look = inspect_text(model, data.tokenizer, "the old pond a frog")
     assert look.text == "the old pond a frog"
     for method in ("perturbation", "gradient"):
