@@ -223,7 +223,8 @@ class _ScoreCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__
-        if name.startswith("_softmax") or name.startswith("_log_softmax"):
+        # _safe_softmax: the math path of scaled_dot_product_attention (no fused kernel fits)
+        if name.startswith(("_softmax", "_log_softmax", "_safe_softmax")):
             self.entries += args[0].numel()
         elif "scaled_dot_product" in name:
             query, key = args[0], args[1]

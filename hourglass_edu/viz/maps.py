@@ -40,7 +40,7 @@ def plot_resolution_maps(
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     image = None
     for axis, (title, resolution) in zip(axes, maps.items(), strict=True):
-        masked = resolution.masked_fill(resolution == 0, math.nan).numpy()
+        masked = resolution.cpu().masked_fill(resolution.cpu() == 0, math.nan).numpy()
         image = axis.imshow(masked, cmap=cmap, norm=LogNorm(1, top), interpolation="nearest")
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("key position")
