@@ -1,5 +1,5 @@
-"""The benchmark scripts run as the README shows (`python benchmarks/NAME.py`), in their smoke
-modes, and their tables name the machine (the CPU model, not just "x86_64") and keep their
+"""The benchmark scripts run as docs/benchmarks.md shows (`python benchmarks/NAME.py`), in their
+smoke modes, and their tables name the machine (the CPU model, not just "x86_64") and keep their
 columns. Timings are not checked: a smoke run on a busy machine measures nothing."""
 
 from __future__ import annotations
