@@ -4,7 +4,7 @@ Tiers: plain `pytest` runs the fast tier (pyproject's addopts hold `-m "not slow
 `pytest -m "slow or not slow"` runs the complete suite. A test is `slow` when it takes more than
 about 2 s or starts a subprocess, a notebook, torchrun, pip or a browser: mark it with
 `@pytest.mark.slow`. Every `notebook` or `browser` test is slow without saying so, and
-`SLOW_ELSEWHERE` marks tests of files that were being rewritten when the tiers were introduced
+tiers.SLOW_ELSEWHERE marks tests of files that were being rewritten when the tiers were introduced
 (see CONTRIBUTING.md).
 
 Fixtures: `toy_corpus` / `toy_data` (a tiny corpus of haiku-like documents, split and tokenized),
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import Phase, settings
+from tiers import mark_slow_tests
 
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.data import Corpus, prepare_data
@@ -119,32 +120,7 @@ def make_tiny_hourglass():
 
 # --- the tiers ----------------------------------------------------------------------------------
 
-SLOW_MARKERS = ("notebook", "browser")
-ALL_TESTS = "*"
-
-#: file -> names of its test functions (or ALL_TESTS) that are slow. These files belonged to other
-#: work when the tiers came in; move each mark into its file as `@pytest.mark.slow` when the file
-#: is next edited. tests/test_suite_tiers.py fails on a name here that no longer exists.
-SLOW_ELSEWHERE: dict[str, set[str] | str] = {
-    "test_bad_inputs.py": ALL_TESTS,  # the command line in subprocesses, Ctrl-C, SIGTERM
-    "test_cli.py": {"test_module_entry_point_help"},  # a subprocess
-    "test_cli_train.py": ALL_TESTS,  # trains on the real corpora
-    "test_distributed.py": ALL_TESTS,  # torchrun
-    "test_pretrained.py": {"test_poem_models_end_their_poems_by_themselves",
-                           "test_validation_slice_scores_what_the_card_says"},
-    "test_related_models.py": {"test_cached_and_recomputed_greedy_generation_are_identical"},
-    "test_train.py": {"test_training_lowers_validation_bpc_and_records_history"},
-}
-
-
-def listed_as_slow(item) -> bool:
-    listed = SLOW_ELSEWHERE.get(Path(str(item.fspath)).name)
-    name = getattr(item, "originalname", None) or item.name
-    return listed is not None and (listed == ALL_TESTS or name in listed)
-
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if any(item.get_closest_marker(m) for m in SLOW_MARKERS) or listed_as_slow(item):
-            item.add_marker(pytest.mark.slow)
+    mark_slow_tests(items)

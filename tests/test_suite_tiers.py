@@ -1,6 +1,6 @@
 """The two test tiers stay what CONTRIBUTING.md says: plain `pytest` runs the fast tier, CI runs
-the complete suite, every notebook and browser test is slow, and conftest's central list of slow
-tests names only tests that exist."""
+the complete suite, every notebook and browser test is slow, and the central list of slow tests
+(tests/tiers.py) names only tests that exist."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ALL_TESTS, SLOW_ELSEWHERE, pytest_collection_modifyitems
+from tiers import ALL_TESTS, SLOW_ELSEWHERE, mark_slow_tests
 
 try:
     import tomllib
@@ -29,16 +29,16 @@ def defined_tests(path: Path) -> set[str]:
             and node.name.startswith("test")}
 
 
-def test_every_test_conftest_marks_slow_still_exists():
+def test_every_test_listed_as_slow_still_exists():
     stale = {}
     for file_name, names in SLOW_ELSEWHERE.items():
         path = TESTS / file_name
-        assert path.is_file(), f"conftest.SLOW_ELSEWHERE names {file_name}, which is gone"
+        assert path.is_file(), f"tiers.SLOW_ELSEWHERE names {file_name}, which is gone"
         if names != ALL_TESTS:
             missing = sorted(set(names) - defined_tests(path))
             if missing:
                 stale[file_name] = missing
-    assert not stale, (f"conftest.SLOW_ELSEWHERE names tests that no longer exist: {stale}; "
+    assert not stale, (f"tiers.SLOW_ELSEWHERE names tests that no longer exist: {stale}; "
                        "mark the renamed tests @pytest.mark.slow in their files instead")
 
 
@@ -73,13 +73,13 @@ class FakeItem:
     ((), False), (("notebook",), True), (("browser",), True), (("corpus",), False)])
 def test_notebook_and_browser_tests_join_the_slow_tier(markers, slow):
     item = FakeItem("test_something_new.py", "test_x", markers)
-    pytest_collection_modifyitems(None, [item])
+    mark_slow_tests([item])
     assert ("slow" in item.markers) == slow
 
 
-def test_tests_listed_in_conftest_join_the_slow_tier():
+def test_tests_listed_as_slow_join_the_slow_tier():
     file_name, names = next(iter(SLOW_ELSEWHERE.items()))
     name = "test_anything" if names == ALL_TESTS else sorted(names)[0]
     listed, other = FakeItem(file_name, name), FakeItem("test_something_new.py", name)
-    pytest_collection_modifyitems(None, [listed, other])
+    mark_slow_tests([listed, other])
     assert "slow" in listed.markers and "slow" not in other.markers
