@@ -1,4 +1,4 @@
-"""Make the README's pictures of the inside of a trained hourglass (one PNG per figure kind).
+"""Make docs/library.md's pictures of the inside of a trained hourglass (one PNG per figure kind).
 
     python benchmarks/make_figures.py                  # from the shipped models: seconds
     python benchmarks/make_figures.py --train          # train two small models (2 x 6 min on
@@ -118,7 +118,7 @@ def save(fig, path: Path) -> int:
     size = path.stat().st_size
     print(f"  {path.relative_to(path.parents[1])}: {size / 1000:.0f} kB")
     if size > MAX_PNG_BYTES:
-        raise RuntimeError(f"{path} is {size} bytes; keep README pictures under {MAX_PNG_BYTES}")
+        raise RuntimeError(f"{path} is {size} bytes; keep docs pictures under {MAX_PNG_BYTES}")
     return size
 
 

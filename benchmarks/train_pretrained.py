@@ -35,7 +35,7 @@ from common import hardware  # benchmarks/ is on sys.path for a script
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The recipe, chosen by short trial runs on a 2-core CPU (see the README's "Shipped models").
+# The recipe, chosen by short trial runs on a 2-core CPU (see docs/shipped-models.md).
 WIDTH = ["--d-model", "128", "--n-heads", "4"]
 RECIPE = ["--batch-size", "16", "--block-size", "256", "--lr", "2e-3", "--seed", "0",
           "--precision", "auto", "--no-progress"]

@@ -1,5 +1,5 @@
-"""The benchmark scripts run as the README shows (`python benchmarks/NAME.py`), in their smoke
-modes, and their tables name the machine (the CPU model, not just "x86_64") and keep their
+"""The benchmark scripts run as docs/benchmarks.md shows (`python benchmarks/NAME.py`), in their
+smoke modes, and their tables name the machine (the CPU model, not just "x86_64") and keep their
 columns. Timings are not checked: a smoke run on a busy machine measures nothing."""
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-pytestmark = pytest.mark.slow
-
 
 def cpu_model() -> str:
     """What a table must name: /proc/cpuinfo's model name where there is one."""
@@ -40,23 +37,111 @@ def run_benchmark(script: str, out: Path, *arguments: str) -> str:
     return out.read_text()
 
 
-def test_bench_model_quick(tmp_path):
+def markdown_tables(text: str) -> list[list[dict[str, str]]]:
+    """Every Markdown table in `text`, as rows of {column heading: cell}."""
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("|") and re.fullmatch(r"\|(\s*-+:?\s*\|)+", lines[i + 1]):
+            if i > 0 and lines[i - 1].startswith("|"):
+                continue  # a separator-like row inside a table
+            headings = cells(line)
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append(dict(zip(headings, cells(row), strict=True)))
+            tables.append(rows)
+    return tables
+
+
+def cells(row: str) -> list[str]:
+    return [cell.strip() for cell in row.strip().strip("|").split("|")]
+
+
+def number(cell: str) -> float:
+    """'1.99x', '106%', '1.78x less', '2773' -> the number."""
+    return float(re.match(r"[-+]?[\d.]+", cell.replace(",", "")).group())
+
+
+def table_with(tables, column: str) -> list[dict[str, str]]:
+    found = [table for table in tables if table and column in table[0]]
+    assert len(found) == 1, f"expected one table with a {column!r} column, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.slow
+def test_bench_model_quick_measures_both_models_and_derives_its_ratios(tmp_path):
     table = run_benchmark("bench_model.py", tmp_path / "model.md", "--quick")
     assert f"device cpu ({cpu_model()}, " in table
     assert "Command: `python benchmarks/bench_model.py --quick --device cpu`" in table
-    assert ("| seq | precision | model | tokens/s | step (s) | saved activations (MiB) | "
-            "GFLOP/token (fwd) |") in table
-    assert ("| seq | precision | measured speed-up | FLOP-predicted speed-up | "
-            "measured / predicted | activation memory ratio | bf16 / fp32 (hourglass) |") in table
-    assert table.count("| hourglass `2@1 8@3 2@1` |") == 4  # 2 lengths x 2 precisions
+    assert check_model_table(table) == 4  # 2 lengths x 2 precisions
 
 
-def test_bench_generate_threads_only(tmp_path):
+def test_the_committed_model_table_is_what_the_script_derives():
+    text = (REPO_ROOT / "benchmarks" / "results" / "bench_model.md").read_text(encoding="utf-8")
+    assert check_model_table(text) == 6  # 3 lengths x 2 precisions
+
+
+def check_model_table(table: str) -> int:
+    """Assert that every ratio follows from the measured rows; returns the number of runs."""
+    tables = markdown_tables(table)
+    measured, ratios = table_with(tables, "tokens/s"), table_with(tables, "measured speed-up")
+    runs = {(row["seq"], row["precision"]): {} for row in measured}
+    assert len(measured) == 2 * len(runs) == 2 * len(ratios)  # a hourglass and a plain row each
+    for row in measured:
+        kind = "hourglass" if row["model"].startswith("hourglass") else "plain"
+        runs[row["seq"], row["precision"]][kind] = row
+    tokens_per_step = int(re.search(r"(\d+) tokens per step", table).group(1))
+    for row in ratios:
+        hourglass, plain = runs[row["seq"], row["precision"]].values()
+        for model in (hourglass, plain):  # tokens/s is the tokens of a step over its time
+            assert number(model["tokens/s"]) * number(model["step (s)"]) == pytest.approx(
+                tokens_per_step, rel=0.02)
+        speed_up = number(hourglass["tokens/s"]) / number(plain["tokens/s"])
+        predicted = number(plain["GFLOP/token (fwd)"]) / number(hourglass["GFLOP/token (fwd)"])
+        memory = (number(plain["saved activations (MiB)"])
+                  / number(hourglass["saved activations (MiB)"]))
+        assert predicted > 1  # the hourglass does less work per token than the plain stack
+        assert number(row["measured speed-up"]) == pytest.approx(speed_up, abs=0.011)
+        assert number(row["FLOP-predicted speed-up"]) == pytest.approx(predicted, rel=0.02)
+        assert number(row["measured / predicted"]) == pytest.approx(
+            100 * speed_up / predicted, abs=2)
+        assert number(row["activation memory ratio"]) == pytest.approx(memory, abs=0.011)
+    return len(runs)
+
+
+@pytest.mark.slow
+def test_bench_generate_threads_only_compares_one_and_two_threads(tmp_path):
     table = run_benchmark("bench_generate.py", tmp_path / "generate.md", "--quick",
                           "--threads-only", "--lengths", "16", "--repeats", "1")
     assert f"device cpu ({cpu_model()}, " in table
-    assert "## Threads for cached decoding, quiet and busy" in table
-    assert "| new chars | threads | quiet chars/s | busy chars/s | busy / quiet |" in table
-    assert "| new chars | 1 / 2 threads, quiet | 1 / 2 threads, busy |" in table
-    assert "| 16 | 1 |" in table and "| 16 | 2 |" in table
-    assert "cached / recompute" not in table  # --threads-only: the first table is skipped
+    assert len(markdown_tables(table)) == 2  # --threads-only: cached / recompute is skipped
+    check_threads_table(table, "16")
+
+
+def test_the_committed_threads_table_is_what_the_script_derives():
+    path = REPO_ROOT / "benchmarks" / "results" / "bench_generate_threads.md"
+    check_threads_table(path.read_text(encoding="utf-8"), "512")
+
+
+def check_threads_table(table: str, new_chars: str) -> None:
+    tables = markdown_tables(table)
+    by_threads = {row["threads"]: row for row in table_with(tables, "busy / quiet")}
+    assert set(by_threads) == {"1", "2"}
+    for row in by_threads.values():
+        assert row["new chars"] == new_chars
+        assert number(row["busy / quiet"]) == pytest.approx(
+            number(row["busy chars/s"]) / number(row["quiet chars/s"]), abs=0.011)
+    (one_over_two,) = table_with(tables, "1 / 2 threads, quiet")
+    for setting in ("quiet", "busy"):
+        expected = (number(by_threads["1"][f"{setting} chars/s"])
+                    / number(by_threads["2"][f"{setting} chars/s"]))
+        assert number(one_over_two[f"1 / 2 threads, {setting}"]) == pytest.approx(
+            expected, rel=0.05, abs=0.011)
+
+
+def test_markdown_tables_are_read_by_their_headings():
+    text = "Intro\n\n| a | b |\n|---|---:|\n| 1 | 2.5x |\n| 3 | 4% |\n\nafter\n"
+    assert markdown_tables(text) == [[{"a": "1", "b": "2.5x"}, {"a": "3", "b": "4%"}]]
+    assert [number(c) for c in ("1.99x", "106%", "1.78x less", "2,773")] == [1.99, 106, 1.78,
+                                                                              2773]

@@ -17,7 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.cli import main
 from hourglass_edu.training import evaluate_bpc, evaluate_bpc_long_context, long_context_windows
 
@@ -25,11 +24,11 @@ VOCAB = 11
 EOT = 0
 
 
-def tiny_model(max_length=64, seed=0):
-    torch.manual_seed(seed)
-    model = HourglassLM(HourglassConfig(vocab_size=VOCAB, d_model=16, n_heads=2,
-                                        structure="1@1 1@2 1@1", max_length=max_length))
-    return model.eval()
+@pytest.fixture
+def model(make_tiny_hourglass):
+    """A tiny random hourglass (max_length 64) in eval mode: its predictions depend on how much
+    context it sees, which is all these tests need."""
+    return make_tiny_hourglass(VOCAB, d_model=16).eval()
 
 
 def token_stream(n, seed=0):
@@ -57,31 +56,31 @@ def brute_force_bpc(model, ids, context, first_context, count_eot=True):
 
 
 @pytest.mark.parametrize("count_eot", [True, False])
-def test_stride_one_equals_scoring_every_character_on_its_own(count_eot):
-    model, ids, context = tiny_model(), token_stream(41), 12
+def test_stride_one_equals_scoring_every_character_on_its_own(model, count_eot):
+    ids, context = token_stream(41), 12
     expected = brute_force_bpc(model, ids, context, first_context=context, count_eot=count_eot)
     measured = evaluate_bpc_long_context(model, ids, context=context, stride=1, batch_size=5,
                                          count_eot=count_eot, eot_id=EOT)
     assert measured == pytest.approx(expected, rel=1e-5)
 
 
-def test_stride_equal_to_context_is_the_plain_whole_split_evaluation():
-    model, ids = tiny_model(), token_stream(203)
+def test_stride_equal_to_context_is_the_plain_whole_split_evaluation(model):
+    ids = token_stream(203)
     plain = evaluate_bpc(model, ids, batch_size=3, block_size=50)
     assert evaluate_bpc_long_context(model, ids, context=50, stride=50) == pytest.approx(
         plain, rel=1e-6)
 
 
-def test_more_context_changes_the_score_and_the_default_stride_is_half():
-    model, ids = tiny_model(), token_stream(150)
+def test_more_context_changes_the_score_and_the_default_stride_is_half(model):
+    ids = token_stream(150)
     plain = evaluate_bpc_long_context(model, ids, context=32, stride=32)
     half = evaluate_bpc_long_context(model, ids, context=32, stride=16)
     assert half != pytest.approx(plain, rel=1e-4)  # the windows really overlap
     assert evaluate_bpc_long_context(model, ids, context=32) == half
 
 
-def test_eot_targets_are_left_out_only_when_asked():
-    model, ids = tiny_model(), token_stream(100)
+def test_eot_targets_are_left_out_only_when_asked(model):
+    ids = token_stream(100)
     counted = evaluate_bpc_long_context(model, ids, context=20, stride=10)
     without = evaluate_bpc_long_context(model, ids, context=20, stride=10, count_eot=False,
                                         eot_id=EOT)
@@ -110,8 +109,8 @@ def test_every_target_is_scored_once_with_the_promised_context(n_tokens, context
     assert scored == list(range(1, n_tokens))  # each target once, in order
 
 
-def test_the_model_keeps_its_training_mode():
-    model = tiny_model(max_length=16).train()
+def test_the_model_keeps_its_training_mode(make_tiny_hourglass):
+    model = make_tiny_hourglass(VOCAB, d_model=16, max_length=16).train()
     evaluate_bpc_long_context(model, token_stream(200), context=16, stride=4)
     assert model.training
 
@@ -124,16 +123,16 @@ def test_the_model_keeps_its_training_mode():
     (dict(context=16, stride=17), "stride 17 is larger than context 16"),
     (dict(context=16, count_eot=False), "count_eot=False needs eot_id"),
 ])
-def test_bad_arguments_are_refused_with_what_to_change(changes, message):
+def test_bad_arguments_are_refused_with_what_to_change(model, changes, message):
     with pytest.raises(ValueError, match=message):
-        evaluate_bpc_long_context(tiny_model(), token_stream(100), **changes)
+        evaluate_bpc_long_context(model, token_stream(100), **changes)
 
 
-def test_a_stream_too_short_or_of_the_wrong_shape_is_refused():
+def test_a_stream_too_short_or_of_the_wrong_shape_is_refused(model):
     with pytest.raises(ValueError, match="at least 2 tokens"):
-        evaluate_bpc_long_context(tiny_model(), token_stream(1), context=8)
+        evaluate_bpc_long_context(model, token_stream(1), context=8)
     with pytest.raises(ValueError, match="1-D token stream"):
-        evaluate_bpc_long_context(tiny_model(), token_stream(20)[None], context=8)
+        evaluate_bpc_long_context(model, token_stream(20)[None], context=8)
 
 
 def test_cli_evaluate_refuses_a_context_beyond_the_shipped_model(capsys):
@@ -149,13 +148,13 @@ def test_cli_evaluate_scores_a_shipped_model_with_long_context(corpus_dir, monke
     assert "context 64" in out and "stride 32" in out and "400 tokens" in out
 
 
-def test_cli_evaluate_asks_for_a_corpus_when_the_model_does_not_name_one(tmp_path, capsys):
+def test_cli_evaluate_asks_for_a_corpus_when_the_model_does_not_name_one(make_tiny_hourglass,
+                                                                        tmp_path, capsys):
     from hourglass_edu.data import CharTokenizer
     from hourglass_edu.model_folders import export_model_folder
 
     tokenizer = CharTokenizer.from_documents(["abcdefghij"])
-    model = HourglassLM(HourglassConfig(vocab_size=tokenizer.vocab_size, d_model=16, n_heads=2,
-                                        structure="1@1 1@2 1@1", max_length=32))
+    model = make_tiny_hourglass(tokenizer.vocab_size, d_model=16, max_length=32)
     folder = export_model_folder(model, tokenizer, tmp_path / "no-corpus")
     assert main(["evaluate", "--ckpt", str(folder), "--context", "16"]) == 2
     assert "name one with --corpus" in capsys.readouterr().err

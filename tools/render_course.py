@@ -8,7 +8,8 @@ Each notebook runs top to bottom in a fresh kernel (nbclient) with HOURGLASS_EDU
 course order and in one shared scratch folder, as a learner would run them: where a notebook needs
 a trained model it loads a shipped one (the notebooks' default). The executed notebook becomes
 `OUT/NN_name.html` (nbconvert's JupyterLab template, every image embedded, so a page is one
-file), and `OUT/index.html` links the pages in order under their titles. The committed notebooks
+file), and `OUT/index.html` links the pages in order under their titles, then the docs/ reference
+pages (on GitHub, which renders their Markdown). The committed notebooks
 are never modified. A notebook that fails still gets its page, showing the error, and the command
 exits with status 1 after building the rest, so a broken course is never published silently.
 
@@ -30,6 +31,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+DOCS_DIR = REPO_ROOT / "docs"
+#: The reference pages are read on GitHub, which renders Markdown; the site holds only notebooks.
+DOCS_URL = "https://github.com/hourglass-edu/hourglass_edu/blob/main/docs/"
+DOCS_LINK = re.compile(r"^\|\s*\[[^\]]+\]\(([\w-]+\.md)\)", re.MULTILINE)
 PROFILES = ("smoke", "cpu", "gpu")  # hourglass_edu.course.PROFILES; kept literal so --help works
 #: Generous: the cpu profile promises at most 10 minutes per notebook on a 2-core CPU.
 DEFAULT_TIMEOUT_S = 1800
@@ -89,8 +94,23 @@ def to_html(notebook, title: str) -> str:
     return body
 
 
+def reference_pages() -> list[tuple[str, str]]:
+    """(URL, title) of each docs/ page, in the order docs/index.md's table lists them."""
+    index = DOCS_DIR / "index.md"
+    names = DOCS_LINK.findall(index.read_text(encoding="utf-8")) if index.is_file() else []
+    found = []
+    for name in ["index.md", *names]:
+        path = DOCS_DIR / name
+        if path.is_file():
+            heading = HEADING.search(path.read_text(encoding="utf-8"))
+            found.append((DOCS_URL + name, heading.group(1) if heading else name))
+    return found
+
+
 def index_page(pages: list[tuple[str, str, str | None]], profile: str) -> str:
     """`pages`: (file name, title, error or None), in course order."""
+    reference = "\n".join(f'<li><a href="{html.escape(url)}">{html.escape(title)}</a></li>'
+                          for url, title in reference_pages())
     items = "\n".join(
         f'<li><a href="{html.escape(name)}">{html.escape(title)}</a>'
         + (' <strong class="failed">(failed to run: see the page)</strong>' if error else "")
@@ -118,6 +138,11 @@ profile, with its outputs and figures. To run a notebook yourself, open it from 
 Colab.</p>
 <ul class="course">
 {items}
+</ul>
+<h2>Reference</h2>
+<p>The library's commands, training, API, related designs and benchmarks, on GitHub:</p>
+<ul class="reference">
+{reference}
 </ul>
 </body>
 </html>
