@@ -138,6 +138,24 @@ def _check_context_and_stride(context: int, stride: int) -> None:
 
 
 @torch.no_grad()
+def _checked_long_context(model, ids, context, stride, count_eot, eot_id) -> int:
+    """The stride `evaluate_bpc_long_context` uses, once its arguments are known to be valid."""
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be a 1-D token stream, got shape {tuple(ids.shape)}")
+    if stride is None and isinstance(context, int) and not isinstance(context, bool):
+        stride = max(1, context // 2)
+    _check_context_and_stride(context, stride)
+    max_length = getattr(getattr(model, "config", None), "max_length", None)
+    if max_length is not None and context > max_length:
+        raise ValueError(
+            f"context {context} exceeds the model's max_length {max_length}: evaluate with a "
+            f"context of at most {max_length} (the longest sequence the model was built for)")
+    if not count_eot and eot_id is None:
+        raise ValueError("count_eot=False needs eot_id (the tokenizer's eot_id) to know which "
+                         "targets to leave out")
+    return stride
+
+
 def evaluate_bpc_long_context(
     model: nn.Module,
     ids: torch.Tensor,
@@ -164,19 +182,7 @@ def evaluate_bpc_long_context(
     average, as in a corpus without document boundaries; they still serve as context.
     `context` may not exceed the model's `config.max_length`.
     """
-    if ids.dim() != 1:
-        raise ValueError(f"ids must be a 1-D token stream, got shape {tuple(ids.shape)}")
-    if stride is None and isinstance(context, int) and not isinstance(context, bool):
-        stride = max(1, context // 2)
-    _check_context_and_stride(context, stride)
-    max_length = getattr(getattr(model, "config", None), "max_length", None)
-    if max_length is not None and context > max_length:
-        raise ValueError(
-            f"context {context} exceeds the model's max_length {max_length}: evaluate with a "
-            f"context of at most {max_length} (the longest sequence the model was built for)")
-    if not count_eot and eot_id is None:
-        raise ValueError("count_eot=False needs eot_id (the tokenizer's eot_id) to know which "
-                         "targets to leave out")
+    stride = _checked_long_context(model, ids, context, stride, count_eot, eot_id)
     windows = long_context_windows(ids.numel(), context, stride)
     length = min(context, ids.numel() - 1)
     if device is None:
