@@ -37,6 +37,7 @@ from torch import nn
 
 __all__ = [
     "ATTENTION_IMPLS",
+    "KeyValueCache",
     "MultiHeadAttention",
     "causal_mask",
     "explicit_attention",
@@ -249,3 +250,38 @@ class MultiHeadAttention(nn.Module):
         q = self.queries(x_query, query_positions)
         k, v = self.keys_values(x_key_value, key_positions)
         return self.attend(q, k, v, mask=mask, causal=causal, need_weights=need_weights)
+
+
+class KeyValueCache:
+    """Keys and values of one attention layer so far, ``(batch, heads, length, head_dim)`` each:
+    what decoding one token at a time keeps, so a new token attends without recomputing the past.
+
+    Stored in buffers that double when full, so appending one position does not copy the
+    whole cache (a plain `torch.cat` per step would cost O(length) every step).
+    """
+
+    def __init__(self):
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.length = 0
+
+    def extend(self, keys: torch.Tensor, values: torch.Tensor):
+        """Append ``(batch, heads, new, head_dim)`` keys/values; return all of them so far."""
+        needed = self.length + keys.shape[2]
+        if self.keys is None or needed > self.keys.shape[2]:
+            capacity = max(needed, 2 * (0 if self.keys is None else self.keys.shape[2]), 16)
+            batch, heads, _, head_dim = keys.shape
+            new_keys = keys.new_empty(batch, heads, capacity, head_dim)
+            new_values = values.new_empty(batch, heads, capacity, head_dim)
+            if self.keys is not None:
+                new_keys[:, :, : self.length] = self.keys[:, :, : self.length]
+                new_values[:, :, : self.length] = self.values[:, :, : self.length]
+            self.keys, self.values = new_keys, new_values
+        self.keys[:, :, self.length : needed] = keys
+        self.values[:, :, self.length : needed] = values
+        self.length = needed
+        return self.contents()
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values stored so far."""
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]

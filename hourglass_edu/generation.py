@@ -12,7 +12,7 @@ fields); the command line's `sample` and the generation widget build one too.
 
 How one new character is chosen from the logits: `hourglass_edu.sampling`. Which decoder gives
 the logits (cached or recomputed), and what happens when the context window is full:
-`hourglass_edu.decoders`.
+`hourglass_edu.decoding`.
 
 Prompts (`encode_prompt`): the model was trained on `<eot> doc1 <eot> doc2 <eot> ...`, so a prompt
 is read as the beginning of a document: generation conditions on `<eot>` + prompt (an empty prompt
@@ -35,7 +35,7 @@ from contextlib import contextmanager
 
 import torch
 
-from hourglass_edu.decoders import CachedDecoder, make_decoder
+from hourglass_edu.decoding import CachedDecoder, make_decoder
 from hourglass_edu.sampling import check_sampling_settings, check_seed, make_generator, sample_token
 
 __all__ = ["GenerationSettings", "encode_prompt", "generate", "prompt_as_seen", "stream"]
@@ -54,7 +54,7 @@ class GenerationSettings:
     top_p: nucleus sampling, the smallest set with probability >= p (None = no limit).
     seed: an int, a CPU torch.Generator (its state advances), or None (a fresh random seed).
     use_cache: decode with key/value caches (same text, faster) the models that have them
-        (HourglassLM, LongShortLM, SimpleHierarchicalLM: `decoders.supports_cache`);
+        (HourglassLM, LongShortLM, SimpleHierarchicalLM: `decoding.supports_cache`);
         other models always recompute the window.
     stop_at_end: stop when the model writes `<eot>` (the end of a document; not included).
     stop: a string or several; generation stops before the first one that appears. Stored as a
@@ -349,7 +349,7 @@ def generate(
     """Continue `prompt` by up to `max_new_tokens` characters and return the new text only.
 
     model: any `model(tokens (batch, length)) -> logits (batch, length, vocab)`; models with a
-        cache (`decoders.supports_cache`) decode with it when `use_cache` (same result, faster).
+        cache (`decoding.supports_cache`) decode with it when `use_cache` (same result, faster).
     tokenizer: `encode(str) -> list[int]`, `decode(list[int]) -> str`, `eot_id`.
     settings: a `GenerationSettings` (None: the defaults); `overrides`: any of its fields by
         keyword (`temperature=0.8, seed=0`), applied on top of it.

@@ -35,7 +35,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
-from hourglass_edu.lm import BlockStackConfig, BlockStackLM
+from hourglass_edu.lm import BlockStackConfig, BlockStackLM, register_model
 
 __all__ = [
     "DualLayerNorm",
@@ -413,6 +413,7 @@ class LongShortConfig(BlockStackConfig):
         )
 
 
+@register_model
 class LongShortLM(BlockStackLM):
     """Character LM: ``n_layers`` pre-norm blocks with causal Long-Short attention.
 
@@ -421,6 +422,20 @@ class LongShortLM(BlockStackLM):
     """
 
     config_class = LongShortConfig
+    comparison_variants = ("long_short",)
+    small_fields = {"n_layers": 2, "window": 8, "segment_size": 8, "rank": 2}
+
+    def new_cache(self):
+        """A window cache and a segment-summary cache per layer (`related.long_short_cache`)."""
+        from hourglass_edu.related.long_short_cache import LongShortCache
+
+        return LongShortCache(self)
+
+    @classmethod
+    def comparison_config(cls, variant, *, common, n_layers, window):
+        """``n_layers`` blocks, window ``window``, segments of ``window`` summarised by 4."""
+        return LongShortConfig(**common, n_layers=n_layers, window=window, segment_size=window,
+                               rank=4)
 
     def make_attention(self) -> LongShortAttention:
         config = self.config
