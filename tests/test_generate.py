@@ -245,3 +245,38 @@ def test_cached_decoding_runs_on_one_thread_and_gives_the_caller_its_setting_bac
         torch.set_num_threads(previous)
     with pytest.raises(ValueError, match="threads"):
         generate(model, tokenizer, "ab", 6, threads=0)
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that read a tensor's value back to the host (a sync on an accelerator)."""
+
+    READS = {"_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_each_generated_character_reads_from_the_device_once(tokenizer, monkeypatch, use_cache):
+    """One host sync per character: the sampled token (`.tolist()`), nothing else: no token range
+    check, no greedy-fallback test, no copy of the probabilities to the CPU."""
+    model = build("1@1 1@2 1@1", "attention", "attention", seed=3)
+    reads = _HostReads()
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        reads.count += 1
+        return tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    new = 12
+    with reads:
+        generate(model, tokenizer, "abc", new, temperature=0.8, top_k=5, top_p=0.9, seed=1,
+                 stop_at_end=False, use_cache=use_cache)
+    assert reads.count == new
