@@ -40,6 +40,7 @@ __all__ = [
     "KeyValueCache",
     "MultiHeadAttention",
     "causal_mask",
+    "check_heads",
     "explicit_attention",
     "funnel_down_mask",
     "funnel_up_mask",
@@ -47,6 +48,22 @@ __all__ = [
 ]
 
 ATTENTION_IMPLS = ("fused", "explicit")
+
+
+def check_heads(d_model: int, n_heads: int, *, rotary: bool = True) -> None:
+    """The one head rule: ``n_heads`` must divide ``d_model``, and with rotary positions the head
+    size must be even (they rotate pairs of features). ValueError saying what to change."""
+    if n_heads < 1 or d_model % n_heads != 0:
+        divisors = [h for h in range(1, d_model + 1) if d_model % h == 0][:8]
+        raise ValueError(
+            f"n_heads={n_heads} does not divide d_model={d_model} (d_model must be a multiple "
+            f"of n_heads): choose n_heads from {divisors} or change d_model"
+        )
+    if rotary and (d_model // n_heads) % 2 != 0:
+        raise ValueError(
+            f"head dimension d_model / n_heads = {d_model // n_heads} is odd; rotary positions "
+            "rotate pairs of features: make it even"
+        )
 
 
 def causal_mask(query_length: int, key_length: int | None = None, *, device=None) -> torch.Tensor:
@@ -152,11 +169,7 @@ class MultiHeadAttention(nn.Module):
         impl: str = "fused",
     ):
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(
-                f"d_model={d_model} is not divisible by n_heads={n_heads}: choose n_heads that "
-                f"divides d_model (e.g. {[h for h in (1, 2, 4, 8) if d_model % h == 0]})"
-            )
+        check_heads(d_model, n_heads, rotary=rotary is not None)
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention impl {impl!r}: use one of {ATTENTION_IMPLS}")
         self.d_model = d_model

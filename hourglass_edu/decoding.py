@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hourglass_edu.lm import LanguageModel, check_token_range
+from hourglass_edu.lm import LanguageModel, check_token_range, model_device
 
 __all__ = [
     "CachedDecoder",
@@ -53,12 +53,6 @@ def context_limit(model) -> int | None:
     if limit is not None and limit < 2:
         raise ValueError(f"model.config.max_length must be >= 2 to generate, got {limit}")
     return limit
-
-
-def model_device(model) -> torch.device:
-    """Where the model's parameters live (the CPU for a model without parameters)."""
-    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 class Decoder:

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 import torch
 
 from hourglass_edu.decoding import CachedDecoder, make_decoder
+from hourglass_edu.lm import eval_mode
 from hourglass_edu.sampling import check_sampling_settings, check_seed, make_generator, sample_token
 
 __all__ = ["GenerationSettings", "encode_prompt", "generate", "prompt_as_seen", "stream"]
@@ -275,7 +276,7 @@ def _stream(
 ) -> Iterator[str]:
     if max_new_tokens == 0:
         return
-    with _eval_mode(model):
+    with eval_mode(model):
         decoder = make_decoder(model, settings.use_cache)
         threads = _decoding_threads(decoder, settings.threads)
         with _cpu_threads(threads):
@@ -323,19 +324,6 @@ def _cpu_threads(count: int | None):
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextmanager
-def _eval_mode(model):
-    """Eval mode (no dropout) inside the block; training mode restored afterwards if it was on."""
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
 
 
 def generate(

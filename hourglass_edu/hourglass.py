@@ -56,7 +56,13 @@ from torch import nn
 
 from hourglass_edu.attention import ATTENTION_IMPLS
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
-from hourglass_edu.lm import SIZE_LIMITS, LanguageModel, ModelConfig, register_model
+from hourglass_edu.lm import (
+    SIZE_LIMITS,
+    LanguageModel,
+    ModelConfig,
+    model_device,
+    register_model,
+)
 from hourglass_edu.resampling import (
     SHIFT_FILLS,
     SHORTENINGS,
@@ -378,5 +384,4 @@ def without_shift(model: HourglassLM) -> HourglassLM:
     config = dataclasses.replace(model.config, unsafe_disable_shift=True)
     leaky = type(model)(config)
     leaky.load_state_dict(model.state_dict())
-    device = next(model.parameters(), torch.empty(0)).device
-    return leaky.to(device).train(model.training)
+    return leaky.to(model_device(model)).train(model.training)

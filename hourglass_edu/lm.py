@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from hourglass_edu.attention import check_heads
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
 
 __all__ = [
@@ -37,8 +39,10 @@ __all__ = [
     "build_model_from_config",
     "check_token_range",
     "check_weights",
+    "eval_mode",
     "model_class",
     "model_classes",
+    "model_device",
     "register_model",
 ]
 
@@ -74,17 +78,7 @@ class ModelConfig:
             if value > SIZE_LIMITS.get(name, value):
                 raise ValueError(f"{name}={value} is beyond this library's limit "
                                  f"{SIZE_LIMITS[name]}; is the config file damaged?")
-        if self.d_model % self.n_heads != 0:
-            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:8]
-            raise ValueError(
-                f"n_heads={self.n_heads} does not divide d_model={self.d_model}: choose n_heads "
-                f"from {divisors} or change d_model"
-            )
-        if (self.d_model // self.n_heads) % 2 != 0:
-            raise ValueError(
-                f"head dimension d_model / n_heads = {self.d_model // self.n_heads} is odd; "
-                "rotary positions rotate pairs of features: make it even"
-            )
+        check_heads(self.d_model, self.n_heads)
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.rotary_base, (int, float)) or not self.rotary_base > 1.0:
@@ -374,6 +368,29 @@ def build_model_from_config(class_name: str, config: dict[str, Any],
         return cls(model_config)
     with torch.device(device):
         return cls(model_config)
+
+
+def model_device(model) -> torch.device:
+    """Where the model's parameters live (the CPU for anything without parameters): the one
+    way the library asks a model for its device."""
+    parameters = model.parameters() if isinstance(model, nn.Module) else iter(())
+    parameter = next(iter(parameters), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model):
+    """Eval mode (no dropout) inside the block, the model's own mode restored afterwards, even on
+    an error; anything that is not an ``nn.Module`` is left alone."""
+    if not isinstance(model, nn.Module):
+        yield model
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def check_weights(model: LanguageModel, weights: dict, where: str) -> None:

@@ -62,10 +62,14 @@ UPSAMPLINGS = ("repeat", "linear", "attention")
 SHIFT_FILLS = ("zeros", "learned")
 
 
-def pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Append zero vectors so the length is a multiple of ``factor``: ``(b, n, d) -> (b, m, d)``."""
-    missing = -x.shape[1] % factor
-    return F.pad(x, (0, 0, 0, missing)) if missing else x
+def pad_to_multiple(x: torch.Tensor, factor: int, dim: int = 1) -> torch.Tensor:
+    """Append zeros along ``dim`` so its length is a multiple of ``factor``: by default
+    ``(b, n, d) -> (b, m, d)`` (the library's one pad-to-a-multiple; attention kernels pad their
+    ``(b, heads, length, d)`` tensors with ``dim=2``)."""
+    missing = -x.shape[dim] % factor
+    if not missing:
+        return x
+    return F.pad(x, [0, 0] * (x.dim() - 1 - dim) + [0, missing])
 
 
 def shift_right(x: torch.Tensor, amount: int, fill: torch.Tensor | None = None) -> torch.Tensor:

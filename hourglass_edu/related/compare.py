@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hourglass_edu.analysis import saved_activation_bytes
-from hourglass_edu.lm import model_classes
+from hourglass_edu.lm import model_classes, model_device
 
 __all__ = [
     "MODEL_NAMES",
@@ -223,7 +223,7 @@ def measure_scaling(
     rows = []
     for name, model in models.items():
         model.eval()
-        device = next(model.parameters()).device
+        device = model_device(model)
         for length in lengths:
             tokens = torch.randint(0, model.config.vocab_size, (1, length), generator=generator)
             tokens = tokens.to(device)

@@ -256,10 +256,6 @@ class HAttention(MultiHeadAttention):
         hierarchy: str = "paper",
         rotary: nn.Module | None = None,
     ):
-        if n_heads < 1 or d_model % n_heads != 0:
-            raise ValueError(
-                f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})"
-            )
         check_hierarchy(hierarchy, block_size)
         super().__init__(d_model, n_heads, rotary=rotary, impl="explicit")
         self.block_size = block_size

@@ -26,7 +26,8 @@ from einops import rearrange
 from torch import Tensor
 
 from hourglass_edu.lm import ModelCache
-from hourglass_edu.related.long_short import LongShortAttention, compress_segments
+from hourglass_edu.related.long_short import LongShortAttention
+from hourglass_edu.related.long_short_attention import compress_segments
 
 __all__ = ["LongShortCache", "LongShortLayerCache"]
 
