@@ -6,9 +6,9 @@ token checks, `run_with_cache`, the parameter count and the config round trip. A
 builds its `body` (the hourglass levels, or a related design's stack of blocks).
 
 `ModelConfig` is the base of every model config (a dataclass per model): shared validation,
-`to_dict` / `from_dict`. Every model class registers itself (`register_model`), so a checkpoint
-or model folder records the class it holds and `build_model_from_config` rebuilds any of them;
-`model_classes()` is what the loader, the decoders, the comparison and the tests read.
+`to_dict` / `from_dict`. Every model class registers itself (`register_model`, registry.py,
+re-exported here), so a checkpoint or model folder records the class it holds and
+`build_model_from_config` rebuilds any of them.
 
 `ModelCache` is the base of what a model keeps when it is decoded one token at a time (key/value
 caches and the like); a model that has one returns it from `new_cache()`.
@@ -17,7 +17,6 @@ caches and the like); a model that has one returns it from `new_cache()`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,13 @@ from torch import nn
 
 from hourglass_edu.attention import check_heads
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
+from hourglass_edu.registry import (  # re-exported: the models and the loader import them here
+    MODEL_MODULES,
+    build_model_from_config,
+    model_class,
+    model_classes,
+    register_model,
+)
 
 __all__ = [
     "MODEL_MODULES",
@@ -319,55 +325,6 @@ class BlockStackLM(LanguageModel):
         for j, block in enumerate(self.blocks):
             x = block(x, angles, capture=capture, name=f"block{j}")
         return x
-
-
-# The modules that define model classes, in the order the comparison lists them; each
-# registers its classes on import (`register_model`). A new design is its module plus one line.
-MODEL_MODULES = (
-    "hourglass_edu.hourglass",
-    "hourglass_edu.related.long_short",
-    "hourglass_edu.related.h_transformer",
-    "hourglass_edu.related.simple_hierarchical",
-)
-_REGISTERED: dict[str, type[LanguageModel]] = {}
-
-
-def register_model(cls: type[LanguageModel]) -> type[LanguageModel]:
-    """Class decorator: `cls` may be named by checkpoints, model folders and the comparison."""
-    _REGISTERED[cls.__name__] = cls
-    return cls
-
-
-def model_classes() -> dict[str, type[LanguageModel]]:
-    """Every registered model class by name, in the order of `MODEL_MODULES`."""
-    for module in MODEL_MODULES:
-        importlib.import_module(module)
-    order = {module: index for index, module in enumerate(MODEL_MODULES)}
-    ranked = sorted(_REGISTERED.values(), key=lambda cls: order.get(cls.__module__, len(order)))
-    return {cls.__name__: cls for cls in ranked}
-
-
-def model_class(name: str) -> type[LanguageModel]:
-    """The registered model class called `name`."""
-    classes = model_classes()
-    if name not in classes:
-        raise ValueError(f"unknown model class {name!r}; this library has {sorted(classes)}")
-    return classes[name]
-
-
-def build_model_from_config(class_name: str, config: dict[str, Any],
-                            device: str | torch.device | None = None) -> LanguageModel:
-    """An untrained model of class `class_name` from a saved config dict (validated first).
-
-    ``device="meta"`` builds the shapes without allocating any memory (used to check a file's
-    tensors before loading them).
-    """
-    cls = model_class(class_name)
-    model_config = cls.config_class.from_dict(config)
-    if device is None:
-        return cls(model_config)
-    with torch.device(device):
-        return cls(model_config)
 
 
 def model_device(model) -> torch.device:
