@@ -37,8 +37,10 @@ from torch import nn
 
 __all__ = [
     "ATTENTION_IMPLS",
+    "KeyValueCache",
     "MultiHeadAttention",
     "causal_mask",
+    "check_heads",
     "explicit_attention",
     "funnel_down_mask",
     "funnel_up_mask",
@@ -46,6 +48,22 @@ __all__ = [
 ]
 
 ATTENTION_IMPLS = ("fused", "explicit")
+
+
+def check_heads(d_model: int, n_heads: int, *, rotary: bool = True) -> None:
+    """The one head rule: ``n_heads`` must divide ``d_model``, and with rotary positions the head
+    size must be even (they rotate pairs of features). ValueError saying what to change."""
+    if n_heads < 1 or d_model % n_heads != 0:
+        divisors = [h for h in range(1, d_model + 1) if d_model % h == 0][:8]
+        raise ValueError(
+            f"n_heads={n_heads} does not divide d_model={d_model} (d_model must be a multiple "
+            f"of n_heads): choose n_heads from {divisors} or change d_model"
+        )
+    if rotary and (d_model // n_heads) % 2 != 0:
+        raise ValueError(
+            f"head dimension d_model / n_heads = {d_model // n_heads} is odd; rotary positions "
+            "rotate pairs of features: make it even"
+        )
 
 
 def causal_mask(query_length: int, key_length: int | None = None, *, device=None) -> torch.Tensor:
@@ -151,11 +169,7 @@ class MultiHeadAttention(nn.Module):
         impl: str = "fused",
     ):
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(
-                f"d_model={d_model} is not divisible by n_heads={n_heads}: choose n_heads that "
-                f"divides d_model (e.g. {[h for h in (1, 2, 4, 8) if d_model % h == 0]})"
-            )
+        check_heads(d_model, n_heads, rotary=rotary is not None)
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention impl {impl!r}: use one of {ATTENTION_IMPLS}")
         self.d_model = d_model
@@ -249,3 +263,38 @@ class MultiHeadAttention(nn.Module):
         q = self.queries(x_query, query_positions)
         k, v = self.keys_values(x_key_value, key_positions)
         return self.attend(q, k, v, mask=mask, causal=causal, need_weights=need_weights)
+
+
+class KeyValueCache:
+    """Keys and values of one attention layer so far, ``(batch, heads, length, head_dim)`` each:
+    what decoding one token at a time keeps, so a new token attends without recomputing the past.
+
+    Stored in buffers that double when full, so appending one position does not copy the
+    whole cache (a plain `torch.cat` per step would cost O(length) every step).
+    """
+
+    def __init__(self):
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.length = 0
+
+    def extend(self, keys: torch.Tensor, values: torch.Tensor):
+        """Append ``(batch, heads, new, head_dim)`` keys/values; return all of them so far."""
+        needed = self.length + keys.shape[2]
+        if self.keys is None or needed > self.keys.shape[2]:
+            capacity = max(needed, 2 * (0 if self.keys is None else self.keys.shape[2]), 16)
+            batch, heads, _, head_dim = keys.shape
+            new_keys = keys.new_empty(batch, heads, capacity, head_dim)
+            new_values = values.new_empty(batch, heads, capacity, head_dim)
+            if self.keys is not None:
+                new_keys[:, :, : self.length] = self.keys[:, :, : self.length]
+                new_values[:, :, : self.length] = self.values[:, :, : self.length]
+            self.keys, self.values = new_keys, new_values
+        self.keys[:, :, self.length : needed] = keys
+        self.values[:, :, self.length : needed] = values
+        self.length = needed
+        return self.contents()
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values stored so far."""
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]

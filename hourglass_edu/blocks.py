@@ -27,13 +27,16 @@ give pooled vectors blurred positions; sinusoidal absolute embeddings have the s
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
-from hourglass_edu.attention import MultiHeadAttention
+from hourglass_edu.attention import KeyValueCache, MultiHeadAttention
 
 __all__ = [
     "FeedForward",
+    "RotaryAngles",
     "RotaryEmbedding",
     "TransformerBlock",
     "record",
@@ -51,12 +54,22 @@ def rotary_inverse_frequencies(dim: int, base: float = 10000.0) -> torch.Tensor:
     return base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
 
 
+class RotaryAngles(NamedTuple):
+    """The cosines and sines of one set of positions' rotation angles, ``(..., length, dim/2)``
+    float32 each: computed once per forward pass (``RotaryEmbedding.angles``) and handed to every
+    attention layer that rotates at those positions, instead of recomputed in each of them."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
 class RotaryEmbedding(nn.Module):
     """Rotate pairs of features by angles proportional to the integer position.
 
     Feature pair ``(x[i], x[i + dim/2])`` is rotated by ``position * base ** (-2i / dim)``.
     ``forward(x, positions)``: x ``(batch, heads, length, dim)``, positions ``(length,)`` or
-    ``(batch, length)`` integers (default ``arange(length)``) -> same shape as x.
+    ``(batch, length)`` integers (default ``arange(length)``), or the ``RotaryAngles`` that
+    ``angles(positions)`` made for them -> same shape as x.
     Angles are computed in fp32 on the fly (no table, so no maximum position).
     """
 
@@ -69,15 +82,19 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inverse_frequency", rotary_inverse_frequencies(dim, base),
                              persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        length = x.shape[-2]
-        if positions is None:
-            positions = torch.arange(length, device=x.device)
-        # (..., length, dim/2)
+    def angles(self, positions: torch.Tensor) -> RotaryAngles:
+        """cos and sin of ``positions * inverse_frequency`` (a heads axis added for batched
+        positions): compute once, rotate every query and key at these positions with it."""
         angles = positions.to(torch.float32)[..., None] * self.inverse_frequency
         if angles.dim() == 3:  # (batch, length, dim/2): add the heads axis
             angles = angles[:, None]
-        cos, sin = angles.cos(), angles.sin()
+        return RotaryAngles(angles.cos(), angles.sin())
+
+    def forward(self, x: torch.Tensor,
+                positions: torch.Tensor | RotaryAngles | None = None) -> torch.Tensor:
+        if positions is None:
+            positions = torch.arange(x.shape[-2], device=x.device)
+        cos, sin = positions if isinstance(positions, RotaryAngles) else self.angles(positions)
         x_float = x.float()
         first, second = x_float.chunk(2, dim=-1)
         rotated = torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
@@ -141,7 +158,7 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor | None = None,
+        positions: torch.Tensor | RotaryAngles | None = None,
         *,
         capture: dict | None = None,
         name: str = "",
@@ -150,8 +167,24 @@ class TransformerBlock(nn.Module):
             self.attn_norm(x), query_positions=positions, causal=True,
             need_weights=capture is not None,
         )
-        x = x + self.attn_dropout(attended)
-        x = x + self.ff(self.ff_norm(x))
+        x = self.after_attention(x, attended)
         record(capture, f"{name}.attn", weights)
         record(capture, name, x)
         return x
+
+    def extend(self, x: torch.Tensor, positions: torch.Tensor | RotaryAngles,
+               cache: KeyValueCache) -> torch.Tensor:
+        """``forward`` for new positions only, one token at a time (or a prompt at once): their
+        keys and values join ``cache`` and they attend over everything in it.
+        x ``(batch, new, d_model)`` at ``positions`` (after the cached ones) -> same shape."""
+        normed = self.attn_norm(x)
+        queries = self.attn.queries(normed, positions)
+        keys, values = cache.extend(*self.attn.keys_values(normed, positions))
+        # one newest query sees every key: no mask needed
+        attended, _ = self.attn.attend(queries, keys, values, causal=queries.shape[2] > 1)
+        return self.after_attention(x, attended)
+
+    def after_attention(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """The residual add and the feed-forward half of the block."""
+        x = x + self.attn_dropout(attended)
+        return x + self.ff(self.ff_norm(x))

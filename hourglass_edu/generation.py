@@ -12,7 +12,7 @@ fields); the command line's `sample` and the generation widget build one too.
 
 How one new character is chosen from the logits: `hourglass_edu.sampling`. Which decoder gives
 the logits (cached or recomputed), and what happens when the context window is full:
-`hourglass_edu.decoders`.
+`hourglass_edu.decoding`.
 
 Prompts (`encode_prompt`): the model was trained on `<eot> doc1 <eot> doc2 <eot> ...`, so a prompt
 is read as the beginning of a document: generation conditions on `<eot>` + prompt (an empty prompt
@@ -35,7 +35,8 @@ from contextlib import contextmanager
 
 import torch
 
-from hourglass_edu.decoders import CachedDecoder, make_decoder
+from hourglass_edu.decoding import CachedDecoder, make_decoder
+from hourglass_edu.lm import eval_mode
 from hourglass_edu.sampling import check_sampling_settings, check_seed, make_generator, sample_token
 
 __all__ = ["GenerationSettings", "encode_prompt", "generate", "prompt_as_seen", "stream"]
@@ -54,7 +55,7 @@ class GenerationSettings:
     top_p: nucleus sampling, the smallest set with probability >= p (None = no limit).
     seed: an int, a CPU torch.Generator (its state advances), or None (a fresh random seed).
     use_cache: decode with key/value caches (same text, faster) the models that have them
-        (HourglassLM, LongShortLM, SimpleHierarchicalLM: `decoders.supports_cache`);
+        (HourglassLM, LongShortLM, SimpleHierarchicalLM: `decoding.supports_cache`);
         other models always recompute the window.
     stop_at_end: stop when the model writes `<eot>` (the end of a document; not included).
     stop: a string or several; generation stops before the first one that appears. Stored as a
@@ -275,7 +276,7 @@ def _stream(
 ) -> Iterator[str]:
     if max_new_tokens == 0:
         return
-    with _eval_mode(model):
+    with eval_mode(model):
         decoder = make_decoder(model, settings.use_cache)
         threads = _decoding_threads(decoder, settings.threads)
         with _cpu_threads(threads):
@@ -325,19 +326,6 @@ def _cpu_threads(count: int | None):
         torch.set_num_threads(previous)
 
 
-@contextmanager
-def _eval_mode(model):
-    """Eval mode (no dropout) inside the block; training mode restored afterwards if it was on."""
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.train()
-
-
 def generate(
     model,
     tokenizer,
@@ -349,7 +337,7 @@ def generate(
     """Continue `prompt` by up to `max_new_tokens` characters and return the new text only.
 
     model: any `model(tokens (batch, length)) -> logits (batch, length, vocab)`; models with a
-        cache (`decoders.supports_cache`) decode with it when `use_cache` (same result, faster).
+        cache (`decoding.supports_cache`) decode with it when `use_cache` (same result, faster).
     tokenizer: `encode(str) -> list[int]`, `decode(list[int]) -> str`, `eot_id`.
     settings: a `GenerationSettings` (None: the defaults); `overrides`: any of its fields by
         keyword (`temperature=0.8, seed=0`), applied on top of it.

@@ -56,7 +56,7 @@ from torch import nn
 
 from hourglass_edu.attention import ATTENTION_IMPLS
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
-from hourglass_edu.lm import LanguageModel, ModelConfig
+from hourglass_edu.lm import LanguageModel, ModelConfig, model_device, register_model
 from hourglass_edu.resampling import (
     SHIFT_FILLS,
     SHORTENINGS,
@@ -160,7 +160,9 @@ def parse_structure(structure: str) -> list[LevelSpec]:
 
 @dataclass
 class HourglassConfig(ModelConfig):
-    """Everything that defines an ``HourglassLM`` (saved next to the weights as JSON).
+    """Everything that defines an ``HourglassLM`` (saved next to the weights as JSON): the
+    shared `ModelConfig` fields (vocab_size, d_model, n_heads, d_ff, dropout, max_length,
+    rotary_base) and these.
 
     * ``structure``: the paper's notation (see module docstring).
     * ``shortening``: ``"avg"`` | ``"linear"`` | ``"attention"``;
@@ -176,19 +178,12 @@ class HourglassConfig(ModelConfig):
       the future (the leak demo and the negative-control test). Never train with it.
     """
 
-    vocab_size: int
-    d_model: int = 256
-    n_heads: int = 4
     structure: str = "2@1 8@3 2@1"
     shortening: str = "avg"
     upsampling: str = "repeat"
     shift_fill: str = "zeros"
-    d_ff: int | None = None
-    dropout: float = 0.0
-    max_length: int = 1024
     attention_impl: str = "fused"
     tie_embeddings: bool = False
-    rotary_base: float = 10000.0
     unsafe_disable_shift: bool = False
 
     def __post_init__(self):
@@ -223,6 +218,7 @@ class HourglassLevel(nn.Module):
         spec = config.levels[index]
         self.index = index
         self.name = f"level{index}"
+        self.rotary = rotary  # shared by every level (no weights, only its frequencies)
         self.factor = spec.factor
         self.total_factor = spec.total_factor
         self.disable_shift = config.unsafe_disable_shift
@@ -249,7 +245,8 @@ class HourglassLevel(nn.Module):
     def forward(self, x: torch.Tensor, capture: dict | None = None) -> torch.Tensor:
         name = self.name
         record(capture, f"{name}.input", x)
-        positions = torch.arange(x.shape[1], device=x.device)
+        # the rotation angles of this level's positions, once for all its blocks
+        positions = self.rotary.angles(torch.arange(x.shape[1], device=x.device))
         for j, block in enumerate(self.pre_blocks):
             x = block(x, positions, capture=capture, name=f"{name}.block{j}")
         if self.inner is not None:
@@ -267,6 +264,7 @@ class HourglassLevel(nn.Module):
         return x
 
 
+@register_model
 class HourglassLM(LanguageModel):
     """Character-level Hourglass language model: the shared `LanguageModel` (embedding, final
     norm, head, init, `run_with_cache`) around a body of recursive `HourglassLevel`s.
@@ -277,11 +275,27 @@ class HourglassLM(LanguageModel):
     """
 
     config_class = HourglassConfig
+    comparison_variants = ("transformer", "hourglass")
+    small_fields = {"structure": "1@1 1@2 1@1"}
 
     def __init__(self, config: HourglassConfig):
         super().__init__(config)
         self.hourglass = HourglassLevel(config, 0, self.rotary)
         self.init_weights()
+
+    def new_cache(self):
+        """Per-level key/value caches (`hourglass_edu.hourglass_cache`)."""
+        from hourglass_edu.hourglass_cache import HourglassCache
+
+        return HourglassCache(self)
+
+    @classmethod
+    def comparison_config(cls, variant, *, common, n_layers, window):
+        """transformer: ``"N@1"``; hourglass: ``"1@1 M@3 1@1"`` with M = 2 * (n_layers - 2)
+        (at least 2): the shortened middle layers are cheap, so it gets more, as in the paper."""
+        if variant == "transformer":
+            return HourglassConfig(**common, structure=f"{n_layers}@1")
+        return HourglassConfig(**common, structure=f"1@1 {max(2, 2 * (n_layers - 2))}@3 1@1")
 
     def body(self, x: torch.Tensor, capture: dict | None) -> torch.Tensor:
         return self.hourglass(x, capture)
@@ -348,5 +362,4 @@ def without_shift(model: HourglassLM) -> HourglassLM:
     config = dataclasses.replace(model.config, unsafe_disable_shift=True)
     leaky = type(model)(config)
     leaky.load_state_dict(model.state_dict())
-    device = next(model.parameters(), torch.empty(0)).device
-    return leaky.to(device).train(model.training)
+    return leaky.to(model_device(model)).train(model.training)

@@ -6,40 +6,68 @@ token checks, `run_with_cache`, the parameter count and the config round trip. A
 builds its `body` (the hourglass levels, or a related design's stack of blocks).
 
 `ModelConfig` is the base of every model config (a dataclass per model): shared validation,
-`to_dict` / `from_dict`. `MODEL_CLASSES` names every model class, so a checkpoint or model folder
-records the class it holds and `build_model_from_config` rebuilds any of them.
+`to_dict` / `from_dict`. Every model class registers itself (`register_model`, registry.py,
+re-exported here), so a checkpoint or model folder records the class it holds and
+`build_model_from_config` rebuilds any of them.
+
+`ModelCache` is the base of what a model keeps when it is decoded one token at a time (key/value
+caches and the like); a model that has one returns it from `new_cache()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from hourglass_edu.attention import check_heads
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
+from hourglass_edu.registry import (  # re-exported: the models and the loader import them here
+    MODEL_MODULES,
+    build_model_from_config,
+    model_class,
+    model_classes,
+    register_model,
+)
 
 __all__ = [
-    "MODEL_CLASSES",
+    "MODEL_MODULES",
     "BlockStackConfig",
     "BlockStackLM",
     "LanguageModel",
+    "ModelCache",
     "ModelConfig",
     "build_model_from_config",
+    "check_token_range",
     "check_weights",
+    "eval_mode",
     "model_class",
+    "model_classes",
+    "model_device",
+    "register_model",
 ]
 
+@dataclass(kw_only=True)
 class ModelConfig:
-    """Base of the model config dataclasses: validation, ``to_dict``, ``from_dict``.
+    """Base of the model config dataclasses: the fields every model has, validation,
+    ``to_dict``, ``from_dict``. A model's config adds its own fields (keyword-only here, so a
+    subclass may add fields without defaults or in any order).
 
-    Fields every config has: vocab_size, d_model, n_heads, d_ff (None -> 4 * d_model), dropout,
-    max_length, rotary_base.
+    ``d_ff`` None means ``4 * d_model``; ``max_length`` is the longest sequence the model takes.
     """
+
+    vocab_size: int
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int | None = None
+    dropout: float = 0.0
+    max_length: int = 1024
+    rotary_base: float = 10000.0
 
     def check_common(self, integer_fields=("vocab_size", "d_model", "n_heads", "max_length")):
         """Raise ValueError, saying what to change, for a value no model can be built with."""
@@ -47,17 +75,7 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads != 0:
-            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0][:8]
-            raise ValueError(
-                f"n_heads={self.n_heads} does not divide d_model={self.d_model}: choose n_heads "
-                f"from {divisors} or change d_model"
-            )
-        if (self.d_model // self.n_heads) % 2 != 0:
-            raise ValueError(
-                f"head dimension d_model / n_heads = {self.d_model // self.n_heads} is odd; "
-                "rotary positions rotate pairs of features: make it even"
-            )
+        check_heads(self.d_model, self.n_heads)
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.rotary_base, (int, float)) or not self.rotary_base > 1.0:
@@ -139,8 +157,10 @@ class LanguageModel(nn.Module):
         if getattr(self.config, "tie_embeddings", False):
             self.head.weight = self.embedding.weight
 
-    def check_tokens(self, tokens: torch.Tensor) -> None:
-        """Raise ValueError unless tokens is a ``(batch, length)`` integer tensor that fits."""
+    def check_tokens(self, tokens: torch.Tensor, *, check_range: bool = True) -> None:
+        """Raise ValueError unless tokens is a ``(batch, length)`` integer tensor that fits, with
+        ids in ``[0, vocab_size)`` (``check_range=False``: the caller checked the ids already,
+        on the host, as the decoders do, so that generating a character costs no extra sync)."""
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens)
             raise ValueError(f"tokens must be a (batch, length) tensor, got {shape}; "
@@ -156,17 +176,23 @@ class LanguageModel(nn.Module):
                 "feed shorter sequences (crop to the last max_length tokens) or build the model "
                 "with a larger max_length"
             )
+        if check_range and tokens.numel() > 0:
+            # One min/max reduction (one host sync): on CUDA an id out of range would be a
+            # device-side assert that kills the process, not an error one can catch.
+            low, high = torch.stack((tokens.min(), tokens.max())).tolist()
+            check_token_range(low, high, self.config.vocab_size)
 
-    def _run(self, tokens: torch.Tensor, capture: dict | None) -> torch.Tensor:
-        self.check_tokens(tokens)
+    def _run(self, tokens: torch.Tensor, capture: dict | None, *,
+             check_range: bool = True) -> torch.Tensor:
+        self.check_tokens(tokens, check_range=check_range)
         x = self.embedding_dropout(self.embedding(tokens))
         record(capture, "embedding", x)
         x = self.final_norm(self.body(x, capture))
         record(capture, "final_norm", x)
         return self.head(x)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._run(tokens, None)
+    def forward(self, tokens: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
+        return self._run(tokens, None, check_range=check_range)
 
     def run_with_cache(self, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward pass that also returns every named activation (detached), by name.
@@ -183,20 +209,80 @@ class LanguageModel(nn.Module):
         total = sum(parameter.numel() for parameter in self.parameters())  # tied: listed once
         return total if include_embedding else total - self.embedding.weight.numel()
 
+    def new_cache(self) -> ModelCache | None:
+        """An empty cache for decoding this model one token at a time (a `ModelCache`), or
+        None: the model has none, and generation recomputes the window for every character."""
+        return None
+
+    # What the comparison (related/compare.py) and the tests read from the registry: the
+    # variants this class contributes to the side-by-side comparison, and a small config.
+    comparison_variants: ClassVar[tuple[str, ...]] = ()
+    small_fields: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def comparison_config(cls, variant: str, *, common: dict[str, Any], n_layers: int,
+                          window: int) -> ModelConfig:
+        """The config of comparison variant `variant` (one of `comparison_variants`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def small_config(cls, vocab_size: int, **fields) -> ModelConfig:
+        """A small config of this class (d_model 32, 2 heads, max_length 64) for tests."""
+        sizes = dict(vocab_size=vocab_size, d_model=32, n_heads=2, max_length=64)
+        return cls.config_class(**{**sizes, **cls.small_fields, **fields})
+
+
+def check_token_range(low: int, high: int, vocab_size: int) -> None:
+    """Raise ValueError unless the smallest and largest token ids lie in ``[0, vocab_size)``."""
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"token ids must be in [0, {vocab_size}) (0 <= id < vocab_size={vocab_size}), got "
+            f"ids from {low} to {high}: encode text with the model's own tokenizer"
+        )
+
+
+class ModelCache:
+    """What a model keeps between calls when it is decoded one token at a time.
+
+    ``cache.extend(tokens (batch, new))`` appends any number of tokens (a prompt, or one token)
+    and returns their logits ``(batch, new, vocab)``, equal (to float rounding) to
+    ``model(all_tokens_so_far)[:, -new:]``. A subclass says how its body handles the new
+    positions (`_extend_body`); it reuses the model's own layers through their one-token methods
+    (e.g. `TransformerBlock.extend`), so the math is written once. Eval mode only (dropout is not
+    applied); beyond ``config.max_length`` it raises, like the model.
+    """
+
+    def __init__(self, model: LanguageModel):
+        self.model = model
+        self.length = 0  # tokens decoded so far
+
+    @torch.no_grad()
+    def extend(self, tokens: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
+        """``check_range=False``: the ids were checked on the host (no device sync here)."""
+        model = self.model
+        if model.training and model.config.dropout > 0:
+            raise ValueError("call model.eval() before decoding: dropout is not applied here")
+        model.check_tokens(tokens, check_range=check_range)
+        if self.length + tokens.shape[1] > model.config.max_length:
+            raise ValueError(
+                f"decoding past config.max_length={model.config.max_length} tokens: start again "
+                "from the last tokens (generate() does this for you)"
+            )
+        x = self._extend_body(model.embedding(tokens), self.length)
+        self.length += tokens.shape[1]
+        return model.head(model.final_norm(x))
+
+    def _extend_body(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """New embeddings ``(batch, new, d)`` at positions ``start ..`` -> body outputs."""
+        raise NotImplementedError
+
 
 @dataclass
 class BlockStackConfig(ModelConfig):
     """The fields of a model whose body is a plain stack of `n_layers` blocks; a design adds its
     own fields after these and checks them in its `__post_init__` (after calling this one)."""
 
-    vocab_size: int
-    d_model: int = 256
-    n_heads: int = 4
     n_layers: int = 6
-    d_ff: int | None = None
-    dropout: float = 0.0
-    max_length: int = 1024
-    rotary_base: float = 10000.0
 
     def __post_init__(self):
         self.check_common(("vocab_size", "d_model", "n_heads", "n_layers", "max_length"))
@@ -225,41 +311,34 @@ class BlockStackLM(LanguageModel):
         raise NotImplementedError
 
     def body(self, x: torch.Tensor, capture: dict | None) -> torch.Tensor:
-        positions = torch.arange(x.shape[1], device=x.device)
+        # the rotation angles once for every block (not once per attention call)
+        angles = self.rotary.angles(torch.arange(x.shape[1], device=x.device))
         for j, block in enumerate(self.blocks):
-            x = block(x, positions, capture=capture, name=f"block{j}")
+            x = block(x, angles, capture=capture, name=f"block{j}")
         return x
 
 
-# Every model class a checkpoint or model folder may name, and the module that defines it.
-MODEL_CLASSES = {
-    "HourglassLM": "hourglass_edu.hourglass",
-    "LongShortLM": "hourglass_edu.related.long_short",
-    "HTransformerLM": "hourglass_edu.related.h_transformer",
-    "SimpleHierarchicalLM": "hourglass_edu.related.simple_hierarchical",
-}
+def model_device(model) -> torch.device:
+    """Where the model's parameters live (the CPU for anything without parameters): the one
+    way the library asks a model for its device."""
+    parameters = model.parameters() if isinstance(model, nn.Module) else iter(())
+    parameter = next(iter(parameters), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def model_class(name: str) -> type[LanguageModel]:
-    """The model class called `name` (a key of `MODEL_CLASSES`)."""
-    if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model class {name!r}; this library has {sorted(MODEL_CLASSES)}")
-    return getattr(importlib.import_module(MODEL_CLASSES[name]), name)
-
-
-def build_model_from_config(class_name: str, config: dict[str, Any],
-                            device: str | torch.device | None = None) -> LanguageModel:
-    """An untrained model of class `class_name` from a saved config dict (validated first).
-
-    ``device="meta"`` builds the shapes without allocating any memory (used to check a file's
-    tensors before loading them).
-    """
-    cls = model_class(class_name)
-    model_config = cls.config_class.from_dict(config)
-    if device is None:
-        return cls(model_config)
-    with torch.device(device):
-        return cls(model_config)
+@contextmanager
+def eval_mode(model):
+    """Eval mode (no dropout) inside the block, the model's own mode restored afterwards, even on
+    an error; anything that is not an ``nn.Module`` is left alone."""
+    if not isinstance(model, nn.Module):
+        yield model
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def check_weights(model: LanguageModel, weights: dict, where: str) -> None:

@@ -32,7 +32,12 @@ import torch.nn.functional as F
 from einops import rearrange, reduce, repeat
 from torch import nn
 
-from hourglass_edu.attention import MultiHeadAttention, funnel_down_mask, funnel_up_mask
+from hourglass_edu.attention import (
+    KeyValueCache,
+    MultiHeadAttention,
+    funnel_down_mask,
+    funnel_up_mask,
+)
 from hourglass_edu.blocks import FeedForward, record
 
 __all__ = [
@@ -57,10 +62,14 @@ UPSAMPLINGS = ("repeat", "linear", "attention")
 SHIFT_FILLS = ("zeros", "learned")
 
 
-def pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Append zero vectors so the length is a multiple of ``factor``: ``(b, n, d) -> (b, m, d)``."""
-    missing = -x.shape[1] % factor
-    return F.pad(x, (0, 0, 0, missing)) if missing else x
+def pad_to_multiple(x: torch.Tensor, factor: int, dim: int = 1) -> torch.Tensor:
+    """Append zeros along ``dim`` so its length is a multiple of ``factor``: by default
+    ``(b, n, d) -> (b, m, d)`` (the library's one pad-to-a-multiple; attention kernels pad their
+    ``(b, heads, length, d)`` tensors with ``dim=2``)."""
+    missing = -x.shape[dim] % factor
+    if not missing:
+        return x
+    return F.pad(x, [0, 0] * (x.dim() - 1 - dim) + [0, missing])
 
 
 def shift_right(x: torch.Tensor, amount: int, fill: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,7 +104,21 @@ class ShiftRight(nn.Module):
         return shift_right(x, self.amount, self.fill)
 
 
-class AvgShortening(nn.Module):
+class _GroupwiseShortening(nn.Module):
+    """A shortening that treats each group of ``factor`` on its own (avg, linear). The decoding
+    methods (shared with the attention variant, so a decoder never asks which kind it has):
+    ``add_shifted`` keeps nothing, ``shorten_groups`` is ``forward`` on the complete groups."""
+
+    def add_shifted(self, cache: KeyValueCache, shifted: torch.Tensor, first_position: int):
+        """Nothing to remember: a group needs only its own vectors."""
+
+    def shorten_groups(self, groups: torch.Tensor, first_group: int,
+                       cache: KeyValueCache) -> torch.Tensor:
+        """Complete groups ``(b, groups * factor, d)`` -> their short vectors ``(b, groups, d)``."""
+        return self(groups)
+
+
+class AvgShortening(_GroupwiseShortening):
     """Mean of each group of ``factor``: ``(b, m, d) -> (b, m / factor, d)`` (m a multiple)."""
 
     def __init__(self, factor: int):
@@ -106,7 +129,7 @@ class AvgShortening(nn.Module):
         return reduce(shifted, "b (short k) d -> b short d", "mean", k=self.factor)
 
 
-class LinearShortening(nn.Module):
+class LinearShortening(_GroupwiseShortening):
     """Concatenate each group of ``factor`` vectors and project ``factor*d -> d``."""
 
     def __init__(self, d_model: int, factor: int):
@@ -138,45 +161,88 @@ class _FunnelAttentionLayer(nn.Module):
         self.ff_norm = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, d_ff, dropout)
 
+    def _keys_values(self, x: torch.Tensor, first: int, step: int):
+        """Keys/values of ``x (b, n, d)`` whose positions are ``(first + arange(n)) * step``."""
+        positions = torch.arange(first, first + x.shape[1], device=x.device) * step
+        return self.attn.keys_values(self.key_value_norm(x), positions)
+
+    def _attend_then_feed_forward(self, x, query_positions, keys, values, mask, need_weights):
+        """``x + attention(LN(x), keys, values)``, then ``+ feed_forward(LN(.))``: both sides'
+        residual steps; returns ``(output, weights or None)``."""
+        queries = self.attn.queries(self.query_norm(x), query_positions)
+        attended, weights = self.attn.attend(queries, keys, values, mask=mask,
+                                             need_weights=need_weights)
+        x = x + self.attn_dropout(attended)
+        return x + self.ff(self.ff_norm(x)), weights
+
 
 class AttentionShortening(_FunnelAttentionLayer):
     """Attention downsampling: ``pooled = mean of each group``, then (both residual, pre-norm)
     ``pooled + attention(query=LN(pooled), keys/values=LN(shifted), funnel_down_mask)`` and a
     feed-forward. Short query ``i`` (at fine position ``i*k``) sees shifted keys ``s < (i+1)*k``
     (at fine positions ``s - (k-1)``, the tokens they hold). Captures ``{name}.down_attn``.
+
+    The decoder uses the same two steps as ``forward``: ``add_shifted`` (keys of new shifted
+    vectors) and ``shorten_groups`` (the short vectors of complete groups).
     """
 
     def forward(self, shifted: torch.Tensor, *, capture: dict | None = None, name: str = ""):
-        k = self.factor
-        pooled = reduce(shifted, "b (short k) d -> b short d", "mean", k=k)
-        short_length, full_length = pooled.shape[1], shifted.shape[1]
-        device = shifted.device
-        attended, weights = self.attn(
-            self.query_norm(pooled),
-            self.key_value_norm(shifted),
-            query_positions=torch.arange(short_length, device=device) * k,
-            key_positions=torch.arange(full_length, device=device) - (k - 1),
-            mask=funnel_down_mask(short_length, full_length, k, device=device),
-            need_weights=capture is not None,
-        )
+        keys, values = self._keys_values(shifted, first=-(self.factor - 1), step=1)
+        short, weights = self._summarise(shifted, 0, keys, values, capture is not None)
         record(capture, f"{name}.down_attn", weights)
-        short = pooled + self.attn_dropout(attended)
-        return short + self.ff(self.ff_norm(short))
+        return short
+
+    def add_shifted(self, cache: KeyValueCache, shifted: torch.Tensor, first_position: int):
+        """Cache the keys/values of new shifted vectors; shifted position ``s`` sits at fine
+        position ``s - (k-1)``, so the first one is at ``first_position``."""
+        cache.extend(*self._keys_values(shifted, first=first_position, step=1))
+
+    def shorten_groups(self, groups: torch.Tensor, first_group: int,
+                       cache: KeyValueCache) -> torch.Tensor:
+        return self._summarise(groups, first_group, *cache.contents(), False)[0]
+
+    def _summarise(self, groups, first_group, keys, values, need_weights):
+        """Short vectors ``first_group ..`` from their groups ``(b, count * k, d)`` and the
+        shifted sequence's keys/values so far."""
+        k = self.factor
+        pooled = reduce(groups, "b (short k) d -> b short d", "mean", k=k)
+        count, device = pooled.shape[1], groups.device
+        query_positions = torch.arange(first_group, first_group + count, device=device) * k
+        mask = funnel_down_mask(first_group + count, keys.shape[2], k, device=device)
+        return self._attend_then_feed_forward(pooled, query_positions, keys, values,
+                                              mask[first_group:], need_weights)
 
 
-class RepeatUpsampling(nn.Module):
+class _GroupwiseUpsampling(nn.Module):
+    """An upsampling that maps each short vector to ``factor`` vectors on its own (repeat,
+    linear): ``forward`` adds ``expand(short)``, cropped, to the residual. The decoding methods
+    (shared with the attention variant): ``add_short`` keeps nothing, ``refine`` is the identity.
+    """
+
+    def forward(self, short: torch.Tensor, residual: torch.Tensor, **_) -> torch.Tensor:
+        return residual + self.expand(short)[:, : residual.shape[1]]
+
+    def add_short(self, cache: KeyValueCache, short: torch.Tensor, first_group: int):
+        """Nothing to remember."""
+
+    def refine(self, x: torch.Tensor, start: int, cache: KeyValueCache) -> torch.Tensor:
+        """Nothing after the expansion: new positions ``x`` as they are."""
+        return x
+
+
+class RepeatUpsampling(_GroupwiseUpsampling):
     """Repeat each short vector ``factor`` times, crop to the residual's length, add it."""
 
     def __init__(self, factor: int):
         super().__init__()
         self.factor = factor
 
-    def forward(self, short: torch.Tensor, residual: torch.Tensor, **_) -> torch.Tensor:
-        upsampled = repeat(short, "b short d -> b (short k) d", k=self.factor)
-        return residual + upsampled[:, : residual.shape[1]]
+    def expand(self, short: torch.Tensor) -> torch.Tensor:
+        """``(b, groups, d) -> (b, groups * factor, d)``: each vector ``factor`` times."""
+        return repeat(short, "b short d -> b (short k) d", k=self.factor)
 
 
-class LinearUpsampling(nn.Module):
+class LinearUpsampling(_GroupwiseUpsampling):
     """Project each short vector ``d -> factor*d``, unfold into ``factor`` vectors, crop, add."""
 
     def __init__(self, d_model: int, factor: int):
@@ -184,9 +250,9 @@ class LinearUpsampling(nn.Module):
         self.factor = factor
         self.proj = nn.Linear(d_model, factor * d_model)
 
-    def forward(self, short: torch.Tensor, residual: torch.Tensor, **_) -> torch.Tensor:
-        upsampled = rearrange(self.proj(short), "b short (k d) -> b (short k) d", k=self.factor)
-        return residual + upsampled[:, : residual.shape[1]]
+    def expand(self, short: torch.Tensor) -> torch.Tensor:
+        """``(b, groups, d) -> (b, groups * factor, d)``: one projection per short vector."""
+        return rearrange(self.proj(short), "b short (k d) -> b (short k) d", k=self.factor)
 
 
 class AttentionUpsampling(_FunnelAttentionLayer):
@@ -194,24 +260,35 @@ class AttentionUpsampling(_FunnelAttentionLayer):
     pre-norm) ``x + attention(query=LN(x), keys/values=LN(short), funnel_up_mask)`` and a
     feed-forward. Full query ``j`` sees short keys ``m <= j // k`` (at fine positions ``m*k``).
     Captures ``{name}.up_attn``.
+
+    The decoder uses the same steps as ``forward``: ``expand`` (the repeat), ``add_short`` (keys
+    of new short vectors) and ``refine`` (the attention and feed-forward of new positions).
     """
 
     def forward(self, short, residual, *, capture: dict | None = None, name: str = ""):
-        k = self.factor
-        full_length, short_length = residual.shape[1], short.shape[1]
-        device = short.device
-        x = residual + repeat(short, "b short d -> b (short k) d", k=k)[:, :full_length]
-        attended, weights = self.attn(
-            self.query_norm(x),
-            self.key_value_norm(short),
-            query_positions=torch.arange(full_length, device=device),
-            key_positions=torch.arange(short_length, device=device) * k,
-            mask=funnel_up_mask(full_length, short_length, k, device=device),
-            need_weights=capture is not None,
-        )
+        x = residual + self.expand(short)[:, : residual.shape[1]]
+        keys, values = self._keys_values(short, first=0, step=self.factor)
+        x, weights = self._refine(x, 0, keys, values, capture is not None)
         record(capture, f"{name}.up_attn", weights)
-        x = x + self.attn_dropout(attended)
-        return x + self.ff(self.ff_norm(x))
+        return x
+
+    def expand(self, short: torch.Tensor) -> torch.Tensor:
+        return repeat(short, "b short d -> b (short k) d", k=self.factor)
+
+    def add_short(self, cache: KeyValueCache, short: torch.Tensor, first_group: int):
+        """Cache the keys/values of new short vectors ``first_group ..`` (at ``m * k``)."""
+        cache.extend(*self._keys_values(short, first=first_group, step=self.factor))
+
+    def refine(self, x: torch.Tensor, start: int, cache: KeyValueCache) -> torch.Tensor:
+        """New positions ``start ..`` (residual + repeated short output) -> their output."""
+        return self._refine(x, start, *cache.contents(), False)[0]
+
+    def _refine(self, x, start, keys, values, need_weights):
+        device = x.device
+        query_positions = torch.arange(start, start + x.shape[1], device=device)
+        mask = funnel_up_mask(start + x.shape[1], keys.shape[2], self.factor, device=device)
+        return self._attend_then_feed_forward(x, query_positions, keys, values, mask[start:],
+                                              need_weights)
 
 
 def make_shortening(kind: str, d_model: int, n_heads: int, d_ff: int, factor: int,

@@ -151,11 +151,42 @@ def sample_token(
     """Choose the next token id from (vocab,) logits (see the module docstring for the rules).
 
     Greedy choices (see `scale_by_temperature`) take the argmax and draw no random number.
+    The choice is made on the logits' device and read back once (one host sync per token).
     """
     check_sampling_settings(temperature, top_k, top_p)
-    scaled = scale_by_temperature(logits, temperature)
-    if scaled is None:
+    if temperature == 0:
         return int(logits.argmax())
+    logits = logits.detach().float()
+    shifted = logits - logits.max(dim=-1, keepdim=True).values
+    scaled = shifted / temperature
+    # the greedy fallback of `scale_by_temperature`, decided on the device: no sync here
+    overflowed = (torch.isfinite(shifted) & ~torch.isfinite(scaled)).any()
     probs = _filtered_softmax(scaled, top_k, top_p)
-    # Draw on the CPU so that a seed gives the same text whatever device the model runs on.
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    state = _random_state(generator)
+    choice = _draw(probs, generator)
+    token, greedy, fell_back = torch.stack(
+        (choice, logits.argmax(dim=-1), overflowed.long())
+    ).tolist()  # the one sync
+    if fell_back:  # greedy after all: as if no random number had been drawn
+        _restore_random_state(generator, state)
+        return greedy
+    return token
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw from `probs` (vocab,), as `torch.multinomial(probs.cpu(), 1, generator)` draws
+    it, but on probs' device: argmax of probs / Exp(1) noise, the noise drawn on the CPU from
+    `generator`, so that a seed gives the same text whatever device the model runs on."""
+    noise = torch.empty(probs.shape, dtype=probs.dtype).exponential_(generator=generator)
+    return (probs / noise.to(probs.device, non_blocking=True)).argmax(dim=-1)
+
+
+def _random_state(generator: torch.Generator | None) -> torch.Tensor:
+    return torch.random.get_rng_state() if generator is None else generator.get_state()
+
+
+def _restore_random_state(generator: torch.Generator | None, state: torch.Tensor) -> None:
+    if generator is None:
+        torch.random.set_rng_state(state)
+    else:
+        generator.set_state(state)

@@ -18,9 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.cached_decoding import IncrementalDecoder, KeyValueCache
+from hourglass_edu.attention import KeyValueCache
 from hourglass_edu.data import CharTokenizer
+from hourglass_edu.decoding import CachedDecoder
 from hourglass_edu.generation import generate, stream
+from hourglass_edu.hourglass_cache import HourglassCache
 
 VOCAB_CHARS = "abcdefghij \n"
 TOLERANCE = 1e-4
@@ -65,7 +67,7 @@ def random_tokens(model, length, seed, batch=1):
 
 def cached_logits(model, tokens, chunk_sizes) -> torch.Tensor:
     """Logits at every position from the cached decoder, fed chunk by chunk."""
-    decoder = IncrementalDecoder(model)
+    decoder = model.new_cache()
     pieces, start = [], 0
     for size in chunk_sizes:
         pieces.append(decoder.extend(tokens[:, start : start + size]))
@@ -149,18 +151,17 @@ def test_kv_cache_grows_without_losing_entries():
 
 def test_decoder_refuses_to_run_past_max_length_and_bad_models():
     model = build("1@1 1@3 1@1", max_length=12)
-    decoder = IncrementalDecoder(model)
-    decoder.prefill(torch.zeros(1, 10, dtype=torch.long))
-    decoder.step(torch.zeros(1, 2, dtype=torch.long))
+    cache = model.new_cache()
+    cache.extend(torch.zeros(1, 10, dtype=torch.long))
+    cache.extend(torch.zeros(1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="max_length"):
-        decoder.step(torch.zeros(1, 1, dtype=torch.long))
-    decoder.prefill(torch.zeros(1, 3, dtype=torch.long))  # a prefill starts afresh
-    assert decoder.length == 3
-    with pytest.raises(ValueError, match="HourglassLM"):
-        IncrementalDecoder(torch.nn.Linear(2, 2))
+        cache.extend(torch.zeros(1, 1, dtype=torch.long))
+    assert model.new_cache().extend(torch.zeros(1, 3, dtype=torch.long)).shape[1] == 3
+    with pytest.raises(ValueError, match="no cached decoder for Linear"):
+        CachedDecoder(torch.nn.Linear(2, 2))
     leaky = build("1@1 1@3 1@1", unsafe_disable_shift=True)
     with pytest.raises(ValueError, match="shift"):
-        IncrementalDecoder(leaky).prefill(torch.zeros(1, 3, dtype=torch.long))
+        leaky.new_cache()
 
 
 # --- generation with and without the cache ------------------------------------------------------
@@ -196,13 +197,13 @@ def test_greedy_and_seeded_generation_are_identical_with_and_without_cache(
 def test_generation_uses_the_cached_decoder(tokenizer, monkeypatch):
     model = build("1@1 1@3 1@1", seed=1)
     calls = []
-    original = IncrementalDecoder.extend
+    original = HourglassCache.extend
 
-    def counting_extend(self, tokens):
+    def counting_extend(self, tokens, **options):
         calls.append(tokens.shape[1])
-        return original(self, tokens)
+        return original(self, tokens, **options)
 
-    monkeypatch.setattr(IncrementalDecoder, "extend", counting_extend)
+    monkeypatch.setattr(HourglassCache, "extend", counting_extend)
     generate(model, tokenizer, "abcd", 10, temperature=0, stop_at_end=False)
     assert calls == [5] + [1] * 9  # prefill <eot>abcd, then one step per new token but the last
 
@@ -219,20 +220,18 @@ def test_long_prompt_and_window_overflow_match_recompute(tokenizer):
 
 
 def test_cached_decoding_runs_on_one_thread_and_gives_the_caller_its_setting_back(monkeypatch):
-    import hourglass_edu.cached_decoding as cached_decoding
-
     torch.manual_seed(0)
     model = HourglassLM(HourglassConfig(vocab_size=12, d_model=16, n_heads=2,
                                         structure="1@1 1@2 1@1", max_length=64))
     tokenizer = CharTokenizer("abcdefghi\n")
     seen = []
-    extend = cached_decoding.IncrementalDecoder.extend
+    extend = HourglassCache.extend
 
-    def spy(self, tokens):
+    def spy(self, tokens, **options):
         seen.append(torch.get_num_threads())
-        return extend(self, tokens)
+        return extend(self, tokens, **options)
 
-    monkeypatch.setattr(cached_decoding.IncrementalDecoder, "extend", spy)
+    monkeypatch.setattr(HourglassCache, "extend", spy)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -246,3 +245,38 @@ def test_cached_decoding_runs_on_one_thread_and_gives_the_caller_its_setting_bac
         torch.set_num_threads(previous)
     with pytest.raises(ValueError, match="threads"):
         generate(model, tokenizer, "ab", 6, threads=0)
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that read a tensor's value back to the host (a sync on an accelerator)."""
+
+    READS = {"_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_each_generated_character_reads_from_the_device_once(tokenizer, monkeypatch, use_cache):
+    """One host sync per character: the sampled token (`.tolist()`), nothing else: no token range
+    check, no greedy-fallback test, no copy of the probabilities to the CPU."""
+    model = build("1@1 1@2 1@1", "attention", "attention", seed=3)
+    reads = _HostReads()
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        reads.count += 1
+        return tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    new = 12
+    with reads:
+        generate(model, tokenizer, "abc", new, temperature=0.8, top_k=5, top_p=0.9, seed=1,
+                 stop_at_end=False, use_cache=use_cache)
+    assert reads.count == new

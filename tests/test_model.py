@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,12 +254,32 @@ def test_bf16_autocast_runs_and_is_close_to_fp32():
         low = model(x)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0.05)
-    # and a training step works under autocast
-    model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1).float(), x.flatten())
-    loss.backward()
-    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("combo", ["avg-repeat", "attention-attention", "linear-linear"])
+def test_bf16_backward_gives_the_fp32_gradients_to_bf16_precision(combo):
+    """A training step under bf16 autocast: the loss within 1e-3 of fp32's and every parameter's
+    gradient within 5% of fp32's (relative L2 error). Measured here over 5 seeds x 3 combos: loss
+    within 6e-5, gradients within 1.6% (bf16 keeps 8 significant bits, ~0.4% per rounding)."""
+    shortening, upsampling = combo.split("-")
+    model = tiny_model(structure="1@1 1@2 1@1", shortening=shortening,
+                       upsampling=upsampling).train()
+    x = tokens()
+
+    def loss_and_gradients(autocast: bool):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), x.flatten())
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    loss32, grads32 = loss_and_gradients(False)
+    loss16, grads16 = loss_and_gradients(True)
+    assert abs(loss16 - loss32) < 1e-3
+    errors = {name: float((grads16[name] - grads32[name]).norm() / grads32[name].norm())
+              for name in grads32}
+    assert max(errors.values()) < 0.05, sorted(errors.items(), key=lambda item: -item[1])[:3]
 
 
 @pytest.mark.parametrize("combo", ["avg-repeat", "linear-linear", "attention-attention"])
@@ -297,3 +318,143 @@ def test_flops_per_token_follow_the_counting_rule():
     assert set(tiny_model(structure="1@1 1@2 1@4 1@2 1@1", shortening="attention",
                           upsampling="linear").flops_per_token(n)) == {
         "level0", "level1", "level2", "head", "total"}
+
+
+def test_flops_of_attention_and_linear_resampling_by_hand():
+    """"1@1 1@3 1@1" at n = 24 tokens (k = 3: 8 short vectors), d = 16, d_ff = 32, counted term
+    by term from the rule in hourglass.py's docstring (2 FLOPs per multiply-add)."""
+    d, d_ff, n, k, short = 16, 32, 24, 3, 8
+    block = 8 * d * d + 4 * d * d_ff  # q, kv (d -> 2d), out, feed-forward, per vector
+    outer_blocks = 2 * (n * block + 4 * d * n * (n + 1) / 2)  # causal: n(n+1)/2 pairs
+    inner = (short * block + 4 * d * short * (short + 1) / 2) / n
+    funnel_pairs = 3 * (1 + 2 + 3 + 4 + 5 + 6 + 7 + 8)  # short i sees 3(i+1); full j sees j//3+1
+    # attention shortening: q and out on 8 pooled vectors, kv on the 24 shifted ones, ff on 8
+    attention_down = short * (4 * d * d + 4 * d * d_ff) + n * 4 * d * d + 4 * d * funnel_pairs
+    # attention upsampling: q and out on 24 positions, kv on the 8 short ones, ff on 24
+    attention_up = n * (4 * d * d + 4 * d * d_ff) + short * 4 * d * d + 4 * d * funnel_pairs
+    linear_down = short * 2 * (k * d) * d  # (k d) -> d per short vector
+    linear_up = short * 2 * d * (k * d)  # d -> (k d) per short vector
+    for shortening, upsampling, resampling in [
+        ("attention", "linear", attention_down + linear_up),
+        ("linear", "attention", linear_down + attention_up),
+        ("attention", "attention", attention_down + attention_up),
+    ]:
+        flops = tiny_model(structure="1@1 1@3 1@1", shortening=shortening,
+                           upsampling=upsampling).flops_per_token(n)
+        assert flops["level0"] == pytest.approx((outer_blocks + resampling) / n, rel=1e-12)
+        assert flops["level1"] == pytest.approx(inner, rel=1e-12)
+    assert attention_down == 56064 and linear_up == 12288  # the sums, written out once
+
+
+# --- token ids, the rotary angles, the registry, the shipped model --------------------------
+
+@pytest.mark.parametrize("bad_id", [-1, 11, 1000])
+def test_token_ids_out_of_range_raise_a_value_error_naming_the_range(bad_id):
+    model = tiny_model(structure="1@1 1@2 1@1")
+    x = tokens(length=9)
+    x[1, 4] = bad_id
+    for call in (model, lambda t: model.run_with_cache(t), model.new_cache().extend):
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 11\)"):
+            call(x)
+    x[1, 4] = 10  # the largest valid id passes
+    model(x)
+
+
+def test_the_decoder_checks_token_ids_on_the_host_and_skips_the_device_check(monkeypatch):
+    from hourglass_edu.decoding import make_decoder
+
+    model = tiny_model(structure="1@1 1@2 1@1")
+    seen = []
+    check = HourglassLM.check_tokens
+
+    def spy(self, tokens, *, check_range=True):
+        seen.append(check_range)
+        return check(self, tokens, check_range=check_range)
+
+    monkeypatch.setattr(HourglassLM, "check_tokens", spy)
+    for use_cache in (True, False):
+        decoder = make_decoder(model, use_cache)
+        decoder.start([1, 2, 3])
+        decoder.feed(4)
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 11\)"):
+            decoder.feed(11)
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 11\)"):
+            decoder.start([3, -2])
+    assert seen and not any(seen)  # every model call skipped the (syncing) device check
+
+
+def test_rotary_angles_are_computed_once_per_level_and_rotate_exactly_as_positions_do(
+        monkeypatch):
+    rotary = RotaryEmbedding(8)
+    x = torch.randn(2, 3, 7, 8)
+    for positions in (torch.arange(7) * 3 - 2, torch.arange(14).reshape(2, 7)):
+        assert torch.equal(rotary(x, rotary.angles(positions)), rotary(x, positions))
+    model = tiny_model(structure="2@1 3@2 2@1")
+    calls = []
+    angles = RotaryEmbedding.angles
+    monkeypatch.setattr(RotaryEmbedding, "angles",
+                        lambda self, p: calls.append(len(p)) or angles(self, p))
+    model(tokens(length=10))
+    assert calls == [10, 5]  # once per level (7 blocks), not twice per attention call
+
+
+def test_the_registry_lists_every_model_class_for_the_loader_and_the_comparison():
+    from hourglass_edu.lm import build_model_from_config, model_class, model_classes
+    from hourglass_edu.related.compare import MODEL_NAMES, build_comparison_models
+
+    classes = model_classes()
+    assert list(classes) == ["HourglassLM", "LongShortLM", "HTransformerLM",
+                             "SimpleHierarchicalLM"]
+    assert MODEL_NAMES == ("transformer", "hourglass", "long_short", "h_transformer",
+                           "simple_hierarchical")
+    models = build_comparison_models(11, d_model=16, n_heads=2, n_layers=2, max_length=32)
+    for name, cls in classes.items():
+        assert model_class(name) is cls
+        small = cls(cls.small_config(11))
+        rebuilt = build_model_from_config(name, small.config.to_dict())
+        assert type(rebuilt) is cls and rebuilt.config == small.config
+        assert any(type(model) is cls for model in models.values())
+    with pytest.raises(ValueError, match="unknown model class 'GPT'"):
+        model_class("GPT")
+
+
+def test_every_shipped_config_still_loads_into_its_config_class():
+    from hourglass_edu.lm import model_class
+    from hourglass_edu.pretrained import PRETRAINED_DIR
+
+    folders = sorted(PRETRAINED_DIR.glob("*/config.json"))
+    assert folders
+    for path in folders:
+        saved = json.loads(path.read_text())
+        fields = {key: value for key, value in saved.items()
+                  if key not in ("format", "model_class")}
+        config = model_class(saved["model_class"]).config_class.from_dict(fields)
+        assert config.to_dict() == fields
+
+
+def test_the_shipped_haiku_model_gives_the_logits_recorded_before_the_refactor():
+    """Bit for bit: tests/data/haiku_logits.json was written by the library as it was before the
+    decoding refactor (issue 21), on the development CPU with torch 2.13.0, from the forward pass
+    and from cached decoding (prompt of 10 tokens, then one token at a time). Another CPU or
+    torch version may round differently: then re-record with the pre-refactor library."""
+    import hashlib
+
+    from hourglass_edu import load_pretrained
+    from hourglass_edu.decoding import make_decoder
+    record = json.loads((Path(__file__).parent / "data" / "haiku_logits.json").read_text())
+    if torch.__version__ != record["torch"]:
+        pytest.skip(f"recorded with torch {record['torch']}, this is {torch.__version__}")
+    model, tokenizer = load_pretrained("haiku")
+    ids = record["ids"]
+    assert tokenizer.encode(record["prompt"]) == ids
+
+    def sha256(tensor):
+        return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+
+    with torch.no_grad():
+        logits = model.eval()(torch.tensor([ids]))
+    assert logits[0, -1].tolist() == record["last_logits"]
+    assert sha256(logits) == record["forward_logits_sha256"]
+    decoder = make_decoder(model, use_cache=True)
+    steps = [decoder.start(ids[:10])] + [decoder.feed(token) for token in ids[10:]]
+    assert sha256(torch.stack(steps)) == record["cached_logits_sha256"]

@@ -454,18 +454,16 @@ def randomise_norms(model):
 def test_cache_gives_the_logits_of_recomputation(name):
     """Prefill a prompt, then steps of 1, 2 and 3 tokens: every new position's logits equal the
     full forward pass's (Long-Short: and the window cache holds at most window - 1 positions)."""
-    from hourglass_edu.decoders import incremental_decoder
-
     model = randomise_norms(cache_models()[name].double().eval())
     tokens = torch.randint(0, VOCAB, (2, 50), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = model(tokens)
-    decoder = incremental_decoder(model)
-    pieces, position = [decoder.prefill(tokens[:, :9])], 9
+    decoder = model.new_cache()
+    pieces, position = [decoder.extend(tokens[:, :9])], 9
     for size in [1, 1, 3, 1, 2] * 8:
         if position >= tokens.shape[1]:
             break
-        pieces.append(decoder.step(tokens[:, position : position + size]))
+        pieces.append(decoder.extend(tokens[:, position : position + size]))
         position += size
         for cache in getattr(decoder, "caches", []):
             held = 0 if cache.window_keys is None else cache.window_keys.shape[2]
@@ -474,14 +472,12 @@ def test_cache_gives_the_logits_of_recomputation(name):
 
 
 def test_long_short_cache_summaries_are_computed_once_per_finished_segment():
-    from hourglass_edu.related.decoding import LongShortIncrementalDecoder
-
     model = cache_models()["long_short_dual_norm"].eval()
-    decoder = LongShortIncrementalDecoder(model)
-    decoder.prefill(torch.zeros(1, 3, dtype=torch.long))
+    decoder = model.new_cache()
+    decoder.extend(torch.zeros(1, 3, dtype=torch.long))
     assert decoder.caches[0].summary_keys is None  # no segment of 4 has ended
     for length in range(4, 14):
-        decoder.step(torch.zeros(1, 1, dtype=torch.long))
+        decoder.extend(torch.zeros(1, 1, dtype=torch.long))
         cache = decoder.caches[0]
         assert cache.summary_keys.shape[2] == length // 4 * 2  # rank 2 per finished segment
         assert cache.open_keys.shape[2] == length % 4
@@ -509,7 +505,7 @@ def trained_on_a_cycle(model, ids, steps=40):
 def test_cached_and_recomputed_greedy_generation_are_identical(name):
     """Greedy, past max_length (the window slides and the cache is prefilled again)."""
     from hourglass_edu import CharTokenizer
-    from hourglass_edu.decoders import CachedDecoder, make_decoder
+    from hourglass_edu.decoding import CachedDecoder, make_decoder
     from hourglass_edu.generation import generate
 
     tokenizer = CharTokenizer.from_documents(["abcdefghij", "klm"])
@@ -528,9 +524,10 @@ def test_cached_and_recomputed_greedy_generation_are_identical(name):
 
 
 def test_a_model_without_a_cache_is_decoded_by_recomputation():
-    from hourglass_edu.decoders import RecomputeDecoder, incremental_decoder, make_decoder
+    from hourglass_edu.decoding import CachedDecoder, RecomputeDecoder, make_decoder
 
     model = MODELS["h_transformer"]
+    assert model.new_cache() is None
     assert type(make_decoder(model, use_cache=True)) is RecomputeDecoder
     with pytest.raises(ValueError, match="no cached decoder for"):
-        incremental_decoder(model)
+        CachedDecoder(model)

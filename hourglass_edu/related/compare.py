@@ -17,7 +17,6 @@ as well.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Sequence
 
@@ -26,17 +25,12 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hourglass_edu.analysis import saved_activation_bytes
-from hourglass_edu.hourglass import HourglassConfig, HourglassLM
-from hourglass_edu.related.h_transformer import HTransformerConfig, HTransformerLM
-from hourglass_edu.related.long_short import LongShortConfig, LongShortLM
-from hourglass_edu.related.simple_hierarchical import (
-    SimpleHierarchicalConfig,
-    SimpleHierarchicalLM,
-)
+from hourglass_edu.lm import model_classes, model_device
 
 __all__ = [
     "MODEL_NAMES",
     "build_comparison_models",
+    "comparison_variants",
     "count_score_entries",
     "markdown_table",
     "measure_cost",
@@ -44,7 +38,14 @@ __all__ = [
     "train_comparison",
 ]
 
-MODEL_NAMES = ("transformer", "hourglass", "long_short", "h_transformer", "simple_hierarchical")
+def comparison_variants() -> dict[str, type]:
+    """Every comparison variant's name -> its model class, read from the model registry (each
+    class lists its `comparison_variants`), in the registry's order."""
+    return {variant: cls for cls in model_classes().values()
+            for variant in cls.comparison_variants}
+
+
+MODEL_NAMES = tuple(comparison_variants())
 
 
 def build_comparison_models(
@@ -60,53 +61,25 @@ def build_comparison_models(
 ) -> dict[str, nn.Module]:
     """One untrained model per name, all of width ``d_model``, sized to cost about the same.
 
-    * transformer: ``n_layers`` full-attention blocks (``"N@1"``).
-    * hourglass: ``"1@1 M@3 1@1"`` with M = 2 * (n_layers - 2) (at least 2): the shortened middle
-      layers are cheap, so it gets more of them, as in the paper.
-    * long_short: ``n_layers`` blocks, window ``window``, segments of ``window`` summarised by 4.
-    * h_transformer: ``n_layers`` blocks, the paper's hierarchy with blocks of ``window // 2``
-      positions (rounded down to an even number, at least 2).
-    * simple_hierarchical: ceil(n_layers / 2) layers of three streams (1, 2, 8), the reference's
-      default variant (stride 1, convolution compressors, token shift); the predicting stream has
-      a sliding window of ``window``, the others full attention inside their subsequences. The
-      coarse streams are narrower (widths d, d/2, d/4, compressors twice as wide as their input):
-      at full width the convolution compressors alone would give it about 3x the transformer's
-      parameters.
+    Each model class says how it is sized (its `comparison_config`): the transformer is
+    ``n_layers`` full-attention blocks, the hourglass gets more (cheap) shortened layers, the
+    related designs use ``window`` for their exact range.
     """
-    unknown = sorted(set(names) - set(MODEL_NAMES))
+    variants = comparison_variants()
+    unknown = sorted(set(names) - set(variants))
     if unknown:
-        raise ValueError(f"unknown model names {unknown}: choose from {list(MODEL_NAMES)}")
+        raise ValueError(f"unknown model names {unknown}: choose from {list(variants)}")
     if n_layers < 2:
         raise ValueError(
             f"n_layers must be >= 2 (the hourglass needs an outer pair), got {n_layers}"
         )
     common = dict(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, max_length=max_length)
-    factories = {
-        "transformer": lambda: HourglassLM(HourglassConfig(**common, structure=f"{n_layers}@1")),
-        "hourglass": lambda: HourglassLM(
-            HourglassConfig(**common, structure=f"1@1 {max(2, 2 * (n_layers - 2))}@3 1@1")
-        ),
-        "long_short": lambda: LongShortLM(
-            LongShortConfig(**common, n_layers=n_layers, window=window, segment_size=window, rank=4)
-        ),
-        "h_transformer": lambda: HTransformerLM(
-            HTransformerConfig(**common, n_layers=n_layers, block_size=max(2, window // 4 * 2))
-        ),
-        "simple_hierarchical": lambda: SimpleHierarchicalLM(
-            SimpleHierarchicalConfig(
-                **common,
-                n_layers=math.ceil(n_layers / 2),
-                compressions=(1, 2, 8),
-                windows=(window, None, None),
-                stream_widths=(d_model, d_model // 2, d_model // 4),
-                compressor_expansion=2,
-            )
-        ),
-    }
     models = {}
     for name in names:
+        cls = variants[name]
+        config = cls.comparison_config(name, common=common, n_layers=n_layers, window=window)
         torch.manual_seed(seed)
-        models[name] = factories[name]()
+        models[name] = cls(config)
     return models
 
 
@@ -251,7 +224,7 @@ def measure_scaling(
     rows = []
     for name, model in models.items():
         model.eval()
-        device = next(model.parameters()).device
+        device = model_device(model)
         for length in lengths:
             tokens = torch.randint(0, model.config.vocab_size, (1, length), generator=generator)
             tokens = tokens.to(device)

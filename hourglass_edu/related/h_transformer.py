@@ -48,7 +48,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
-from hourglass_edu.lm import BlockStackConfig, BlockStackLM
+from hourglass_edu.lm import BlockStackConfig, BlockStackLM, register_model
 
 __all__ = [
     "HIERARCHIES",
@@ -256,10 +256,6 @@ class HAttention(MultiHeadAttention):
         hierarchy: str = "paper",
         rotary: nn.Module | None = None,
     ):
-        if n_heads < 1 or d_model % n_heads != 0:
-            raise ValueError(
-                f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})"
-            )
         check_hierarchy(hierarchy, block_size)
         super().__init__(d_model, n_heads, rotary=rotary, impl="explicit")
         self.block_size = block_size
@@ -308,6 +304,7 @@ class HTransformerConfig(BlockStackConfig):
         return super().from_dict(data)
 
 
+@register_model
 class HTransformerLM(BlockStackLM):
     """Character LM: ``n_layers`` pre-norm blocks with causal hierarchical attention.
 
@@ -316,6 +313,15 @@ class HTransformerLM(BlockStackLM):
     """
 
     config_class = HTransformerConfig
+    comparison_variants = ("h_transformer",)
+    small_fields = {"n_layers": 2, "block_size": 4}
+
+    @classmethod
+    def comparison_config(cls, variant, *, common, n_layers, window):
+        """``n_layers`` blocks, the paper's hierarchy with blocks of ``window // 2`` positions
+        (rounded down to an even number, at least 2)."""
+        return HTransformerConfig(**common, n_layers=n_layers,
+                                  block_size=max(2, window // 4 * 2))
 
     def make_attention(self) -> HAttention:
         config = self.config

@@ -33,19 +33,21 @@ prediction per coarse stream). The model returns next-character logits only, so 
 character are the plain cross-entropy, like the other models of the comparison.
 
 Decoding: ``generate(..., use_cache=True)`` decodes one position at a time with per-stream,
-per-subsequence key/value caches (``hourglass_edu.related.decoding``).
+per-subsequence key/value caches (``new_cache()``, in
+``hourglass_edu.related.simple_hierarchical_cache``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
-from hourglass_edu.lm import BlockStackConfig, LanguageModel
+from hourglass_edu.blocks import RotaryAngles, RotaryEmbedding, TransformerBlock, record
+from hourglass_edu.lm import BlockStackConfig, LanguageModel, register_model
 from hourglass_edu.related.long_short import LongShortAttention
 from hourglass_edu.resampling import pad_to_multiple
 
@@ -201,8 +203,18 @@ class CausalCompressor(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = nn.functional.pad(rearrange(x, "b l d -> b d l"), (self.compression - 1, 0))
-        x = self.out(self.activation(self.window(x)))
+        return self._compress(x, self.compression - 1, self.window.stride)
+
+    def newest(self, recent: Tensor) -> Tensor:
+        """The compressed vector of the newest position from the last ``compression`` (or
+        fewer, at the start) embeddings ``(batch, <= compression, d)`` -> ``(batch, 1, width)``;
+        zeros stand in before the start, as in ``forward``. (One window: no stride to take.)"""
+        return self._compress(recent, self.compression - recent.shape[1], 1)
+
+    def _compress(self, x: Tensor, zeros_in_front: int, stride) -> Tensor:
+        x = nn.functional.pad(rearrange(x, "b l d -> b d l"), (zeros_in_front, 0))
+        x = nn.functional.conv1d(x, self.window.weight, self.window.bias, stride=stride)
+        x = self.out(self.activation(x))
         return self.norm(rearrange(x, "b d l -> b l d"))
 
 
@@ -227,13 +239,20 @@ class StreamBlock(TransformerBlock):
         self.axial = axial
         self.shift = shift
 
+    def positions(self, length: int, device) -> RotaryAngles:
+        """The rotation angles of subsequence positions ``0 .. ceil(length / axial) - 1``."""
+        return self.attn.rotary.angles(torch.arange(-(-length // self.axial), device=device))
+
     def _shifted(self, x: Tensor) -> Tensor:
         return token_shift(x) if self.shift else x
 
-    def forward(self, x: Tensor, *, capture: dict | None = None, name: str = "") -> Tensor:
+    def forward(self, x: Tensor, *, capture: dict | None = None, name: str = "",
+                angles: RotaryAngles | None = None) -> Tensor:
+        """``angles``: the rotation of positions ``0 .. ceil(n / axial) - 1`` (the stream's
+        `angles`, computed once for all its blocks); None computes them here."""
         length = x.shape[1]
         x = rearrange(pad_to_multiple(x, self.axial), "b (m a) d -> (b a) m d", a=self.axial)
-        positions = torch.arange(x.shape[1], device=x.device)
+        positions = self.positions(length, x.device) if angles is None else angles
         attended, weights = self.attn(
             self.attn_norm(self._shifted(x)), query_positions=positions, causal=True,
             need_weights=capture is not None,
@@ -265,9 +284,14 @@ class StreamMerge(nn.Module):
             repeat(stream, "b n d -> b (n s) d", s=stride)[:, :length]
             for stream, stride in zip(streams, self.strides, strict=True)
         ]
-        return self.contract(self.activation(self.expand(self.norm(torch.cat(full, dim=-1)))))
+        return self.mix(torch.cat(full, dim=-1))
+
+    def mix(self, joined: Tensor) -> Tensor:
+        """The streams side by side ``(..., sum of widths)`` -> the update ``(..., d_model)``."""
+        return self.contract(self.activation(self.expand(self.norm(joined))))
 
 
+@register_model
 class SimpleHierarchicalLM(LanguageModel):
     """Character LM with parallel streams at several compressions, merged every layer.
 
@@ -279,6 +303,29 @@ class SimpleHierarchicalLM(LanguageModel):
     """
 
     config_class = SimpleHierarchicalConfig
+    comparison_variants = ("simple_hierarchical",)
+    small_fields = {"n_layers": 2, "compressions": (1, 2, 4), "windows": (8, None, None)}
+
+    def new_cache(self):
+        """Per-stream, per-subsequence caches (`related.simple_hierarchical_cache`)."""
+        from hourglass_edu.related.simple_hierarchical_cache import SimpleHierarchicalCache
+
+        return SimpleHierarchicalCache(self)
+
+    @classmethod
+    def comparison_config(cls, variant, *, common, n_layers, window):
+        """ceil(n_layers / 2) layers of three streams (1, 2, 8), the reference's default variant
+        (stride 1, convolution compressors, token shift); the predicting stream has a sliding
+        window of ``window``, the others full attention inside their subsequences. The coarse
+        streams are narrower (widths d, d/2, d/4, compressors twice as wide as their input): at
+        full width the convolution compressors alone would give it about 3x the transformer's
+        parameters."""
+        d_model = common["d_model"]
+        return SimpleHierarchicalConfig(
+            **common, n_layers=math.ceil(n_layers / 2), compressions=(1, 2, 8),
+            windows=(window, None, None), stream_widths=(d_model, d_model // 2, d_model // 4),
+            compressor_expansion=2,
+        )
 
     def __init__(self, config: SimpleHierarchicalConfig):
         super().__init__(config)
@@ -323,10 +370,14 @@ class SimpleHierarchicalLM(LanguageModel):
         for compression, compressor in zip(compressions[1:], self.compressors, strict=True):
             streams.append(compressor(x))
             record(capture, f"stream{compression}.input", streams[-1])
+        # each stream's rotation angles, once for all its layers
+        angles = [block.positions(stream.shape[1], stream.device)
+                  for block, stream in zip(self.layers[0], streams, strict=True)]
         for j, blocks in enumerate(self.layers):
             streams = [
-                block(stream, capture=capture, name=f"layer{j}.stream{compression}")
-                for compression, block, stream in zip(compressions, blocks, streams, strict=True)
+                block(stream, capture=capture, name=f"layer{j}.stream{compression}", angles=a)
+                for compression, block, stream, a in zip(compressions, blocks, streams, angles,
+                                                         strict=True)
             ]
             if self.merges is not None:
                 streams[0] = streams[0] + self.merges[j](streams, length)

@@ -57,7 +57,8 @@ def plot_attention(
     """Attention weights as heatmaps: one row per (level, block), one column per head.
 
     Args:
-        look: from `inspect_text` (the model must use `attention_impl="explicit"`).
+        look: from `inspect_text` (any attention_impl: `run_with_cache` always takes the
+            weights from the explicit path).
         level, block: restrict to one level and/or one block (None: all that were captured).
         head: one head index, `"mean"` (average over heads), or None for every head.
         max_panels: refuse grids larger than this (a big model has hundreds of maps).
@@ -111,8 +112,8 @@ def _attention_rows(look: Inspection, level: int | None, block: int | None) -> l
                 rows.append((lv, bj, look.cache[name]))
     if not rows:
         raise ValueError(
-            "no attention weights captured for that choice; build the model with "
-            "attention_impl='explicit' so run_with_cache records them"
+            "no attention weights captured for that choice: pick a level and block the model "
+            "has (look.blocks(level) counts them)"
         )
     return rows
 

@@ -1,17 +1,23 @@
-"""Decoders: the next-token logits for a growing window of tokens, within the context window.
+"""Decoding: the next-token logits for a growing window of tokens, within the context window.
 
 `decoder.start(ids)` begins from a prompt and `decoder.feed(token)` appends one token; both return
 the (vocab,) logits for the token after the window. Two decoders produce them:
 - `RecomputeDecoder`: runs `model(window)` for every new token. Works for any model mapping
   `(batch, length)` tokens to `(batch, length, vocab)` logits; this is what public hourglass
   implementations do, and it costs a full forward pass per character.
-- `CachedDecoder` (HourglassLM, LongShortLM, SimpleHierarchicalLM): keeps key/value caches, so
-  each new character costs one position of work. For the hourglass: at full resolution and, once
-  per completed group of k characters, one position at the shortened level (see
-  `hourglass_edu.cached_decoding`); for Long-Short: its window plus one summary per finished
-  segment; for the simple hierarchical model: one position per stream whose stride divides t
-  (see `hourglass_edu.related.decoding`, which also says why HTransformerLM recomputes).
-`make_decoder(model, use_cache)` picks one.
+- `CachedDecoder`: for a model whose `new_cache()` gives a `ModelCache` (HourglassLM,
+  LongShortLM, SimpleHierarchicalLM): keeps key/value caches, so each new character costs one
+  position of work. For the hourglass: at full resolution and, once per completed group of k
+  characters, one position at the shortened level (`hourglass_edu.hourglass_cache`); for
+  Long-Short: its window plus one summary per finished segment
+  (`hourglass_edu.related.long_short_cache`); for the simple hierarchical model: one position per
+  stream whose stride divides t (`hourglass_edu.related.simple_hierarchical_cache`).
+  HTransformerLM has none (its pooled keys could be cached per finished block; not done here).
+`make_decoder(model, use_cache)` picks one. The model says whether it has a cache: this module
+knows no model class.
+
+Token ids are checked here, once, on the host (`0 <= id < vocab_size`), so the model's own
+device-side range check (one sync) is skipped for every new character.
 
 Context window: a model with `config.max_length` never sees more tokens than that. A longer prompt
 keeps its last `max_length` tokens. When generation fills the window, the decoder drops the oldest
@@ -27,21 +33,13 @@ from collections.abc import Sequence
 
 import torch
 
-from hourglass_edu.cached_decoding import IncrementalDecoder
-from hourglass_edu.hourglass import HourglassLM
-from hourglass_edu.related.decoding import (
-    LongShortIncrementalDecoder,
-    SimpleHierarchicalIncrementalDecoder,
-)
-from hourglass_edu.related.long_short import LongShortLM
-from hourglass_edu.related.simple_hierarchical import SimpleHierarchicalLM
+from hourglass_edu.lm import LanguageModel, check_token_range, model_device
 
 __all__ = [
     "CachedDecoder",
     "Decoder",
     "RecomputeDecoder",
     "context_limit",
-    "incremental_decoder",
     "make_decoder",
     "model_device",
     "supports_cache",
@@ -55,12 +53,6 @@ def context_limit(model) -> int | None:
     if limit is not None and limit < 2:
         raise ValueError(f"model.config.max_length must be >= 2 to generate, got {limit}")
     return limit
-
-
-def model_device(model) -> torch.device:
-    """Where the model's parameters live (the CPU for a model without parameters)."""
-    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 class Decoder:
@@ -88,18 +80,27 @@ class Decoder:
         if self.max_length is not None:
             ids = ids[-self.max_length :]
         self.window = list(ids)
+        self._check_ids(self.window)
         return self._prefill(self.window)
 
     @torch.no_grad()
     def feed(self, token: int) -> torch.Tensor:
+        self._check_ids([token])
         if self.max_length is not None and len(self.window) >= self.max_length:
             self.window = self.window[-self.kept_after_overflow :] + [token]
             return self._prefill(self.window)
         self.window.append(token)
         return self._step(token)
 
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        """The token range check, on the host (plain ints: no device sync)."""
+        vocab_size = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        if vocab_size is not None:
+            check_token_range(min(ids), max(ids), vocab_size)
+
     def _tensor(self, ids: Sequence[int]) -> torch.Tensor:
-        return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        # non_blocking: the copy to an accelerator need not wait for the queued work (no sync)
+        return torch.tensor([list(ids)], dtype=torch.long).to(self.device, non_blocking=True)
 
     def _prefill(self, ids: list[int]) -> torch.Tensor:
         raise NotImplementedError
@@ -112,54 +113,42 @@ class RecomputeDecoder(Decoder):
     """Runs the whole window through `model(tokens) -> logits` for every new token."""
 
     def _prefill(self, ids: list[int]) -> torch.Tensor:
-        return self.model(self._tensor(ids))[0, -1]
+        tokens = self._tensor(ids)
+        if isinstance(self.model, LanguageModel):  # ids checked on the host already
+            return self.model(tokens, check_range=False)[0, -1]
+        return self.model(tokens)[0, -1]
 
     def _step(self, token: int) -> torch.Tensor:
         return self._prefill(self.window)
 
 
-# The models that have an incremental decoder, and the class that decodes each.
-INCREMENTAL_DECODERS = {
-    HourglassLM: IncrementalDecoder,
-    LongShortLM: LongShortIncrementalDecoder,
-    SimpleHierarchicalLM: SimpleHierarchicalIncrementalDecoder,
-}
-
-
 def supports_cache(model) -> bool:
-    """Whether `model` has a cached (incremental) decoder."""
-    return isinstance(model, tuple(INCREMENTAL_DECODERS))
-
-
-def incremental_decoder(model):
-    """The incremental decoder of `model`'s class (`extend`, `prefill`, `step`)."""
-    for model_class, decoder_class in INCREMENTAL_DECODERS.items():
-        if isinstance(model, model_class):
-            return decoder_class(model)
-    names = sorted(cls.__name__ for cls in INCREMENTAL_DECODERS)
-    raise ValueError(
-        f"no cached decoder for {type(model).__name__} (only {names}); use use_cache=False"
-    )
+    """Whether `model` has a cache for decoding one token at a time (`model.new_cache()`)."""
+    return isinstance(model, LanguageModel) and type(model).new_cache is not LanguageModel.new_cache
 
 
 class CachedDecoder(Decoder):
-    """Incremental decoding with key/value caches (`hourglass_edu.cached_decoding` for the
-    hourglass, `hourglass_edu.related.decoding` for Long-Short and simple hierarchical)."""
+    """Decoding with the model's own cache (`model.new_cache()`, a `ModelCache`): a prefill
+    starts a new cache, a step extends it by one token."""
 
     def __init__(self, model):
+        if not supports_cache(model):
+            raise ValueError(f"no cached decoder for {type(model).__name__} (it has no "
+                             "new_cache()); use use_cache=False")
         super().__init__(model)
-        self.incremental = incremental_decoder(model)
+        self.cache = model.new_cache()  # refuses a model that cannot decode one token at a time
 
     def _prefill(self, ids: list[int]) -> torch.Tensor:
-        return self.incremental.prefill(self._tensor(ids))[0, -1]
+        self.cache = self.model.new_cache()
+        return self.cache.extend(self._tensor(ids), check_range=False)[0, -1]
 
     def _step(self, token: int) -> torch.Tensor:
-        return self.incremental.step(self._tensor([token]))[0, -1]
+        return self.cache.extend(self._tensor([token]), check_range=False)[0, -1]
 
 
 def make_decoder(model, use_cache: bool) -> Decoder:
-    """The cached decoder for models that have one (HourglassLM, LongShortLM,
-    SimpleHierarchicalLM), else the recomputing one."""
+    """The cached decoder for models that have a cache (`supports_cache`), else the recomputing
+    one."""
     if use_cache and supports_cache(model):
         return CachedDecoder(model)
     return RecomputeDecoder(model)
