@@ -1,4 +1,4 @@
-"""Measuring what a trained model does: which inputs each output depends on, what each level holds.
+"""Inspecting a trained model: `inspect_text` / `Inspection` (what each level holds), PCA, bytes.
 
 No drawing here: every function returns tensors or plain data, which `viz` turns into figures.
 

@@ -17,16 +17,11 @@ one, a missing residual) moves outputs by 1e-2 or more.
 
 from __future__ import annotations
 
-import re
-import traceback
-from collections.abc import Callable
-from pathlib import Path
-
 import torch
 
 from hourglass_edu.attention import MultiHeadAttention, funnel_down_mask
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock
-from hourglass_edu.hourglass import HourglassConfig, HourglassLM, parse_structure
+from hourglass_edu.hourglass import HourglassLM, parse_structure
 from hourglass_edu.resampling import AvgShortening, RepeatUpsampling, pad_to_multiple, shift_right
 
 __all__ = [
@@ -50,165 +45,29 @@ __all__ = [
     "my_name",
 ]
 
-TOLERANCE = 1e-5
-#: A piece of a library weight name -> the same piece in the capstone's modules, in this order.
-RENAMES = [
-    (r"^embedding\.", "embed."), (r"^final_norm\.", "norm."), (r"^hourglass\.", "body."),
-    (r"\.pre_blocks\.", ".pre."), (r"\.post_blocks\.", ".post."),
-    (r"\.attn_norm\.", ".norm1."), (r"\.ff_norm\.", ".norm2."),
-    (r"\.attn\.query_proj\.", ".attn.q."), (r"\.attn\.key_value_proj\.", ".attn.kv."),
-    (r"\.attn\.out_proj\.", ".attn.out."),
-    (r"\.ff\.expand\.", ".mlp.0."), (r"\.ff\.contract\.", ".mlp.2."),   # Linear, GELU, Linear
-]
-_D_MODEL, _N_HEADS = 16, 2
-_STRUCTURE = "1@1 1@2 2@6 1@2 1@1"   # two nested shortenings, by 2 then by 3
-
-
-class CheckFailed(Exception):
-    """A stage of a check found a difference; the message says what to look at."""
-
-
-def my_name(library_name: str) -> str:
-    """'hourglass.inner.pre_blocks.0.attn.query_proj.weight' -> 'body.inner.pre.0.attn.q.weight'"""
-    for pattern, replacement in RENAMES:
-        library_name = re.sub(pattern, replacement, library_name)
-    return library_name
-
-
-def _renamer(prefix: str, renamed: str) -> Callable[[str], str]:
-    """`my_name` for a part of a model (an attention, a block, a level), whose weight names lack
-    the part's own prefix: `_renamer(".attn.", ".attn.")("query_proj.weight") == "q.weight"`."""
-    return lambda name: my_name(prefix + name).removeprefix(renamed)
-
-
-def copy_weights(source, target, rename: Callable[[str], str]):
-    """Copy every weight of `source` into `target` as `rename(name)`; refuse any mismatch."""
-    weights = {rename(name): value for name, value in source.state_dict().items()}
-    expected = target.state_dict()
-    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    if missing or extra:
-        found = ([f"the library's {extra} have no place in yours"] if extra else []) + (
-            [f"yours has {missing}, which the library does not"] if missing else [])
-        raise CheckFailed(f"the weight names differ from the library's: {'; '.join(found)}; "
-                          "name the attributes as the docstring says")
-    for name, value in weights.items():
-        if value.shape != expected[name].shape:
-            raise CheckFailed(f"weight {name} has shape {tuple(expected[name].shape)}, the "
-                              f"library's {tuple(value.shape)}")
-    target.load_state_dict(weights)                 # strict: every name exactly once
-    return target
-
-
-# ---- running a check: stages, messages ----------------------------------------------------------
-
-
-_NOT_THE_LEARNERS = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
-
-
-def _where(error: BaseException) -> str:
-    """' (at: LINE)' for the last line of the learner's own code in the traceback, if any: the
-    last frame outside torch, this package and installed libraries (einops, ...)."""
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if not frame.filename.startswith(_NOT_THE_LEARNERS)
-              and "site-packages" not in frame.filename and "dist-packages" not in frame.filename]
-    return f" (at: {frames[-1].line})" if frames and frames[-1].line else ""
-
-
-def _run(piece: str, stages) -> bool:
-    """Run `(label, stage)` pairs in order; print ✓ per stage passed, ✗ and stop at a failure."""
-    for label, stage in stages:
-        try:
-            detail = stage()
-        except NotImplementedError as error:
-            if str(error).startswith("fill in "):
-                print(f"✗ {piece}: not written yet: {error}")
-                return False
-            print(f"✗ {piece}, {label}: NotImplementedError: {error}{_where(error)}")
-            return False
-        except CheckFailed as error:
-            print(f"✗ {piece}, {label}: {error}")
-            return False
-        except Exception as error:  # the learner's code raised: say what and where, briefly
-            print(f"✗ {piece}, {label}: {type(error).__name__}: {error}{_where(error)}")
-            return False
-        print(f"✓ {piece}, {label}" + (f": {detail}" if detail else ""))
-    return True
-
-
-def _expect_shape(got, expected, what: str) -> str:
-    if not isinstance(got, torch.Tensor):
-        raise CheckFailed(f"{what} should return a tensor, got {type(got).__name__}")
-    if tuple(got.shape) != tuple(expected):
-        raise CheckFailed(f"{what} returned shape {tuple(got.shape)}, expected {tuple(expected)}")
-    return f"{tuple(expected)}"
-
-
-def _expect_equal(got, expected, hint: str, what: str = "|yours - library|") -> str:
-    difference = (got.float() - expected.float()).abs().max().item()
-    if not difference <= TOLERANCE:
-        raise CheckFailed(f"max {what} = {difference:.2e} > {TOLERANCE:.0e}: {hint}")
-    return f"max {what} = {difference:.1e}"
-
-
-def _change_vector(x, s):
-    changed = x.clone()
-    changed[:, s] = _randn(x.shape[-1], seed=100 + s)
-    return changed
-
-
-def _change_token(tokens, s):
-    changed = tokens.clone()
-    changed[:, s] = (changed[:, s] + 1) % 23
-    return changed
-
-
-def _expect_causal(function, x, visible: Callable[[int], int], hint: str,
-                   change=_change_vector) -> str:
-    """Change input position `s` of one sequence; outputs before `visible(s)` must not move and
-    some output must. Checked for a few positions `s`: a perturbation check, not a proof."""
-    with torch.no_grad():
-        base = function(x)
-        for s in range(1, x.shape[1], max(1, x.shape[1] // 5)):
-            out = function(change(x, s))
-            first = visible(s)
-            moved = (out[:, :first] - base[:, :first]).abs().max().item() if first else 0.0
-            if moved > 1e-6:
-                raise CheckFailed(f"changing input {s} moved output {first - 1} or an earlier one "
-                                  f"by {moved:.1e}: {hint}")
-            if (out - base).abs().max().item() == 0:
-                raise CheckFailed(f"changing input {s} moved no output at all")
-    return "no output moved when a later input changed (one sequence, a few positions)"
-
-
-def _randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _library_model(**settings) -> HourglassLM:
-    config = HourglassConfig(vocab_size=23, d_model=_D_MODEL, n_heads=_N_HEADS,
-                             structure=_STRUCTURE, **settings)
-    torch.manual_seed(0)
-    return HourglassLM(config).eval()
-
-
-def _randomized(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """`module` in eval mode with every weight drawn at random, so that no weight is a default
-    (a zero bias, a LayerNorm's ones) behind which a mistake could hide."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return module.eval()
-
-
-def _build(make: Callable[[], torch.nn.Module], what: str) -> torch.nn.Module:
-    module = make()
-    if not isinstance(module, torch.nn.Module):
-        raise CheckFailed(f"{what} should build an nn.Module, got {type(module).__name__}")
-    return module.eval()
-
-
-# ---- the pieces of section 2 --------------------------------------------------------------------
+from hourglass_edu.capstone_stages import (  # noqa: F401 - the stages the checks run
+    _D_MODEL,
+    _N_HEADS,
+    _NOT_THE_LEARNERS,
+    _STRUCTURE,
+    RENAMES,
+    TOLERANCE,
+    CheckFailed,
+    _build,
+    _change_token,
+    _change_vector,
+    _expect_causal,
+    _expect_equal,
+    _expect_shape,
+    _library_model,
+    _randn,
+    _randomized,
+    _renamer,
+    _run,
+    _where,
+    copy_weights,
+    my_name,
+)
 
 
 def check_rotary(my_rotary) -> bool:
