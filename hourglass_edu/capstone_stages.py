@@ -179,3 +179,49 @@ def _build(make: Callable[[], torch.nn.Module], what: str) -> torch.nn.Module:
 
 
 # ---- the pieces of section 2 --------------------------------------------------------------------
+
+
+def _check_level(piece: str, make_level, library_level, hint: str) -> bool:
+    x = _randn(2, 11, _D_MODEL)
+    levels = [(1, 1, 2), (1, 1, 3), (2, 0, None)]
+    state = {}
+
+    def shape():
+        state["mine"] = _build(lambda: make_level(levels), f"{piece}(levels, d_model, n_heads)")
+        with torch.no_grad():
+            return _expect_shape(state["mine"](x), x.shape, "level(x)")
+
+    def causal():
+        return _expect_causal(state["mine"], x[:1], lambda s: s,
+                              "the order must be pad -> shift by k - 1 -> shorten")
+
+    def equal():
+        library = _randomized(library_level)
+        copy_weights(library, state["mine"], _renamer("hourglass.", "body."))
+        with torch.no_grad():
+            return _expect_equal(state["mine"](x), library(x), hint)
+
+    return _run(piece, [("shape", shape), ("causality", causal),
+                        ("equal to HourglassLevel", equal)])
+
+def _check_model(piece: str, make_model, library: HourglassLM, device) -> bool:
+    tokens = torch.randint(23, (2, 101), generator=torch.Generator().manual_seed(2)).to(device)
+    state = {}
+
+    def shape():
+        state["mine"] = _build(make_model, piece).to(device)
+        with torch.no_grad():
+            return _expect_shape(state["mine"](tokens), (2, 101, 23), "model(tokens)")
+
+    def causal():
+        return _expect_causal(state["mine"], tokens[:1], lambda s: s, "a level leaks the future",
+                              change=_change_token)
+
+    def equal():
+        copy_weights(library, state["mine"], my_name)
+        with torch.no_grad():
+            return _expect_equal(state["mine"](tokens), library.to(device)(tokens),
+                                 "embedding -> body -> final LayerNorm -> head (no bias)")
+
+    return _run(piece, [("shape", shape), ("causality", causal),
+                        ("equal to HourglassLM", equal)])
