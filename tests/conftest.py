@@ -122,5 +122,15 @@ def make_tiny_hourglass():
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_configure(config):
+    # The autograd engine sizes its per-device worker queues at the first backward pass of the
+    # process, so the simulated accelerator must exist before any test runs one (registered
+    # later, its first backward fails an internal assert). Registering it changes nothing for
+    # code that never names "sim".
+    import simulated_device
+
+    simulated_device.install()
+
+
 def pytest_collection_modifyitems(config, items):
     mark_slow_tests(items)
