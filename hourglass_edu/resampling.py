@@ -9,8 +9,10 @@ One hourglass level with shortening factor ``k`` turns a sequence of ``n`` vecto
    ``i*k - k + 1 .. i*k``; the first position that will read group ``i`` after upsampling is
    ``i*k``, so the group holds nothing from its future. Without the shift, position ``i*k`` would
    read tokens up to ``i*k + k - 1``: a leak.
-   Padding *before* shifting matters: the padding is exactly what the shift drops, so every group
-   holds real tokens only and a group is the same whether the sequence ends inside it or goes on
+   Padding *before* shifting matters: the shift drops the last ``k - 1`` positions, which hold all
+   of the padding (fewer than ``k`` vectors) and otherwise only final tokens that no position
+   may read through the shortened path, so no group holds padding and a group is the same whether the sequence ends inside it
+   or goes on
    (shift first, pad after, and the last group of a short prefix would hold padding where the
    full sequence holds real past tokens -- causal, but the prefix's prediction would differ).
 3. Shorten each group of ``k`` to one vector: ``AvgShortening`` (mean), ``LinearShortening``
