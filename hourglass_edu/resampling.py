@@ -12,8 +12,9 @@ One hourglass level with shortening factor ``k`` turns a sequence of ``n`` vecto
    Padding *before* shifting matters: the shift drops the last ``k - 1`` positions, which hold all
    of the padding (fewer than ``k`` vectors) and otherwise only final tokens that no position
    may read through the shortened path, so no group holds padding and a group is the same
-   whether the sequence ends inside it or goes on (shift first, pad after, and the last group of a short prefix would hold padding where the
-   full sequence holds real past tokens -- causal, but the prefix's prediction would differ).
+   whether the sequence ends inside it or goes on (shift first, pad after, and the last group of
+   a short prefix would hold padding where the full sequence holds real past tokens -- causal,
+   but the prefix's prediction would differ).
 3. Shorten each group of ``k`` to one vector: ``AvgShortening`` (mean), ``LinearShortening``
    (concatenate the ``k`` vectors, project ``k*d -> d``), ``AttentionShortening`` (the mean
    queries the shifted sequence through a funnel mask, then a feed-forward; both residual).
