@@ -176,7 +176,10 @@ class LanguageModel(nn.Module):
                 "feed shorter sequences (crop to the last max_length tokens) or build the model "
                 "with a larger max_length"
             )
-        if check_range and tokens.numel() > 0:
+        # Not on `meta` (no values to read) nor inside torch.compile (a host read would break
+        # the graph in two; compiled code is fed the trainer's own batches).
+        if check_range and tokens.numel() > 0 and tokens.device.type != "meta" \
+                and not torch.compiler.is_compiling():
             # One min/max reduction (one host sync): on CUDA an id out of range would be a
             # device-side assert that kills the process, not an error one can catch.
             low, high = torch.stack((tokens.min(), tokens.max())).tolist()
