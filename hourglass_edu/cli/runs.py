@@ -163,8 +163,10 @@ def run_training(args, model, data, config, *, resume, overwrite=False, metadata
     val_bpc = evaluate_bpc(model, data.val_ids, batch_size=config.batch_size,
                            block_size=config.block_size, device=config.device,
                            precision=config.precision)
+    speed = last["tokens"] / max(last["elapsed"], 1e-9)
     print(f"done: {last['step']} steps, {last['tokens']:,} tokens, {last['elapsed']:.0f} s of "
-          f"training; validation: {val_bpc:.3f} bits per character (whole split)")
+          f"training ({speed:,.0f} tokens/s); validation: {val_bpc:.3f} bits per character "
+          "(whole split)")
     return history, val_bpc
 
 
