@@ -158,6 +158,8 @@ def test_options_out_of_range_are_refused_naming_the_option(tmp_path, capsys):
         (train + ["--seed", "-1"], "argument --seed", "from 0"),
         (train + ["--batch-size", "0"], "argument --batch-size", "at least 1"),
         (train + ["--steps", "-5"], "argument --steps", "at least 1"),
+        (train + ["--dropout", "1"], "argument --dropout", "below 1"),
+        (train + ["--dropout", "-0.1"], "argument --dropout", "at least 0"),
         (["sample", "--pretrained", "haiku", "--seed", str(2**64)], "argument --seed"),
         (evaluate + ["--batch-size", "0"], "argument --batch-size", "at least 1"),
         (evaluate + ["--val-fraction", "0"], "--val-fraction", "between 0 and 1"),
@@ -238,6 +240,16 @@ def corpus_file(tmp_path) -> Path:
     path = tmp_path / "toy.txt"
     path.write_text("\n\n".join(poems) + "\n")
     return path
+
+
+def test_dropout_reaches_the_model_and_its_checkpoint(tmp_path, capsys, corpus_file):
+    from hourglass_edu.training import load_checkpoint
+
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--corpus", corpus_file, "--preset", "smoke", "--steps",
+                       "1", "--dropout", "0.15", "--out", out, "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    assert load_checkpoint(out)["model_config"]["dropout"] == 0.15
 
 
 def test_a_full_disk_while_training_is_one_line_and_keeps_the_old_checkpoint(

@@ -50,6 +50,14 @@ def _number(text: str) -> float:
     return value
 
 
+def dropout_rate(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (a probability), got "
+                                         f"{text}")
+    return value
+
+
 def temperature(text: str) -> float:
     value = _number(text)
     if value < 0:

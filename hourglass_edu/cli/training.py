@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hourglass_edu.cli.options import non_negative_int, temperature
+from hourglass_edu.cli.options import dropout_rate, non_negative_int, temperature
 from hourglass_edu.cli.runs import (
     add_force,
     add_run_settings,
@@ -41,6 +41,9 @@ def add_train(subparsers) -> None:
     parser.add_argument("--n-heads", type=int, default=None, help="attention heads")
     parser.add_argument("--shortening", default=None, help="avg, linear or attention")
     parser.add_argument("--upsampling", default=None, help="repeat, linear or attention")
+    parser.add_argument("--dropout", type=dropout_rate, default=None,
+                        help="dropout probability (default: the preset's; 0 for smoke and cpu, "
+                        "0.2 for gpu): against learning a small corpus by heart over many passes")
     _add_out_and_resume(parser, "run directory, e.g. runs/NAME", "run")
     add_force(parser, "a run of ours; a run there is replaced unless --resume")
     add_run_settings(parser, "default: the preset's")
@@ -64,6 +67,7 @@ def run_train(args) -> int:
     check_val_fraction(args)
     overrides = dict(structure=args.structure, d_model=args.d_model, n_heads=args.n_heads,
                      shortening=args.shortening, upsampling=args.upsampling,
+                     dropout=args.dropout,
                      max_length=max(preset.model["max_length"], config.block_size))
     # The model settings, sized on the meta device before the corpus loads (256: any vocabulary).
     fields = {**preset.model, **{k: v for k, v in overrides.items() if v is not None}}
