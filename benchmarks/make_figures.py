@@ -46,6 +46,7 @@ from hourglass_edu.training import (  # noqa: E402
     model_from_checkpoint,
     train,
 )
+from hourglass_edu.viz.style import PALETTE, new_figure, styled  # noqa: E402
 
 __all__ = ["main"]
 
@@ -153,6 +154,34 @@ def load_or_train(data, args) -> tuple[torch.nn.Module, object, dict[str, Histor
     return model, tokenizer, runs
 
 
+@styled
+def shipped_curves():
+    """Validation bpc of the shipped `haiku` and `lovecraft` against training tokens (log axis),
+    with their targets and where the runs they replaced ended (docs/shipped-models.md)."""
+    from export_pretrained import PREVIOUS, TARGETS  # benchmarks/ is on sys.path for a script
+
+    fig = new_figure(7.0, 4.0)
+    ax = fig.subplots()
+    for colour, name in zip(PALETTE, TARGETS, strict=False):
+        records = [record for record in pretrained_history(name)["records"]
+                   if record.get("val_bpc") is not None]
+        card = pretrained_card(name)
+        ax.plot([r["tokens"] / 1e6 for r in records], [r["val_bpc"] for r in records],
+                color=colour, lw=1.6, label=f"{name} (validation sample, during training)")
+        ax.plot(card["tokens_seen"] / 1e6, card["val_bpc"], "o", color=colour, ms=7,
+                label=f"{name}: {card['val_bpc']:.3f}, whole split, shipped weights")
+        tokens, bpc = PREVIOUS[name]
+        ax.plot(tokens / 1e6, bpc, "s", color=colour, mfc="white", ms=7,
+                label=f"{name}: the run it replaced, {bpc:.3f}")
+        ax.axhline(TARGETS[name], color=colour, ls="--", lw=1.0)
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens (millions, log scale)")
+    ax.set_ylabel("bits per character")
+    ax.set_title("Shipped models: validation against training tokens (dashed: targets)")
+    ax.legend(fontsize=7.5)
+    return fig
+
+
 def draw(model, tokenizer, runs: dict[str, History], texts: list[str], out: Path) -> dict:
     """Every figure into `out`; returns {figure: PNG bytes}. `texts`: short, medium, long."""
     short_text, text, long_text = texts
@@ -174,6 +203,7 @@ def draw(model, tokenizer, runs: dict[str, History], texts: list[str], out: Path
     labels = analysis.token_chars(tokenizer, tokens.tolist())
     sizes["dependency"] = save(viz.plot_dependency(matrices, labels), out / "dependency.png")
     sizes["curves"] = save(viz.plot_training_curves(runs), out / "training_curves.png")
+    sizes["shipped"] = save(shipped_curves(), out / "shipped_curves.png")
     return sizes
 
 
