@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,52 @@ def test_markdown_tables_are_read_by_their_headings():
     assert markdown_tables(text) == [[{"a": "1", "b": "2.5x"}, {"a": "3", "b": "4%"}]]
     assert [number(c) for c in ("1.99x", "106%", "1.78x less", "2,773")] == [1.99, 106, 1.78,
                                                                               2773]
+
+
+def race_rows(text: str) -> dict[str, dict[str, str]]:
+    return {row["candidate"]: row for row in table_with(markdown_tables(text), "val bpc")}
+
+
+def race_options(row: dict[str, str]) -> dict[str, str]:
+    """The options cell of a race row, `--name value` pairs, as a dict."""
+    words = shlex.split(row["options"].strip("`"))
+    return dict(zip(words[::2], words[1::2], strict=True))
+
+
+@pytest.mark.slow
+def test_tune_demo_quick_races_the_candidates_and_names_the_lowest(tmp_path):
+    corpus = tmp_path / "poems.txt"
+    corpus.write_text("\n\n".join(f"an old pond {i}\na frog jumps in\nthe sound of water"
+                                  for i in range(300)))
+    runs = tmp_path / "runs"
+    arguments = ["--quick", "--runs", str(runs), "--corpus", str(corpus), "--only", "block128"]
+    table = run_benchmark("tune_demo.py", tmp_path / "tune.md", *arguments)
+    assert f"device cpu ({cpu_model()}, " in table
+    rows = race_rows(table)
+    assert list(rows) == ["today", "block128"]  # today's recipe always races
+    assert race_options(rows["block128"])["--block-size"] == "128"
+    lowest = min(rows, key=lambda name: number(rows[name]["val bpc"]))
+    assert f"Lowest: **{lowest}**" in table
+    assert all((runs / name / "done.json").is_file() for name in rows)
+    again = run_benchmark("tune_demo.py", tmp_path / "again.md", *arguments)
+    assert race_rows(again) == rows  # finished candidates are measured again, not retrained
+
+
+def test_the_demo_trains_the_winner_of_the_committed_race():
+    """`demo` (the cpu preset) is the recipe that reached the lowest bpc in
+    benchmarks/results/tune_demo.md, and the table's verdict is its own lowest row."""
+    from hourglass_edu.training import PRESETS
+
+    text = (REPO_ROOT / "benchmarks" / "results" / "tune_demo.md").read_text()
+    rows = race_rows(text)
+    assert len(rows) >= 4 and "today" in rows  # today's recipe and at least 3 others
+    winner = min(rows, key=lambda name: number(rows[name]["val bpc"]))
+    assert f"Lowest: **{winner}**" in text
+    preset, options = PRESETS["cpu"], race_options(rows[winner])
+    assert float(options.pop("--lr")) == preset.train.lr
+    assert options == {
+        "--structure": preset.model["structure"], "--d-model": str(preset.model["d_model"]),
+        "--n-heads": str(preset.model["n_heads"]),
+        "--batch-size": str(preset.train.batch_size),
+        "--block-size": str(preset.train.block_size),
+    }
