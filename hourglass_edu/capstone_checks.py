@@ -353,7 +353,8 @@ def check_attention_level(AttentionLevel) -> bool:  # noqa: N803
     return _check_level("AttentionLevel",
                         lambda levels: AttentionLevel(levels, _D_MODEL, _N_HEADS),
                         _attention_level(),
-                        "pad_and_shift, then self.shorten(shifted); self.upsample(short, residual)")
+                        "pad_and_shift, then self.shorten(shifted); self.upsample(short, residual)",
+                        shift_flag=False)  # section 4's switch is the averaging Level's
 
 
 def check_attention_model(MyHourglass, AttentionLevel, device="cpu") -> bool:  # noqa: N803

@@ -9,6 +9,7 @@ one input changes; `copy_weights` copies the library's weights into a learner's 
 
 from __future__ import annotations
 
+import copy
 import re
 import traceback
 from collections.abc import Callable
@@ -181,7 +182,9 @@ def _build(make: Callable[[], torch.nn.Module], what: str) -> torch.nn.Module:
 # ---- the pieces of section 2 --------------------------------------------------------------------
 
 
-def _check_level(piece: str, make_level, library_level, hint: str) -> bool:
+def _check_level(piece: str, make_level, library_level, hint: str, *,
+                 shift_flag: bool = True) -> bool:
+    """Shape, causality, (`shift_flag`: switching `shift` off must leak), equality."""
     x = _randn(2, 11, _D_MODEL)
     levels = [(1, 1, 2), (1, 1, 3), (2, 0, None)]
     state = {}
@@ -195,14 +198,29 @@ def _check_level(piece: str, make_level, library_level, hint: str) -> bool:
         return _expect_causal(state["mine"], x[:1], lambda s: s,
                               "the order must be pad -> shift by k - 1 -> shorten")
 
+    def shift_off_leaks():
+        leaky = copy.deepcopy(state["mine"])
+        for module in leaky.modules():
+            if hasattr(module, "shift"):
+                module.shift = False
+        try:
+            _expect_causal(leaky, x[:1], lambda s: s, "")
+        except CheckFailed:
+            return "with shift = False a later input moves an earlier output, as it must"
+        raise CheckFailed("with every shift = False your level is still causal: forward must "
+                          "skip the shift when self.shift is False (section 4 switches it off "
+                          "to show the leak)")
+
     def equal():
         library = _randomized(library_level)
         copy_weights(library, state["mine"], _renamer("hourglass.", "body."))
         with torch.no_grad():
             return _expect_equal(state["mine"](x), library(x), hint)
 
-    return _run(piece, [("shape", shape), ("causality", causal),
-                        ("equal to HourglassLevel", equal)])
+    stages = [("shape", shape), ("causality", causal),
+              *([("shift = False leaks", shift_off_leaks)] if shift_flag else []),
+              ("equal to HourglassLevel", equal)]
+    return _run(piece, stages)
 
 def _check_model(piece: str, make_model, library: HourglassLM, device) -> bool:
     tokens = torch.randint(23, (2, 101), generator=torch.Generator().manual_seed(2)).to(device)

@@ -145,6 +145,10 @@ MISTAKES = {
     "upsampling forgets the residual": (4, "return residual + repeat(",
                                         "return 0 * residual + repeat(",
                                         "✗ repeat_upsample, equal"),
+    "level ignores its shift flag": (
+        5, "        if self.shift:\n            shifted = pad_and_shift(x, self.k)\n        else:",
+        "        if True:\n            shifted = pad_and_shift(x, self.k)\n        else:",
+        "✗ Level, shift = False leaks"),
     "level drops its post blocks": (
         5, "for block in self.post:\n            x = block(x)\n        ", "",
         "✗ Level, equal to HourglassLevel"),
