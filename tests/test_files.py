@@ -57,3 +57,29 @@ def test_a_failed_write_names_the_file_it_was_writing(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")  # write() names no file
     assert raised.value.filename == str(target) and raised.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_picture_fails_halfway_keeps_the_picture_before(tmp_path, monkeypatch):
+    """history.png is written like the run's other files: a savefig that dies after writing part
+    of the PNG (a full disk, a kill) leaves the earlier picture whole."""
+    from matplotlib.figure import Figure
+
+    from hourglass_edu.cli.runs import _write_history_png
+    from hourglass_edu.training import History
+
+    history = History()
+    history.append(step=1, tokens=64, elapsed=1.0, train_loss=2.0, train_bpc=2.9, val_bpc=3.0,
+                   lr=1e-3)
+    _write_history_png(tmp_path, history, "toy")
+    before = (tmp_path / "history.png").read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def dies_halfway(self, target, **options):
+        target.write(before[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", dies_halfway)
+    with pytest.raises(OSError, match="history.png"):
+        _write_history_png(tmp_path, history, "toy")
+    assert (tmp_path / "history.png").read_bytes() == before
+    assert [path.name for path in tmp_path.iterdir()] == ["history.png"]

@@ -352,6 +352,26 @@ def test_resume_accepts_a_new_budget_and_learning_rate_and_says_so(toy_data, tmp
     assert load_checkpoint(path)["train_config"]["steps"] == 4
 
 
+def test_resume_may_add_dropout_and_the_continued_run_trains_with_it(toy_data, tmp_path, capsys):
+    """A run that learns its corpus by heart continues with dropout: no weights change shape."""
+    path = tmp_path / "checkpoint.pt"
+    vocab = toy_data.tokenizer.vocab_size
+    train(tiny_model(vocab), toy_data, tiny_config(steps=2), checkpoint_path=path)
+    weights = load_checkpoint(path)["model"]
+    continued = tiny_model(vocab, dropout=0.3)
+    train(continued, toy_data, tiny_config(steps=4), checkpoint_path=path, resume=True)
+    assert "dropout: checkpoint 0.0, now 0.3" in capsys.readouterr().out
+    saved = load_checkpoint(path)
+    assert saved["step"] == 4 and saved["model_config"]["dropout"] == 0.3
+    assert any(not torch.equal(weights[name], saved["model"][name]) for name in weights)
+    continued.train()
+    tokens = toy_data.val_ids[None, :32]
+    assert not torch.equal(continued(tokens), continued(tokens))  # dropout acts in training
+    with pytest.raises(ValueError, match="model.d_model"):  # other model settings still refused
+        train(tiny_model(vocab, dropout=0.3, d_model=48), toy_data, tiny_config(steps=6),
+              checkpoint_path=path, resume=True)
+
+
 class Evil:
     """Unpickling this would create a file: the test checks that loading never gets that far."""
 

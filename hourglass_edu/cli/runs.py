@@ -130,7 +130,6 @@ def run_training(args, model, data, config, *, resume, overwrite=False, metadata
     """Train into args.out, then write history.json / history.png and print the validation
     result. Returns (history, validation bits per character); data-parallel, only the main
     process writes and evaluates (the others return None for the bits per character)."""
-    from hourglass_edu import viz
     from hourglass_edu.training import CHECKPOINT_NAME, evaluate_bpc, train
     from hourglass_edu.training.distributed import current_ranks
 
@@ -157,8 +156,7 @@ def run_training(args, model, data, config, *, resume, overwrite=False, metadata
     if not main:
         return history, None
     _write_history_json(out, history)
-    title = f"{data.corpus.name}, {structure or type(model).__name__}"
-    viz.plot_history(history, title=title).savefig(out / "history.png", dpi=100)
+    _write_history_png(out, history, f"{data.corpus.name}, {structure or type(model).__name__}")
     last = history.records[-1]
     val_bpc = evaluate_bpc(model, data.val_ids, batch_size=config.batch_size,
                            block_size=config.block_size, device=config.device,
@@ -174,6 +172,16 @@ def _write_history_json(out: Path, history) -> None:
     from hourglass_edu.files import atomic_write
 
     atomic_write(out / "history.json", json.dumps(history.to_dict(), indent=1))
+
+
+def _write_history_png(out: Path, history, title: str) -> None:
+    """The curves as a picture, written atomically like every other file of a run: a run stopped
+    mid-write keeps the picture before, never half a PNG."""
+    from hourglass_edu import viz
+    from hourglass_edu.files import atomic_writer
+
+    with atomic_writer(out / "history.png") as handle:
+        viz.plot_history(history, title=title).savefig(handle, format="png", dpi=100)
 
 
 def _stop_after_interrupt(out: Path, signum: int | None, *, can_resume: bool,

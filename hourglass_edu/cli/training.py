@@ -44,16 +44,18 @@ def add_train(subparsers) -> None:
     parser.add_argument("--dropout", type=dropout_rate, default=None,
                         help="dropout probability (default: the preset's; 0 for smoke and cpu, "
                         "0.2 for gpu): against learning a small corpus by heart over many passes")
-    _add_out_and_resume(parser, "run directory, e.g. runs/NAME", "run")
+    _add_out_and_resume(parser, "run directory, e.g. runs/NAME", "run",
+                        changeable="--steps, --minutes, --lr and --dropout")
     add_force(parser, "a run of ours; a run there is replaced unless --resume")
     add_run_settings(parser, "default: the preset's")
     parser.set_defaults(run=run_train)
 
 
-def _add_out_and_resume(parser, out_help: str, run: str) -> None:
+def _add_out_and_resume(parser, out_help: str, run: str,
+                        changeable: str = "--steps, --minutes and --lr") -> None:
     parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--resume", action="store_true", help=f"continue the {run} in OUT (same "
-                        "model and data; --steps, --minutes and --lr may change, and "
+                        f"model and data; {changeable} may change, and "
                         "--batch-size with --grad-accum if their product stays)")
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "BEST_CHECKPOINT_NAME",
     "RESUMABLE_CHANGES",
+    "RESUMABLE_MODEL_CHANGES",
     "best_checkpoint_path",
     "check_run_folder",
     "config_differences",
@@ -64,6 +65,9 @@ DEFAULT_MODEL_CLASS = "HourglassLM"
 # divergence: the schedule continues from where the run is, under the new values).
 RESUMABLE_CHANGES = frozenset({"progress", "device", "compile", "log_every", "eval_every",
                                "checkpoint_every", "steps", "minutes", "lr"})
+# Model settings a resumed run may change: dropout acts only while training and has no weights,
+# so a run that has begun to learn its corpus by heart can continue with it (or without it).
+RESUMABLE_MODEL_CHANGES = frozenset({"dropout"})
 
 # Each required entry and the type it must have.
 SCHEMA: dict[str, type | tuple[type, ...]] = {
@@ -256,7 +260,7 @@ def resumable_differences(checkpoint: dict, model, train_config, tokenizer,
     model_config = getattr(model, "config", None)
     lines += config_differences(checkpoint["model_config"],
                                 model_config.to_dict() if model_config is not None else {},
-                                "model.")
+                                "model.", ignore=RESUMABLE_MODEL_CHANGES)
     lines += config_differences(checkpoint["train_config"], train_config.to_dict(), "train.",
                                 ignore=RESUMABLE_CHANGES)
     if checkpoint["tokenizer"] != tokenizer.to_dict():

@@ -5,6 +5,7 @@ schedule position, skipped steps, history, log window, random states) as plain c
 tensors; `restore_run(trainer, checkpoint)` puts it back after checking that the run is the same
 (model, data, recipe). Resuming may change what does not change the numbers a run computes (the
 progress bar, the device, ...), the budget and the learning rate (checkpoints.RESUMABLE_CHANGES),
+the model's dropout (RESUMABLE_MODEL_CHANGES: it has no weights),
 and the split of each step's windows into micro-batches: `batch_size` and `grad_accum` together,
 as long as their product stays (the step draws all its windows at once, so the batches stay the
 same and the run continues identically up to float rounding). That is the way out of memory on
@@ -21,6 +22,7 @@ import torch
 from hourglass_edu.training.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    RESUMABLE_MODEL_CHANGES,
     config_differences,
     data_fingerprint,
     load_checkpoint,
@@ -97,6 +99,10 @@ def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None
     trainer.resumed_changes = config_differences(
         checkpoint["train_config"], trainer.config.to_dict(), "",
         only=("steps", "minutes", "lr", *BATCH_SPLIT))
+    model_config = getattr(trainer.model, "config", None)
+    if model_config is not None:
+        trainer.resumed_changes += config_differences(
+            checkpoint["model_config"], model_config.to_dict(), "", only=RESUMABLE_MODEL_CHANGES)
     trainer.model.load_state_dict(checkpoint["model"])
     trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint.get("scaler"):
