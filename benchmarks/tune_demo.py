@@ -52,6 +52,13 @@ CANDIDATES = {
                 recipe("2@1 4@3 2@1", 128, 16, 128, "4e-3")),
     "small": ("d_model 96 and one full-resolution layer each side, batch 16: the most steps",
               recipe("1@1 6@3 1@1", 96, 16, 128, "4e-3")),
+    "outer1-lr8e-3": ("outer1 at twice the learning rate",
+                      recipe("1@1 6@3 1@1", 128, 32, 128, "8e-3")),
+    "short4": ("outer1 shortened by 4 instead of 3: the middle layers see a quarter of the tokens",
+               recipe("1@1 6@4 1@1", 128, 32, 128, "4e-3")),
+    "short4-lr8e-3": ("short4 at twice the learning rate",
+                      recipe("1@1 6@4 1@1", 128, 32, 128, "8e-3")),
+    "deep4": ("short4 with eight shortened layers", recipe("1@1 8@4 1@1", 128, 32, 128, "4e-3")),
 }
 HEADERS = ["candidate", "what changes", "options", "parameters", "steps", "tokens/s", "val bpc",
            "vs today"]
