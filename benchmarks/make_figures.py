@@ -157,8 +157,9 @@ def load_or_train(data, args) -> tuple[torch.nn.Module, object, dict[str, Histor
 @styled
 def shipped_curves():
     """Validation bpc of the shipped `haiku` and `lovecraft` against training tokens (log axis),
-    with their targets and where the runs they replaced ended (docs/shipped-models.md)."""
-    from export_pretrained import PREVIOUS, TARGETS  # benchmarks/ is on sys.path for a script
+    with their targets, where the runs they replaced ended, and where each was resumed with
+    dropout (docs/shipped-models.md)."""
+    from export_pretrained import PREVIOUS, TARGETS, restart  # benchmarks/ is on sys.path
 
     fig = new_figure(7.0, 4.0)
     ax = fig.subplots()
@@ -173,11 +174,15 @@ def shipped_curves():
         tokens, bpc = PREVIOUS[name]
         ax.plot(tokens / 1e6, bpc, "s", color=colour, mfc="white", ms=7,
                 label=f"{name}: the run it replaced, {bpc:.3f}")
+        found = restart(pretrained_history(name))
+        if found:  # where the second stage resumed the run with dropout
+            ax.axvline(found[0]["tokens"] / 1e6, color=colour, ls=":", lw=1.0)
         ax.axhline(TARGETS[name], color=colour, ls="--", lw=1.0)
     ax.set_xscale("log")
     ax.set_xlabel("training tokens (millions, log scale)")
     ax.set_ylabel("bits per character")
-    ax.set_title("Shipped models: validation against training tokens (dashed: targets)")
+    ax.set_title("Shipped models: validation against training tokens\n(dashed: targets; dotted: "
+                 "resumed with dropout 0.1 and a warm restart)", fontsize=10)
     ax.legend(fontsize=7.5)
     return fig
 

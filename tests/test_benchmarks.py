@@ -4,6 +4,7 @@ columns. Timings are not checked: a smoke run on a busy machine measures nothing
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -195,3 +196,47 @@ def test_the_demo_trains_the_winner_of_the_committed_race():
         "--batch-size": str(preset.train.batch_size),
         "--block-size": str(preset.train.block_size),
     }
+
+
+@pytest.mark.slow
+@pytest.mark.corpus
+def test_train_pretrained_smoke_trains_in_stages_and_exports_cards(tmp_path, corpus_dir):
+    """The script that makes the shipped models, end to end on tiny models: a two-stage job
+    resumes its own run with dropout for its second stage, lovecraft-haiku waits for that second
+    stage, each card gives the commands that made it, and a second call retrains nothing."""
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    env = {**os.environ, "HOURGLASS_EDU_DATA": str(corpus_dir), "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "benchmarks/train_pretrained.py", "--runs", str(runs), "--smoke",
+               "--export-to", str(models)]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "finished a stage of haiku" in result.stdout
+
+    done = json.loads((runs / "haiku" / "done.json").read_text())
+    first, second = (stage["command"] for stage in done["stages"])
+    assert "--resume" not in first and first[first.index("--steps") + 1] == "40"
+    assert "--resume" in second and second[second.index("--dropout") + 1] == "0.1"
+    assert "resuming with a changed setting: dropout: checkpoint 0.0, now 0.1" in (
+        runs / "haiku.log").read_text()
+
+    from hourglass_edu.model_folders import read_card
+    from hourglass_edu.training import load_checkpoint
+
+    card = read_card(models / "haiku")
+    assert card["steps"] <= 60
+    text = (models / "haiku" / "README.md").read_text()
+    assert "**Two stages.** The run was resumed at step" in text and "dropout 0.1" in text
+    assert card["job_command"].count("python -m hourglass_edu train") == 2
+    assert " then " in card["job_command"] and card["job_command"].endswith("--resume")
+    base = load_checkpoint(runs / "lovecraft-haiku")["metadata"]["finetuned_from"]
+    assert base["step"] == load_checkpoint(runs / "lovecraft" / "best.pt")["step"]
+    lovecraft = json.loads((runs / "lovecraft" / "done.json").read_text())["stages"]
+    fine_tuning = json.loads((runs / "lovecraft-haiku" / "done.json").read_text())
+    assert len(lovecraft) == 2 and fine_tuning["started"] >= lovecraft[1]["finished"]
+    assert read_card(models / "lovecraft-plain")["job_command"].count(" then ") == 0
+
+    again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "started" not in again.stdout and again.stdout.count("already exported") == 5
