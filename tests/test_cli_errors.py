@@ -106,7 +106,8 @@ def test_train_sizes_the_model_and_batch_before_the_corpus_loads(tmp_path, capsy
 # --- one device check ----------------------------------------------------------------------------
 
 
-def test_device_auto_loads_every_kind_of_model(tmp_path, capsys):
+def test_device_auto_loads_every_kind_of_model(tmp_path, capsys, corpus_dir, monkeypatch):
+    monkeypatch.setenv("HOURGLASS_EDU_DATA", str(corpus_dir))  # evaluate reads the haiku corpus
     folder = tiny_folder(tmp_path / "m")
     for source in (["--pretrained", "haiku"], ["--ckpt", folder]):
         code, out, err = run(capsys, "sample", *source, "--device", "auto", "--max-new-tokens",
