@@ -85,10 +85,11 @@ def run_evaluate(args) -> int:
         raise ValueError("the model does not say which corpus it was trained on: "
                          "name one with --corpus")
     context = args.context if args.context is not None else model.config.max_length
-    if context > model.config.max_length:  # refused before a corpus is read or downloaded
-        raise ValueError(f"--context {context} exceeds the model's max_length "
-                         f"{model.config.max_length}: evaluate with a context of at most "
-                         f"{model.config.max_length} (the longest sequence the model was built for)")
+    longest = model.config.max_length
+    if context > longest:  # refused before a corpus is read or downloaded
+        raise ValueError(f"--context {context} exceeds the model's max_length {longest}: "
+                         f"evaluate with a context of at most {longest} (the longest sequence "
+                         "the model was built for)")
     data = prepare_data(corpus, args.val_fraction, args.split_seed, tokenizer=tokenizer)
     ids = data.val_ids if args.max_tokens is None else data.val_ids[:args.max_tokens]
     stride = args.stride if args.stride is not None else max(1, context // 2)
