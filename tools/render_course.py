@@ -3,6 +3,7 @@
     python tools/render_course.py                      # cpu profile, into site/
     python tools/render_course.py --profile smoke      # seconds per notebook (tests, CI)
     python tools/render_course.py --only 01 03 --out /tmp/site
+    python tools/render_course.py --keep-notebooks     # also the executed .ipynb files
 
 Each notebook runs top to bottom in a fresh kernel (nbclient) with HOURGLASS_EDU_PROFILE set, in
 course order and in one shared scratch folder, as a learner would run them: where a notebook needs
@@ -149,8 +150,10 @@ Colab.</p>
 """
 
 
-def render(notebooks: list[Path], out: Path, profile: str, timeout_s: int) -> list[str]:
-    """Execute and convert `notebooks` into `out`; returns the names of those that failed."""
+def render(notebooks: list[Path], out: Path, profile: str, timeout_s: int,
+           keep_notebooks: bool = False) -> list[str]:
+    """Execute and convert `notebooks` into `out`; returns the names of those that failed.
+    `keep_notebooks`: also write each executed notebook (`OUT/NN_name.ipynb`, for reviewers)."""
     import nbformat
 
     out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +168,8 @@ def render(notebooks: list[Path], out: Path, profile: str, timeout_s: int) -> li
             seconds = time.perf_counter() - start
             page = path.with_suffix(".html").name
             (out / page).write_text(to_html(notebook, title), encoding="utf-8")
+            if keep_notebooks:
+                nbformat.write(notebook, out / path.name)
             pages.append((page, title, error))
             status = "FAILED" if error else "ok"
             print(f"{path.name}: {status} in {seconds:.0f} s -> {out / page}", flush=True)
@@ -186,12 +191,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="only notebooks whose file name starts with one of these (e.g. 01 03)")
     parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S,
                         help=f"seconds one cell may run (default {DEFAULT_TIMEOUT_S})")
+    parser.add_argument("--keep-notebooks", action="store_true",
+                        help="also write each executed notebook beside its page (for reviewers)")
     args = parser.parse_args(argv)
     try:
         notebooks = course_notebooks(args.only)
     except ValueError as error:
         parser.error(str(error))
-    failed = render(notebooks, args.out, args.profile, args.timeout)
+    failed = render(notebooks, args.out, args.profile, args.timeout, args.keep_notebooks)
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
