@@ -38,11 +38,14 @@ is skipped; attention weights come from the explicit attention path only inside
 
 FLOP counting rule (``HourglassLM.flops_per_token``)
 ----------------------------------------------------
-Forward pass only (a training step costs about 3x), 2 FLOPs per multiply-add, counting the
-matrix products: weight matrices (biases, norms, softmax, activations, averaging and the
-embedding lookup are ignored) and attention's two products, 4 * d FLOPs per (query, visible key)
-pair, counting only the keys the mask lets a query see (causal: ``n (n+1) / 2`` pairs). Every
-level's total is divided by the number of tokens, so levels are comparable and add up.
+The **useful work** of a forward pass (a training step costs about 3x): 2 FLOPs per multiply-add,
+counting the matrix products: weight matrices (biases, norms, softmax, activations, averaging and
+the embedding lookup are ignored) and attention's two products, 4 * d FLOPs per (query, visible
+key) pair, counting only the keys the mask lets a query see (causal: ``n (n+1) / 2`` pairs). This
+is the ideal; the **executed work** of an implementation can be more: the explicit attention path
+computes all ``n^2`` pairs and hides the masked ones, about twice the useful work in attention
+(notebook 05, *Useful work and executed work*). Every level's total is divided by the number of
+tokens, so levels are comparable and add up.
 """
 
 from __future__ import annotations
@@ -317,9 +320,9 @@ class HourglassLM(LanguageModel):
         return lengths
 
     def flops_per_token(self, length: int) -> dict[str, float]:
-        """Estimated forward FLOPs per token at sequence ``length``: ``{"level0": ..., ...,
+        """Forward useful work (FLOPs) per token at sequence ``length``: ``{"level0": ..., ...,
         "head": ..., "total": ...}``. A level includes its blocks and its own shortening and
-        upsampling. Counting rule in the module docstring."""
+        upsampling. Counting rule (useful work, not executed work) in the module docstring."""
         if not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be a positive integer, got {length!r}")
         config = self.config
