@@ -8,8 +8,9 @@ Two implementations compute exactly this:
 * ``explicit_attention`` writes every step in torch and can return the weights
   ``(batch, heads, query, key)``: the one to read, and the one ``run_with_cache`` uses.
 * ``fused_attention`` calls ``torch.nn.functional.scaled_dot_product_attention`` (SDPA), which
-  picks a fused kernel (flash / memory-efficient attention on GPU, a blocked kernel on CPU) and
-  never materialises the weights: the default, faster and lighter.
+  picks a fused kernel (flash / memory-efficient attention on GPU, a blocked kernel on CPU) that
+  never materialises the weights: the default, faster and lighter. Where no fused kernel applies
+  (dropout on a CPU, for one) SDPA falls back to its math path, which does build them.
 
 Masks are boolean ``(query, key)`` tensors, ``True`` where the query may attend (SDPA's
 convention). Besides the ordinary causal mask, an hourglass needs two "funnel" masks for attention
