@@ -36,6 +36,7 @@ PER_NOTEBOOK_TIMEOUT_S = 120
 # finding 3) would first fail on a learner's GPU.
 SOLVED_EXERCISE_CHECKS = {
     "10_related_work.ipynb": [(4, "check_exercise_4(predicted_entries)")],
+    "12_appendix_the_paper_and_evaluation.ipynb": [(1, "check_exercise_1(your_ratio)")],
 }
 
 
