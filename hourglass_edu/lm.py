@@ -118,8 +118,12 @@ class LanguageModel(nn.Module):
     and every named activation; the names always include ``embedding`` and ``final_norm``.
 
     Init (``init_weights``, called by each subclass once its body exists): GPT-2 style, weights
-    ~ N(0, 0.02), biases 0, and the output projection of every residual branch scaled by
-    ``1 / sqrt(2 * number_of_blocks)`` so the residual stream's variance does not grow with depth.
+    ~ N(0, 0.02), biases 0, and every linear layer marked ``is_residual_output`` (the last layer
+    of a residual branch) at ``0.02 / sqrt(2 * max(1, R // 2))`` for R such layers in the model,
+    so the residual stream's variance does not grow with depth. R counts marked layers, not
+    blocks: a block has two (attention's output projection, the feed-forward's output), so has
+    each attention shortening or upsampling layer, and the simple hierarchical model's merge
+    has one. With blocks only, this is GPT-2's ``1 / sqrt(2 * number_of_blocks)``.
     """
 
     config_class: ClassVar[type] = ModelConfig

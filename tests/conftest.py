@@ -130,6 +130,23 @@ def pytest_configure(config):
     import simulated_device
 
     simulated_device.install()
+    see_the_cpu_as_its_kernels_are_capped()
+
+
+#: torch's kernel levels below AVX-512: a CPU (or a run capped with ATEN_CPU_CAPABILITY, as
+#: .ci/run's second fast-tier run is) that computes with these has no AVX512-BF16 and no AMX.
+CAPPED_CAPABILITIES = ("DEFAULT", "NO AVX", "AVX2")
+
+
+def see_the_cpu_as_its_kernels_are_capped() -> None:
+    """Under capped kernels, torch's probes for AVX512-BF16 and AMX answer as the capped CPU would.
+
+    Those probes read the hardware (cpuinfo), not ATEN_CPU_CAPABILITY, so without this a capped
+    run on an AVX512-BF16 machine would still have `precision="auto"` pick bf16, and the fast
+    tier would never run the fp32 path that an AVX2-only CPU takes."""
+    if torch.backends.cpu.get_cpu_capability() in CAPPED_CAPABILITIES:
+        torch.cpu._is_avx512_bf16_supported = lambda: False
+        torch.cpu._is_amx_tile_supported = lambda: False
 
 
 def pytest_collection_modifyitems(config, items):

@@ -432,13 +432,25 @@ def test_every_shipped_config_still_loads_into_its_config_class():
         assert config.to_dict() == fields
 
 
-def test_the_shipped_haiku_model_gives_the_logits_recorded_before_the_refactor():
-    """Bit for bit: tests/data/haiku_logits.json was written by the library as it was before the
-    decoding refactor (issue 21), on the development CPU with torch 2.13.0, from the forward pass
-    and from cached decoding (prompt of 10 tokens, then one token at a time). Another CPU or
-    torch version may round differently: then re-record with the pre-refactor library."""
-    import hashlib
+#: How far the recorded haiku logits may move on another CPU. Measured on the recording machine
+#: (AMD EPYC, AVX-512 BF16, one thread) by rerunning the test's computation with torch's kernels
+#: capped: ATEN_CPU_CAPABILITY=default or avx2, ONEDNN_MAX_CPU_ISA=SSE41 or AVX2 (oneDNN runs
+#: the GELU), MKL_ENABLE_INSTRUCTIONS (no effect there: MKL ignores it on AMD). The largest
+#: difference from the recorded logits was 1.3e-5 (forward) and 7.6e-6 (cached), and 1.5e-5
+#: between two capped runs; the AVX2 cap reproduced an AVX2-only EPYC's last logit exactly
+#: (-5.458080768585205 against -5.458081245422363 recorded, issue 31). 1e-4 is 6.5 times the
+#: largest, on logits of magnitude up to about 20.
+CROSS_CPU_LOGIT_TOLERANCE = 1e-4
 
+
+def test_the_shipped_haiku_model_gives_the_logits_recorded_before_the_refactor():
+    """tests/data/haiku_logits.json holds the logits the library gave before the decoding
+    refactor (issue 21) with torch 2.13.0, from the forward pass and from cached decoding (prompt
+    of 10 tokens, then one token at a time). They were computed on another machine, so they are
+    compared to CROSS_CPU_LOGIT_TOLERANCE (measured, above), never bit for bit: another CPU's
+    kernels round differently. The price: a change as small as one ulp in every rotary frequency
+    (1.5e-5 on these logits, measured) passes; a change of formula or of a layer moves them by
+    far more."""
     from hourglass_edu import load_pretrained
     from hourglass_edu.decoding import make_decoder
     record = json.loads((Path(__file__).parent / "data" / "haiku_logits.json").read_text())
@@ -448,13 +460,13 @@ def test_the_shipped_haiku_model_gives_the_logits_recorded_before_the_refactor()
     ids = record["ids"]
     assert tokenizer.encode(record["prompt"]) == ids
 
-    def sha256(tensor):
-        return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+    def assert_as_recorded(logits, recorded):
+        torch.testing.assert_close(logits, torch.tensor(recorded, dtype=torch.float32),
+                                   atol=CROSS_CPU_LOGIT_TOLERANCE, rtol=0)
 
     with torch.no_grad():
         logits = model.eval()(torch.tensor([ids]))
-    assert logits[0, -1].tolist() == record["last_logits"]
-    assert sha256(logits) == record["forward_logits_sha256"]
+    assert_as_recorded(logits[0], record["forward_logits"])
     decoder = make_decoder(model, use_cache=True)
     steps = [decoder.start(ids[:10])] + [decoder.feed(token) for token in ids[10:]]
-    assert sha256(torch.stack(steps)) == record["cached_logits_sha256"]
+    assert_as_recorded(torch.stack(steps), record["cached_logits"])

@@ -45,11 +45,16 @@ def test_each_model_loads_intact_and_its_card_is_complete(name):
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", SHIPPED)
 def test_validation_slice_scores_what_the_card_says(name, corpus_dir):
+    """The card's slice_bpc is this evaluation (benchmarks/export_pretrained.py), run on the
+    exporting machine and rounded to 4 decimals (5e-5). Another CPU's kernels move it far less:
+    7e-8 on haiku with aten, oneDNN and MKL capped (CONTRIBUTING.md, the capped run). The
+    tolerance is 20 times the rounding (0.02 before: wide enough to let a change of the
+    evaluation pass)."""
     card = pretrained_card(name)
     model, tokenizer = load_pretrained(name)
     ids = prepare_data(card["corpus"], tokenizer=tokenizer, data_dir=corpus_dir).val_ids
     slice_bpc = evaluate_bpc(model, ids[:20_000], batch_size=16, block_size=card["block_size"])
-    assert slice_bpc == pytest.approx(card["slice_bpc"], abs=0.02)
+    assert slice_bpc == pytest.approx(card["slice_bpc"], abs=1e-3)
 
 
 @pytest.mark.parametrize("name", POEM_MODELS)
