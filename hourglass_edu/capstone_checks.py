@@ -41,10 +41,14 @@ __all__ = [
     "check_pad_and_shift",
     "check_repeat_upsample",
     "check_rotary",
+    "check_shortening_mask",
+    "check_training_loop",
     "copy_weights",
     "my_name",
 ]
 
+from hourglass_edu.capstone_loop import check_training_loop
+from hourglass_edu.capstone_masks import check_shortening_mask
 from hourglass_edu.capstone_stages import (  # noqa: F401 - the stages the checks run
     _D_MODEL,
     _N_HEADS,
@@ -233,16 +237,12 @@ def check_levels_of(levels_of) -> bool:
     return _run("levels_of", [("equal to parse_structure", equal)])
 
 
-
-
 def check_level(Level) -> bool:  # noqa: N803
     """`Level(levels, d_model, n_heads)`: the recursive level, (batch, n, d) -> (batch, n, d)."""
     return _check_level("Level", lambda levels: Level(levels, _D_MODEL, _N_HEADS),
                         _library_model().hourglass,
                         "pre blocks, residual, pad_and_shift, mean_shorten, inner level, "
                         "repeat_upsample with the residual, post blocks")
-
-
 
 
 def check_model(MyHourglass, device="cpu") -> bool:  # noqa: N803
@@ -304,7 +304,7 @@ def check_funnel_down(FunnelDown) -> bool:  # noqa: N803
 
     def causal():
         return _expect_causal(state["mine"], shifted[:1], lambda s: s // 2,
-                              "short query i may see shifted positions s < (i + 1) * k only")
+                              "use your shortening_mask (section 7.2) as the attention mask")
 
     def equal():
         library = _randomized(_attention_level().shorten)

@@ -136,17 +136,27 @@ def _change_token(tokens, s):
 def _expect_causal(function, x, visible: Callable[[int], int], hint: str,
                    change=_change_vector) -> str:
     """Change input position `s` of one sequence; outputs before `visible(s)` must not move and
-    some output must. Checked for a few positions `s`: a perturbation check, not a proof."""
+    some output must. Checked for a few positions `s`: a perturbation check, not a proof.
+
+    Every output before `first = visible(s)` is compared, `first - 1` included: a level that leaks
+    exactly one step (an unshifted k=2 level reads the next character of its own pair) moves
+    that output and no earlier one. The message names the latest output that moved."""
     with torch.no_grad():
         base = function(x)
         for s in range(1, x.shape[1], max(1, x.shape[1] // 5)):
             out = function(change(x, s))
             first = visible(s)
-            moved = (out[:, :first] - base[:, :first]).abs().max().item() if first else 0.0
-            if moved > 1e-6:
-                raise CheckFailed(f"changing input {s} moved output {first - 1} or an earlier one "
-                                  f"by {moved:.1e}: {hint}")
-            if (out - base).abs().max().item() == 0:
+            # How far each output position moved, largest over batch and features: (length,).
+            movement = (out - base).abs().transpose(0, 1).flatten(1).amax(dim=1)
+            earlier = movement[:first]
+            if bool((earlier > 1e-6).any()):
+                latest = int((earlier > 1e-6).nonzero().max())
+                raise CheckFailed(
+                    f"changing input {s} moved output {latest} by {earlier[latest]:.1e}, though "
+                    f"no output before {first} may depend on it"
+                    + (" (a leak of exactly one step)" if latest == first - 1 else "")
+                    + f": {hint}")
+            if movement.max().item() == 0:
                 raise CheckFailed(f"changing input {s} moved no output at all")
     return "no output moved when a later input changed (one sequence, a few positions)"
 

@@ -43,17 +43,22 @@ def tagged(notebook, tag):
     return [cell for cell in notebook.cells if tag in cell.metadata.get("tags", [])]
 
 
+def _set_up(notebook, namespace: dict) -> None:
+    """Run the notebook's settings and imports cells into `namespace`."""
+    setup = [cell for cell in notebook.cells if cell.cell_type == "code"][1:3]  # settings, imports
+    for cell in setup:
+        code = "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
+        exec(compile(code, f"setup:{cell.id}", "exec"), namespace)
+
+
 def run_in_order(notebook) -> list[str]:
     """Run the setup cells, then every stub and check cell in notebook order, in this process;
     return what each check cell printed. (The kernel tests run the whole notebook.)"""
     namespace: dict = {}
-    setup = [cell for cell in notebook.cells if cell.cell_type == "code"][1:3]  # settings, imports
     threads = torch.get_num_threads()
     outputs = []
     try:
-        for cell in setup:
-            code = "\n".join(line for line in cell.source.splitlines() if not line.startswith("%"))
-            exec(compile(code, f"setup:{cell.id}", "exec"), namespace)
+        _set_up(notebook, namespace)
         for cell in notebook.cells:
             tags = cell.metadata.get("tags", [])
             if "stub" in tags or "check" in tags:
@@ -82,7 +87,7 @@ def _only_raises(function: ast.FunctionDef, name: str) -> bool:
 
 def test_every_stub_only_raises_not_implemented_with_its_name():
     stubs = tagged(stubbed(), "stub")
-    assert len(stubs) == 9
+    assert len(stubs) == 11
     for cell in stubs:
         for node in ast.parse(cell.source).body:
             if isinstance(node, ast.FunctionDef):
@@ -115,7 +120,7 @@ def test_stubs_fail_the_first_check_with_a_message_and_pass_none():
 @pytest.mark.slow
 def test_solutions_pass_every_check():
     outputs = run_in_order(fill_solutions.solved(stubbed()))
-    assert len(outputs) == 9
+    assert len(outputs) == 11
     for output in outputs:
         assert "✗" not in output and "✓" in output, output
 
@@ -155,26 +160,119 @@ MISTAKES = {
     "head with a bias": (6, "self.head = nn.Linear(d_model, vocab_size, bias=False)",
                   "self.head = nn.Linear(d_model, vocab_size, bias=True)",
                   "✗ MyHourglass, equal to HourglassLM"),
-    "funnel down sees one group too far": (
-        8, "mask = full_index[None, :] < (short_index[:, None] + 1) * k",
-        "mask = full_index[None, :] < (short_index[:, None] + 2) * k", "✗ FunnelDown, causality"),
+    "shortening mask sees one group too far": (
+        9, "return full_index < (short_index + 1) * k", "return full_index < (short_index + 2) * k",
+        "✗ shortening_mask, no key from the future"),
+    "shortening mask hides the groups before its own": (
+        9, "return full_index < (short_index + 1) * k",
+        "return (full_index < (short_index + 1) * k) & (full_index >= short_index * k)",
+        "✗ shortening_mask, equal to funnel_down_mask"),
     "funnel up keys at the wrong positions": (
-        8, "full_index, short_index * k, mask)", "full_index, short_index, mask)",
+        10, "full_index, short_index * k, mask)", "full_index, short_index, mask)",
         "✗ FunnelUp, equal to AttentionUpsampling"),
 }
+#: Leaks of exactly one step: changing input s moves output s - 1 and no earlier one. The
+#: causality stage must reject them itself (issue 35: comparing only the outputs before s - 1
+#: let them through to the equality stage, which blamed the wrong thing).
+ONE_STEP_LEAKS = {
+    "the k=2 level left unshifted": (
+        5, "        if self.shift:\n", "        if self.shift and self.k != 2:\n",
+        "✗ Level, causality: changing input 1 moved output 0 by"),
+    "attention sees one key ahead": (
+        2, "is_causal=True",
+        "attn_mask=torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril(1)",
+        "✗ Attention, causality: changing input 1 moved output 0 by"),
+}
+#: A training loop that forgets a step, and the fix its check must name.
+LOOP_MISTAKES = {
+    "loop without zero_grad": (
+        7, "        optimizer.zero_grad()", "        pass",
+        "✗ training_loop, runs 20 steps: gradients pile up from one step to the next: clear "
+        "them in every step (optimizer.zero_grad())"),
+    "loop without the update": (
+        7, "        optimizer.step()", "        pass",
+        "✗ training_loop, runs 20 steps: the weights never changed: call optimizer.step()"),
+    "loop that does nothing": (
+        7, "    for _ in range(steps):", "    for _ in range(0):",
+        "✗ training_loop, runs 20 steps: your loop took 0 batches for 20 steps: call "
+        "next_batch() once in every step"),
+    "loop that returns bits": (
+        7, "losses.append(loss.item())", "losses.append(loss.item() / math.log(2))",
+        "✗ training_loop, returns each step's loss: the losses are in bits; return them in nats"),
+}
+MISTAKES.update(ONE_STEP_LEAKS)
+MISTAKES.update(LOOP_MISTAKES)
+
+
+def _with_mistake(notebook, mistake):
+    """`notebook` with solution `number`'s `old` replaced by `new` (the mistake)."""
+    number, old, new, _ = mistake
+    solutions_cell = next(cell for cell in notebook.cells if cell.get("id") == "solutions")
+    code = fill_solutions.solutions(notebook)[number - 1][2]
+    assert old in code, f"solution {number} no longer holds {old!r}: update the test"
+    solutions_cell.source = solutions_cell.source.replace(code, code.replace(old, new, 1))
+    return notebook
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
 def test_each_check_catches_a_mistake(mistake):
-    number, old, new, expected = MISTAKES[mistake]
-    notebook = stubbed()
-    solutions_cell = next(cell for cell in notebook.cells if cell.get("id") == "solutions")
-    code = fill_solutions.solutions(notebook)[number - 1][2]
-    assert old in code, f"solution {number} no longer holds {old!r}: update the test"
-    solutions_cell.source = solutions_cell.source.replace(code, code.replace(old, new, 1))
-    printed = "".join(run_in_order(fill_solutions.solved(notebook)))
+    expected = MISTAKES[mistake][3]
+    notebook = fill_solutions.solved(_with_mistake(stubbed(), MISTAKES[mistake]))
+    printed = "".join(run_in_order(notebook))
     assert expected in printed, printed
+
+
+def _check_one_piece(mistake, check: str) -> str:
+    """Only the solutions up to the mistaken one, then one check: what it printed (fast)."""
+    notebook = _with_mistake(stubbed(), mistake)
+    namespace: dict = {}
+    threads = torch.get_num_threads()
+    printed = io.StringIO()
+    try:
+        _set_up(notebook, namespace)
+        for _, _, code in fill_solutions.solutions(notebook)[:mistake[0]]:
+            exec(code, namespace)
+        with contextlib.redirect_stdout(printed):
+            exec(check, namespace)
+    finally:
+        torch.set_num_threads(threads)
+    return printed.getvalue()
+
+
+@pytest.mark.parametrize("mistake", sorted(ONE_STEP_LEAKS))
+def test_the_causality_stage_rejects_a_one_step_leak(mistake):
+    check = {5: "check_level(Level)", 2: "check_attention(Attention)"}[ONE_STEP_LEAKS[mistake][0]]
+    printed = _check_one_piece(ONE_STEP_LEAKS[mistake], check)
+    assert ONE_STEP_LEAKS[mistake][3] in printed, printed
+    assert "(a leak of exactly one step)" in printed, printed
+    assert "equal to" not in printed, "the causality stage, not the equality stage, must stop it"
+
+
+@pytest.mark.parametrize("mistake", sorted(LOOP_MISTAKES))
+def test_the_loop_check_names_the_likely_fix(mistake):
+    printed = _check_one_piece(LOOP_MISTAKES[mistake], "check_training_loop(training_loop)")
+    assert LOOP_MISTAKES[mistake][3] in printed, printed
+    assert "✓ training_loop, the loss falls" not in printed, printed
+
+
+def test_the_loop_check_passes_the_solution_and_its_loss_falls():
+    printed = _check_one_piece((7, "", "", ""), "check_training_loop(training_loop)")
+    assert printed.count("✓ training_loop") == 3 and "✗" not in printed, printed
+    before, after = map(float, printed.split("unseen windows ")[1].split(" nats")[0].split(" -> "))
+    assert after < before - 0.5, "the check's 20 steps should lower the loss clearly, not by luck"
+
+
+def test_the_mask_check_draws_where_the_masks_differ(capsys):
+    from hourglass_edu.capstone_checks import check_shortening_mask
+
+    def one_group_too_far(short_length, full_length, k):
+        return torch.arange(full_length)[None, :] < (torch.arange(short_length)[:, None] + 2) * k
+
+    assert check_shortening_mask(one_group_too_far) is False
+    printed = capsys.readouterr().out
+    assert "✗ shortening_mask, no key from the future: k=2" in printed, printed
+    assert "\n    ■■■■++······\n" in printed, printed         # short query 0 of 6, 12 keys
 
 
 # ---- filling the solutions in ------------------------------------------------------------------
