@@ -26,7 +26,8 @@ lr 2e-3, warm-up 5% of the steps, cosine to 10%; not tuned per architecture).
 Resumable: each run keeps its checkpoint and curve in RUNS/NAME/ (the checkpoint is written at
 every curve point, so a rerun continues from the last one and computes the same numbers); a
 finished run (RUNS/NAME/done.json) is not trained again. Writes benchmarks/results/frontier.json
-(raw curves), frontier.md (derived from the json by `summarize`) and docs/figures/frontier.png.
+(raw curves and the `summarize` rows derived from them), frontier.md (derived from the json),
+docs/figures/frontier.png, and a copy of the json inside the package for notebook 06.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ from hourglass_edu.training.precision import autocast_context
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURE = REPO / "docs" / "figures" / "frontier.png"
+# Notebook 06 reads the curves from the installed package (on Colab there is no benchmarks/).
+PACKAGE_COPY = REPO / "hourglass_edu" / "results" / "frontier.json"
 STRUCTURES = {"plain": "12@1", "hourglass": "2@1 8@3 2@1"}
 TOKENS_PER_STEP = 4096
 LR, WARMUP_FRACTION = 2e-3, 0.05
@@ -423,7 +426,10 @@ def report(args, points: list[Point]) -> None:
            "machine": f"{cpu_model()}, torch {torch.__version__}, one thread per process",
            "precision": runs[0]["precision"], "runs": runs,
            "timing": args.timing_result or old.get("timing", {})}
+    raw["summary"] = summarize(raw)  # derived, kept beside the runs for readers of the json
     atomic_write(raw_path, json.dumps(raw, indent=1))
+    if not args.smoke:
+        atomic_write(PACKAGE_COPY, json.dumps(raw, indent=1))
     markdown = render_markdown(raw)
     atomic_write(raw_path.with_suffix(".md"), markdown)
     figure = args.figure or (None if args.smoke else FIGURE)
