@@ -294,6 +294,36 @@ def test_library_trainer_trains_and_checkpoints_a_related_model(tmp_path):
     torch.testing.assert_close(rebuilt.eval()(tokens), model.eval()(tokens))
 
 
+def test_the_race_warm_up_leaves_training_as_it_would_have_been():
+    # train_comparison runs one thrown-away pass before each clock starts; the weights it
+    # trains must equal those of a plain train() of the same model from the same seed.
+    from types import SimpleNamespace
+
+    from hourglass_edu import CharTokenizer
+    from hourglass_edu.related.compare import train_comparison
+    from hourglass_edu.training import TrainConfig, train
+
+    tokenizer = CharTokenizer.from_documents(["the old pond", "a frog jumps in"])
+    ids = tokenizer.encode_documents(["the old pond", "a frog jumps in"] * 20)
+    data = SimpleNamespace(tokenizer=tokenizer, train_ids=ids, val_ids=ids[:200])
+    config = TrainConfig(steps=3, batch_size=2, block_size=16, warmup_steps=1, eval_every=3,
+                         eval_batches=1, log_every=1, progress=False, precision="fp32")
+    trained = []
+    for run in ("race", "plain"):
+        torch.manual_seed(0)
+        model = SimpleHierarchicalLM(SimpleHierarchicalConfig(
+            **{**TINY, "vocab_size": tokenizer.vocab_size}, compressions=(1, 2, 4),
+            windows=(4, None, 3), dropout=0.1))
+        torch.manual_seed(1)
+        if run == "race":
+            train_comparison({"simple": model}, data, config, eval_batches=1)
+        else:
+            train(model, data, config)
+        trained.append(model.state_dict())
+    for key in trained[0]:
+        torch.testing.assert_close(trained[0][key], trained[1][key], rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- simple hierarchical: the pieces
 
 
