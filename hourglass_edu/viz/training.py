@@ -1,5 +1,6 @@
 """How training went: bits per character against optimizer steps and against time, for one run
-(`plot_history`) or several runs on one plot (`plot_training_curves`)."""
+(`plot_history`) or several runs on one plot (`plot_training_curves`), and against training
+FLOPs for the compute frontier's runs (`plot_frontier`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from matplotlib.figure import Figure
 
 from hourglass_edu.viz.style import PALETTE, new_figure, styled
 
-__all__ = ["plot_history", "plot_training_curves"]
+__all__ = ["plot_frontier", "plot_history", "plot_training_curves"]
 
 _STEP_KEYS = ("step",)
 _TIME_KEYS = ("wall_time", "time", "elapsed", "seconds")
@@ -143,4 +144,32 @@ def plot_history(history, title: str | None = None) -> Figure:
     axes[0].legend()
     if title:
         fig.suptitle(title)
+    return fig
+
+
+@styled
+def plot_frontier(frontier: Mapping) -> Figure:
+    """The compute frontier (benchmarks/frontier.py's json, `hourglass_edu.results.load_frontier`):
+    each run's bits per character on its fixed validation sample against the training FLOPs spent,
+    on a log axis, one panel per window length. Hourglass and plain in two colours, wider models
+    darker, the second seed dotted."""
+    runs = frontier["runs"]
+    lengths = sorted({run["length"] for run in runs})
+    widest = max(run["d_model"] for run in runs)
+    fig = new_figure(5.5 * len(lengths), 4.0)
+    axes = fig.subplots(1, len(lengths), squeeze=False)[0]
+    for ax, length in zip(axes, lengths, strict=True):
+        for run in sorted(runs, key=lambda r: (r["arch"], r["d_model"], r["seed"])):
+            if run["length"] != length:
+                continue
+            ax.plot([p["flops"] for p in run["curve"]], [p["sample_bpc"] for p in run["curve"]],
+                    "o-" if run["seed"] == 0 else "o:", markersize=3,
+                    color=PALETTE[0] if run["arch"] == "hourglass" else PALETTE[1],
+                    alpha=0.35 + 0.65 * run["d_model"] / widest,
+                    label=f"{run['arch']} d{run['d_model']} seed {run['seed']}")
+        ax.set(xscale="log", xlabel="training FLOPs (3 x forward, useful work)",
+               ylabel="bits per character (validation sample)",
+               title=f"windows of {length:,} characters")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
     return fig
