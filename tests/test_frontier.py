@@ -102,3 +102,27 @@ def test_smoke_run_trains_the_grid_resumes_nothing_done_and_derives_its_tables(t
     raw = json.loads((tmp_path / "frontier_smoke.json").read_text())
     assert set(raw["timing"]) == {"d16-n64", "d32-n64", "d16-n128"}
     assert (tmp_path / "frontier_smoke.md").read_text() == frontier.render_markdown(raw)
+    assert raw.pop("summary") == frontier.summarize(raw)
+
+
+def test_the_committed_frontier_is_what_the_script_derives_and_the_package_holds_it(frontier):
+    committed = REPO_ROOT / "benchmarks" / "results" / "frontier.json"
+    raw = json.loads(committed.read_text())
+    assert (REPO_ROOT / "benchmarks" / "results" / "frontier.md").read_text() == (
+        frontier.render_markdown(raw))
+    assert frontier.PACKAGE_COPY.read_text() == committed.read_text()  # what notebook 06 reads
+    assert raw.pop("summary") == frontier.summarize(raw)
+    assert len(raw["runs"]) == len(frontier.grid())
+
+
+def test_plot_frontier_draws_every_run_in_its_lengths_panel():
+    from hourglass_edu.viz import plot_frontier
+
+    raw = {"runs": [run("plain", 64, 256, 0, 2.0), run("hourglass", 64, 256, 0, 1.9),
+                    run("plain", 64, 2048, 0, 2.2), run("hourglass", 64, 2048, 1, 2.1),
+                    run("hourglass", 128, 2048, 0, 2.0)]}
+    axes = plot_frontier(raw).axes
+    assert [ax.get_title() for ax in axes] == ["windows of 256 characters",
+                                               "windows of 2,048 characters"]
+    assert [len(ax.lines) for ax in axes] == [2, 3]
+    assert all(ax.get_xscale() == "log" for ax in axes)
