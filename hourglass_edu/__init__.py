@@ -4,7 +4,7 @@ The course notebooks build each piece by hand and then import it from here. See 
 for which module holds which concept and which notebook teaches it.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from hourglass_edu.data import CharTokenizer, load_corpus, prepare_data  # noqa: E402
 from hourglass_edu.generation import GenerationSettings, generate, stream  # noqa: E402

@@ -42,7 +42,7 @@ __all__ = [
 #: The project's repository (pyproject.toml's Homepage and Repository).
 REPOSITORY_URL = "https://github.com/hourglass-edu/hourglass_edu"
 #: The tag (or commit) the notebooks install and open on Colab: the release they were written for.
-COURSE_REF = "v0.3.0"
+COURSE_REF = "v0.4.0"
 #: The notebooks' settings profiles, smallest first.
 PROFILES = ("smoke", "cpu", "gpu")
 
