@@ -55,6 +55,16 @@ def test_committed_notebook_is_clean(path):
                          "`python tools/strip_notebooks.py` and commit the result")
 
 
+def test_training_notebook_stays_one_sitting():
+    """06 teaches training and the fair comparison; the paper, trax, evaluation protocols and long
+    context live in appendix 12. A reference section moved back into 06 fails here (issue 30)."""
+    path = REPO_ROOT / "notebooks" / "06_training.ipynb"
+    length = sum(len(source(cell)) for cell in cells(path))
+    assert length < 30_000, (
+        f"06_training.ipynb holds {length:,} characters of source (limit 30,000): move reference "
+        "material to notebooks/12_appendix_the_paper_and_evaluation.ipynb or docs/")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS)
 def test_cell_ids_are_unique_and_follow_the_course_scheme(path):
     notebook = json.loads(path.read_text(encoding="utf-8"))
