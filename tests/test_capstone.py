@@ -249,6 +249,22 @@ def test_the_causality_stage_rejects_a_one_step_leak(mistake):
     assert "equal to" not in printed, "the causality stage, not the equality stage, must stop it"
 
 
+def test_the_causality_stage_changes_inputs_of_both_parities():
+    """A leak within the pairs (1, 2), (3, 4), ...: output 2j-1 reads input 2j. Only a change of an
+    even input shows it; a check that changes odd positions only passes it."""
+    from hourglass_edu.capstone_stages import CheckFailed, _expect_causal
+
+    def reads_the_next_input_at_odd_positions(x):
+        ahead = torch.zeros_like(x)
+        ahead[:, 1:-1:2] = x[:, 2::2][:, : ahead[:, 1:-1:2].shape[1]]
+        return x + ahead
+
+    for length in (11, 101):
+        with pytest.raises(CheckFailed, match="a leak of exactly one step"):
+            _expect_causal(reads_the_next_input_at_odd_positions, torch.randn(1, length, 4),
+                           lambda s: s, "")
+
+
 @pytest.mark.parametrize("mistake", sorted(LOOP_MISTAKES))
 def test_the_loop_check_names_the_likely_fix(mistake):
     printed = _check_one_piece(LOOP_MISTAKES[mistake], "check_training_loop(training_loop)")
