@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import reprlib
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_writer", "describe_contents", "remove_stale_temporaries",
-           "stale_temporaries"]
+__all__ = ["atomic_write", "atomic_writer", "describe_contents", "quoted",
+           "remove_stale_temporaries", "stale_temporaries"]
 
 # mkstemp makes owner-only files; a finished file gets the usual permissions (0o666 minus the
 # umask), as open() would have given it. os.umask can only be read by setting it.
@@ -105,3 +106,21 @@ def describe_contents(folder: str | os.PathLike, limit: int = 4) -> str:
     names = sorted(path.name for path in Path(folder).iterdir())
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more entries" if len(names) > limit else "")
+
+
+_QUOTE = reprlib.Repr()  # what an error quotes from a file: a few items of each container
+_QUOTE.maxstring = _QUOTE.maxother = 80
+_QUOTE.maxlist = _QUOTE.maxtuple = _QUOTE.maxdict = _QUOTE.maxset = 6
+_QUOTE.maxlevel = 3
+
+
+def quoted(value: object, limit: int = 200) -> str:
+    """`repr(value)` cut to about `limit` characters, for an error line that quotes a file: a
+    damaged file may hold a 140 KB string where a number belongs, and the line must stay one
+    readable line. Longer text (an exception's message) is cut too, to its first line."""
+    if isinstance(value, BaseException):
+        lines = str(value).strip().splitlines()
+        text = lines[0] if lines else type(value).__name__
+    else:
+        text = _QUOTE.repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"

@@ -27,6 +27,7 @@ from torch import nn
 
 from hourglass_edu.attention import check_heads
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
+from hourglass_edu.files import quoted
 from hourglass_edu.registry import (  # re-exported: the models and the loader import them here
     MODEL_MODULES,
     build_model_from_config,
@@ -37,6 +38,7 @@ from hourglass_edu.registry import (  # re-exported: the models and the loader i
 
 __all__ = [
     "MODEL_MODULES",
+    "WEIGHT_DTYPES",
     "BlockStackConfig",
     "BlockStackLM",
     "LanguageModel",
@@ -348,16 +350,33 @@ def eval_mode(model):
         model.train(was_training)
 
 
+# The dtypes weights are saved in (float32 training, float16 / bfloat16 model folders; float64
+# is exact in float32's place). An integer or bool tensor would be cast to float silently.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def check_weights(model: LanguageModel, weights: dict, where: str) -> None:
-    """Raise ValueError unless `weights` has exactly the model's tensors, shape for shape."""
+    """Raise ValueError unless `weights` has exactly the model's tensors, shape for shape, each
+    a dense floating-point tensor (`WEIGHT_DTYPES`; meta tensors from a header count by dtype)."""
     expected = model.state_dict()
-    bad = [name for name, value in weights.items() if not isinstance(value, torch.Tensor)]
+    names = sorted(weights, key=str)  # a damaged file may hold keys that are not strings
+    bad = [quoted(name) for name in names if not isinstance(weights[name], torch.Tensor)]
     missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
+    unexpected = [quoted(name) for name in names if name not in expected]
     if bad or missing or unexpected:
-        raise ValueError(f"{where}: the weights do not fit the config (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, not tensors {bad[:5]})")
+        found = [f"{what} {', '.join(items[:5])}" + (f" and {len(items) - 5} more"
+                                                     if len(items) > 5 else "")
+                 for what, items in (("missing", missing), ("unexpected", unexpected),
+                                     ("not tensors", bad)) if items]
+        raise ValueError(f"{where}: the weights do not fit the config ({'; '.join(found)}); "
+                         "the file is damaged or holds another model")
     for name, value in expected.items():
-        if tuple(weights[name].shape) != tuple(value.shape):
-            raise ValueError(f"{where}: weight {name} has shape {tuple(weights[name].shape)}, "
+        weight = weights[name]
+        if weight.dtype not in WEIGHT_DTYPES or weight.layout != torch.strided:
+            kind = weight.dtype if weight.layout == torch.strided else weight.layout
+            raise ValueError(f"{where}: weight {name} is {str(kind).removeprefix('torch.')}, "
+                             "not a dense float16, bfloat16, float32 or float64 tensor (it would "
+                             "be cast silently); the file is damaged or not of this library")
+        if tuple(weight.shape) != tuple(value.shape):
+            raise ValueError(f"{where}: weight {name} has shape {tuple(weight.shape)}, "
                              f"the config needs {tuple(value.shape)}; the file is damaged")

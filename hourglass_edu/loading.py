@@ -10,8 +10,13 @@ file lives here, and every loader (checkpoints, model folders, shipped models) g
 2. `model_shapes`: the config, then the model built on the `meta` device (shapes, no memory),
    its parameter count and the activation size of one window of `max_length` tokens checked
    against `MAX_PARAMETERS` and `MAX_ACTIVATION_BYTES` (no model of this course comes near).
-3. `check_weights` (lm.py) against the meta model: every tensor's name and shape, read from the
-   file's header (safetensors) or its tensors (checkpoints), before anything is materialized.
+3. `check_weights` (lm.py) against the meta model: every tensor's name, shape and dtype, read
+   from the file's header (safetensors) or its tensors (checkpoints), before anything is
+   materialized; then `check_finite_weights` on the values read (a NaN weight makes a model
+   that writes one token forever).
+
+Before that, `check_archive_sizes` reads a checkpoint's zip directory (what torch.save writes):
+what `torch.load` would inflate is bounded by the file's own size and `MAX_ARCHIVE_BYTES`.
 
 `resolve_device` is the one device check of every way of loading or training a model.
 """
@@ -19,20 +24,25 @@ file lives here, and every loader (checkpoints, model folders, shipped models) g
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Any
 
 import torch
 from torch import nn
 
+from hourglass_edu.files import quoted
 from hourglass_edu.lm import LanguageModel, model_class
 
 __all__ = [
     "MAX_ACTIVATION_BYTES",
+    "MAX_ARCHIVE_BYTES",
     "MAX_PARAMETERS",
     "SIZE_LIMITS",
     "activation_bytes",
     "activation_bytes_per_token",
+    "check_archive_sizes",
     "check_config_fields",
+    "check_finite_weights",
     "check_model_size",
     "model_shapes",
     "resolve_device",
@@ -46,6 +56,9 @@ DEFAULT_LIMIT = 1 << 20  # any other whole number in a config (windows, ranks, f
 MAX_TEXT, MAX_ITEMS = 256, 64  # characters of a config string, items of a config list
 MAX_PARAMETERS = 1 << 30  # 4 GiB of float32 weights
 MAX_ACTIVATION_BYTES = 16 << 30  # one window of max_length tokens, every linear layer's output
+# A checkpoint's contents once read: the weights and AdamW's two moments of the largest model
+# allowed, in float32, and a GiB for the rest (history, random states).
+MAX_ARCHIVE_BYTES = 3 * 4 * MAX_PARAMETERS + (1 << 30)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -129,7 +142,9 @@ def model_shapes(class_name: str, config: dict[str, Any], where: str) -> Languag
         cls = model_class(class_name)
         model_config = cls.config_class.from_dict(config)
     except (ValueError, TypeError, KeyError) as error:
-        detail = error if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        detail = quoted(error, 300)  # the file's own values, quoted: cut to one short line
+        if not isinstance(error, ValueError):
+            detail = f"{type(error).__name__}: {detail}"
         raise ValueError(f"{where}: {detail}") from None
     layers = _layer_count(model_config)
     if layers > SIZE_LIMITS["n_layers"]:
@@ -183,15 +198,67 @@ def check_model_size(model: LanguageModel, where: str) -> None:
                          "max_length or the model's width")
 
 
+# safetensors' names of the dtypes a weight may have (`lm.WEIGHT_DTYPES`).
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "F64": torch.float64}
+
+
 def safetensors_shapes(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file as meta tensors (name, shape and dtype from its header;
-    no data read), for `check_weights`."""
+    no data read), for `check_weights`. A dtype no weight has (integers, bool) is refused here,
+    by name, before any value is read and cast."""
     from safetensors import safe_open
 
     try:
         with safe_open(path, framework="pt") as handle:
-            shapes = {name: handle.get_slice(name).get_shape()
+            header = {name: (handle.get_slice(name).get_shape(),
+                             handle.get_slice(name).get_dtype())
                       for name in handle.keys()}  # noqa: SIM118
     except Exception as error:  # safetensors' own header errors
-        raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
-    return {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+        raise ValueError(f"{path} is not a readable safetensors file "
+                         f"({quoted(error)})") from None
+    for name, (_, dtype) in header.items():
+        if dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: weight {name} is {dtype}, not a float16, bfloat16, "
+                             "float32 or float64 tensor (it would be cast silently); the file "
+                             "is damaged or not of this library")
+    return {name: torch.empty(shape, dtype=SAFETENSORS_DTYPES[dtype], device="meta")
+            for name, (shape, dtype) in header.items()}
+
+
+def check_finite_weights(weights: dict[str, torch.Tensor], where: str) -> None:
+    """Raise ValueError, naming the first tensor, when a weight holds NaN or an infinity: such a
+    model loads and runs, and writes nothing but one token (or scores "nan bits")."""
+    for name, tensor in weights.items():
+        if tensor.is_meta:  # torch.save keeps a meta tensor's shape and no values
+            raise ValueError(f"{where}: weight {name} holds no values (a tensor of the meta "
+                             "device was saved); the file is damaged: use another copy")
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            count = tensor.numel() - int(finite.sum())
+            raise ValueError(f"{where}: weight {name} holds {count:,} NaN or infinite values "
+                             f"(of {tensor.numel():,}), and a model with them writes nothing "
+                             "useful; the file is damaged: use another copy (a run's other "
+                             "checkpoint, or the model exported or downloaded again)")
+
+
+def check_archive_sizes(path: str | os.PathLike) -> None:
+    """Raise ValueError unless `path` is a zip archive (what torch.save writes) whose contents,
+    once read, fit in the file itself and in `MAX_ARCHIVE_BYTES`. torch.save stores every entry
+    uncompressed, so contents larger than the file are a compressed entry that `torch.load`
+    would inflate first: a 3.6 MB file can unfold into gigabytes before any check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise ValueError(f"{path} is not a checkpoint (truncated, damaged, not a PyTorch file, "
+                         "or one in the format before PyTorch 1.6)") from None
+    size = os.path.getsize(path)
+    if declared > size:
+        raise ValueError(f"{path} declares {declared:,} bytes of contents in a {size:,}-byte "
+                         "file: torch.save stores tensors uncompressed, so this archive was "
+                         "packed to inflate when loaded (or is damaged); it was not read")
+    if declared > MAX_ARCHIVE_BYTES:
+        raise ValueError(f"{path} holds {declared:,} bytes, beyond this library's limit "
+                         f"{MAX_ARCHIVE_BYTES:,} (the weights and optimizer state of the "
+                         "largest model it builds); is the file damaged?")

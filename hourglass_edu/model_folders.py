@@ -33,7 +33,12 @@ from safetensors.torch import save as safetensors_bytes
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.files import atomic_write, describe_contents, stale_temporaries
 from hourglass_edu.lm import LanguageModel, build_model_from_config, check_weights
-from hourglass_edu.loading import model_shapes, resolve_device, safetensors_shapes
+from hourglass_edu.loading import (
+    check_finite_weights,
+    model_shapes,
+    resolve_device,
+    safetensors_shapes,
+)
 
 __all__ = [
     "CONFIG_NAME",
@@ -247,7 +252,8 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
     Raises FileNotFoundError for a missing file and ValueError when the weights' sha256 differs
     from the card's (tampered or damaged), or anything disagrees with the config: the config is
     sized and every tensor's shape checked against the file's header (`loading.py`) before any
-    weight is read. A card without a sha256 is said with a warning (nothing to check against).
+    weight is read, and every weight read is finite. A card without a sha256 is said with a
+    warning (nothing to check against).
     """
     folder = Path(folder)
     device = resolve_device(device)
@@ -270,6 +276,7 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
                          f"model {shapes.config.vocab_size} vocabulary rows")
     check_weights(shapes, safetensors_shapes(weights_path), str(weights_path))
     weights = _read_weights(weights_path)
+    check_finite_weights(weights, str(weights_path))
     model = build_model_from_config(class_name, config)
     model.load_state_dict(weights)
     return model.to(device).eval(), tokenizer

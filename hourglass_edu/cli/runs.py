@@ -24,8 +24,8 @@ from typing import NoReturn
 
 from hourglass_edu.cli.options import positive_int, seed
 
-__all__ = ["add_force", "add_run_settings", "check_batch_fits", "check_val_fraction",
-           "lock_run_folder", "run_processes", "run_training", "train_config"]
+__all__ = ["add_force", "add_run_settings", "check_val_fraction", "lock_run_folder",
+           "run_processes", "run_training", "train_config"]
 
 
 @contextlib.contextmanager
@@ -56,24 +56,6 @@ def add_force(parser, what: str) -> None:
     parser.add_argument("--force", action="store_true",
                         help=f"write into OUT even when it holds something else than {what} "
                         "(files of the same names are replaced, others left alone)")
-
-
-# One micro-batch's activations beyond this cannot fit any single device this course targets.
-MAX_BATCH_ACTIVATIONS = 256 << 30
-
-
-def check_batch_fits(model, config) -> None:
-    """Refuse, before any work, a batch whose activations could not fit any machine (a typo
-    like --batch-size 1000000000 would otherwise end in a raw allocator error)."""
-    from hourglass_edu.loading import activation_bytes_per_token
-
-    needed = activation_bytes_per_token(model) * config.batch_size * config.block_size
-    if needed > MAX_BATCH_ACTIVATIONS:
-        raise ValueError(
-            f"--batch-size {config.batch_size} x --block-size {config.block_size} would need "
-            f"about {needed / 2**30:,.0f} GiB of activations per micro-batch: lower --batch-size "
-            "(--grad-accum N keeps N micro-batches per step)"
-        )
 
 
 def add_run_settings(parser, budget_help: str) -> None:

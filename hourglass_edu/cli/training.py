@@ -9,7 +9,6 @@ from hourglass_edu.cli.options import dropout_rate, non_negative_int, temperatur
 from hourglass_edu.cli.runs import (
     add_force,
     add_run_settings,
-    check_batch_fits,
     check_val_fraction,
     lock_run_folder,
     run_processes,
@@ -63,6 +62,7 @@ def run_train(args) -> int:
     from hourglass_edu.data import prepare_data
     from hourglass_edu.loading import model_shapes
     from hourglass_edu.training import build_model, get_preset
+    from hourglass_edu.training.config import check_batch_fits
 
     preset = get_preset(args.preset)
     config = train_config(preset.train, args)
@@ -71,7 +71,8 @@ def run_train(args) -> int:
                      shortening=args.shortening, upsampling=args.upsampling,
                      dropout=args.dropout,
                      max_length=max(preset.model["max_length"], config.block_size))
-    # The model settings, sized on the meta device before the corpus loads (256: any vocabulary).
+    # The model settings and batch, sized on the meta device before the corpus loads (256: any
+    # vocabulary); the trainer checks the batch again, for every command and the library.
     fields = {**preset.model, **{k: v for k, v in overrides.items() if v is not None}}
     check_batch_fits(model_shapes("HourglassLM", {"vocab_size": 256, **fields},
                                   "the model settings"), config)
@@ -107,6 +108,7 @@ def add_finetune(subparsers) -> None:
 def run_finetune(args) -> int:
     from hourglass_edu.data import load_corpus
     from hourglass_edu.training import TrainConfig, prepare_finetuning
+    from hourglass_edu.training.config import check_batch_fits
 
     check_val_fraction(args)
     _check_not_the_base_run(args.base, args.out)
@@ -122,6 +124,7 @@ def run_finetune(args) -> int:
             minutes=base.minutes / 2 if base.minutes else None,
         )
         config = train_config(base.replace(**defaults), args)
+        check_batch_fits(setup.model, config)  # the base run's batch, before any word of it
         added = "".join(setup.added_chars)
         print(f"fine-tuning {args.base} (step {setup.base_checkpoint['step']}) on {corpus.name}; "
               + (f"added {len(added)} characters to the vocabulary: {added!r}" if added

@@ -3,10 +3,13 @@
 A checkpoint is a dict of plain containers and tensors: the model class and config, tokenizer,
 train config, weights, optimizer, schedule position, history and random states. It is written
 atomically (`files.atomic_writer`) and read with `torch.load(weights_only=True)`, so a file
-cannot run code when it is loaded (torch's own check names what a crafted file would import).
-Before any model is built, `load_checkpoint` checks the schema (types, required keys), the config
-(sized on the meta device by `loading.model_shapes`, so a crafted file cannot ask for a huge
-allocation), the tokenizer against the embedding, and every tensor's shape against the config.
+cannot run code when it is loaded (torch's own check names what a crafted file would import),
+after `loading.check_archive_sizes` has bounded what the load would inflate.
+Before any model is built, `load_checkpoint` checks the schema (types, required keys, counters
+and history: checkpoint_checks.py), the config (sized on the meta device by
+`loading.model_shapes`, so a crafted file cannot ask for a huge allocation), the tokenizer
+against the embedding, every tensor's name, shape and dtype against the config, and that every
+weight is finite.
 
 A run folder holds one run: `check_run_folder` refuses, before any work, a folder that holds
 anything else (unless forced), and `run_folder_lock` removes the temporary files that killed
@@ -27,10 +30,21 @@ import torch
 from filelock import FileLock, Timeout
 
 from hourglass_edu.data import CharTokenizer
-from hourglass_edu.files import atomic_writer, describe_contents, remove_stale_temporaries
+from hourglass_edu.files import (
+    atomic_writer,
+    describe_contents,
+    quoted,
+    remove_stale_temporaries,
+)
 from hourglass_edu.lm import build_model_from_config, check_weights
-from hourglass_edu.loading import model_shapes, resolve_device
+from hourglass_edu.loading import (
+    check_archive_sizes,
+    check_finite_weights,
+    model_shapes,
+    resolve_device,
+)
 from hourglass_edu.model_folders import WEIGHTS_NAME, is_model_folder, load_model_folder
+from hourglass_edu.training.checkpoint_checks import check_entries, check_run_record
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -69,14 +83,6 @@ RESUMABLE_CHANGES = frozenset({"progress", "device", "compile", "log_every", "ev
 # so a run that has begun to learn its corpus by heart can continue with it (or without it).
 RESUMABLE_MODEL_CHANGES = frozenset({"dropout"})
 
-# Each required entry and the type it must have.
-SCHEMA: dict[str, type | tuple[type, ...]] = {
-    "format": str, "version": int, "model_config": dict, "tokenizer": dict, "train_config": dict,
-    "model": dict, "optimizer": dict, "step": int, "tokens_seen": int, "elapsed": (int, float),
-    "history": dict, "rng": dict,
-}
-
-
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
     """Write `checkpoint` to `path` atomically: a crash leaves either the old file or the new."""
     with atomic_writer(path) as handle:
@@ -98,6 +104,7 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 def _read(path: Path, map_location) -> Any:
     """`torch.load(weights_only=True)` with one clear ValueError for every way it can refuse."""
+    check_archive_sizes(path)  # first: even torch's look at the imports inflates data.pkl
     imports = _unsafe_globals(path)
     if imports:
         raise ValueError(
@@ -123,14 +130,32 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     _refuse_model_folder(path)
     if path.is_dir():
+        if path.name == CHECKPOINT_NAME and not (path / CHECKPOINT_NAME).exists():
+            raise ValueError(f"{path} is a folder, not a checkpoint file: a training run writes "
+                             f"OUT/{CHECKPOINT_NAME} as a file; pass the run folder or that file")
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {path}: a training run writes OUT/{CHECKPOINT_NAME}; check the path"
-        )
-    checkpoint = _read(path, map_location)
-    validate_checkpoint(checkpoint, where=str(path))
+        what = "a folder, not a file" if path.is_dir() else "missing"
+        raise FileNotFoundError(f"no checkpoint at {path} ({what}): a training run writes "
+                                f"OUT/{CHECKPOINT_NAME}; check the path")
+    try:
+        checkpoint = _read(path, map_location)
+        validate_checkpoint(checkpoint, where=str(path))
+    except ValueError as error:
+        other = _other_checkpoint(path)
+        if not other:
+            raise
+        raise ValueError(f"{error}{other}") from None
     return checkpoint
+
+
+def _other_checkpoint(path: Path) -> str:
+    """For a refused best.pt: the run's last checkpoint beside it may still be good."""
+    last = path.with_name(CHECKPOINT_NAME)
+    if path.name != BEST_CHECKPOINT_NAME or not last.is_file():
+        return ""
+    return (f" (the run's last checkpoint, {last}, may still be good: name that file to use "
+            "it)")
 
 
 def _refuse_model_folder(path: Path) -> None:
@@ -147,40 +172,35 @@ def _refuse_model_folder(path: Path) -> None:
 
 def _check_schema(checkpoint: Any, where: str) -> None:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{where} is a PyTorch file but not an hourglass_edu checkpoint (it has "
-                         f"no 'format': {CHECKPOINT_FORMAT!r} entry)")
+        held = f"a {type(checkpoint).__name__}" if not isinstance(checkpoint, dict) else "a dict"
+        raise ValueError(f"{where} is a PyTorch file but not an hourglass_edu checkpoint (it "
+                         f"holds {held} without a 'format': {CHECKPOINT_FORMAT!r} entry)")
     version = checkpoint.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"{where}: 'version' must be a positive integer, got {version!r}")
+        raise ValueError(f"{where}: 'version' must be a positive integer, got {quoted(version)}")
     if version > CHECKPOINT_VERSION:
-        raise ValueError(f"{where} has checkpoint version {version}, newer than this library "
+        raise ValueError(f"{where} has checkpoint version {version:,}, newer than this library "
                          f"reads ({CHECKPOINT_VERSION}); upgrade hourglass_edu")
-    missing = [key for key in SCHEMA if key not in checkpoint]
-    if missing:
-        raise ValueError(f"{where} is an incomplete hourglass_edu checkpoint: missing {missing}")
-    for key, kind in SCHEMA.items():
-        value = checkpoint[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise ValueError(f"{where}: entry {key!r} should be {getattr(kind, '__name__', kind)}"
-                             f", got {type(value).__name__}; the file is damaged")
-    if not isinstance(checkpoint.get("model_class", DEFAULT_MODEL_CLASS), str):
-        raise ValueError(f"{where}: 'model_class' must be a class name string")
+    check_entries(checkpoint, where)
 
 
 def validate_checkpoint(checkpoint: Any, where: str = "checkpoint") -> None:
-    """Schema, config, tokenizer and tensor shapes, checked without allocating the model."""
+    """Schema, counters, config, tokenizer, tensor names, shapes and dtypes, checked without
+    allocating the model; then every weight's values are finite."""
     _check_schema(checkpoint, where)
+    check_run_record(checkpoint, where)
     class_name = checkpoint.get("model_class", DEFAULT_MODEL_CLASS)
     shapes = model_shapes(class_name, checkpoint["model_config"], where)
     try:
         tokenizer = CharTokenizer.from_dict(checkpoint["tokenizer"])
     except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{where}: {type(error).__name__}: {error}") from None
+        raise ValueError(f"{where}: {type(error).__name__}: {quoted(error, 300)}") from None
     vocab_size = shapes.config.vocab_size
     if tokenizer.vocab_size != vocab_size:
         raise ValueError(f"{where}: the tokenizer has {tokenizer.vocab_size} entries but the "
                          f"model's embedding {vocab_size} rows; the file is damaged")
     check_weights(shapes, checkpoint["model"], where)
+    check_finite_weights(checkpoint["model"], where)
 
 
 def model_from_checkpoint(checkpoint: dict | str | os.PathLike, device: str = "cpu"):
@@ -236,7 +256,7 @@ def config_differences(saved: dict, current: dict, prefix: str, *, ignore: Itera
     for key in sorted(keys - set(ignore)):
         old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if old != new:
-            lines.append(f"{prefix}{key}: checkpoint {old!r}, now {new!r}")
+            lines.append(f"{prefix}{key}: checkpoint {quoted(old)}, now {quoted(new)}")
     return lines
 
 

@@ -7,16 +7,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "PRESETS", "Preset", "TrainConfig", "build_model", "check_sizes",
-           "get_preset"]
+__all__ = ["MAX_BATCH_ACTIVATIONS", "PRECISIONS", "PRESETS", "Preset", "TrainConfig",
+           "build_model", "check_batch_fits", "check_sizes", "device_memory_bytes", "get_preset"]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -193,8 +195,48 @@ def build_model(preset: Preset | str, vocab_size: int, *, seed: int | None = Non
         return HourglassLM(config)
 
 
+# One micro-batch's activations beyond this cannot fit any single device this course targets.
+MAX_BATCH_ACTIVATIONS = 256 << 30
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """All the memory of a device (not what is free now): a CUDA GPU's, or the machine's for
+    the CPU; None where torch or the system cannot tell."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # not on Windows
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def check_batch_fits(model, config: TrainConfig) -> None:
+    """Refuse, before any work, a micro-batch whose activations (every linear layer's output,
+    `loading.activation_bytes_per_token`: less than a step keeps) pass the memory of the device
+    it would train on, or `MAX_BATCH_ACTIVATIONS` of any device. A typo like --batch-size
+    1000000, or a damaged checkpoint's recipe that `finetune` continues, would otherwise end in
+    a raw allocator error after gigabytes. `model` may be on `meta`."""
+    from hourglass_edu.loading import activation_bytes_per_token, resolve_device
+
+    needed = activation_bytes_per_token(model) * config.batch_size * config.block_size
+    device = resolve_device(config.device)
+    memory = device_memory_bytes(device)
+    limit, where = MAX_BATCH_ACTIVATIONS, "any device"
+    if memory is not None and memory < limit:
+        limit, where = memory, f"the {device} memory ({memory / 2**30:,.0f} GiB)"
+    if needed > limit:
+        raise ValueError(
+            f"--batch-size {config.batch_size} x --block-size {config.block_size} would need "
+            f"about {needed / 2**30:,.0f} GiB of activations per micro-batch, more than "
+            f"{where} holds: lower --batch-size (--grad-accum N keeps N micro-batches per step; "
+            "in Python: batch_size, grad_accum)"
+        )
+
+
 def check_sizes(model, data, config: TrainConfig) -> None:
-    """Raise ValueError when the model, the data and the window size do not fit together."""
+    """Raise ValueError when the model, the data, the batch and the window size do not fit
+    together."""
+    check_batch_fits(model, config)
     model_config = getattr(model, "config", None)
     max_length = getattr(model_config, "max_length", None)
     if max_length is not None and config.block_size > max_length:

@@ -3,7 +3,9 @@
 `run_checkpoint(trainer)` gathers the run's whole state (weights, optimizer, loss scaler,
 schedule position, skipped steps, history, log window, random states) as plain containers and
 tensors; `restore_run(trainer, checkpoint)` puts it back after checking that the run is the same
-(model, data, recipe). Resuming may change what does not change the numbers a run computes (the
+(model, data, recipe), and that its optimizer, scaler and random states fit the run
+(checkpoint_checks.py: one line naming the file and the entry, never torch's raw message).
+Resuming may change what does not change the numbers a run computes (the
 progress bar, the device, ...), the budget and the learning rate (checkpoints.RESUMABLE_CHANGES),
 the model's dropout (RESUMABLE_MODEL_CHANGES: it has no weights),
 and the split of each step's windows into micro-batches: `batch_size` and `grad_accum` together,
@@ -19,6 +21,12 @@ from typing import Any
 
 import torch
 
+from hourglass_edu.training.checkpoint_checks import (
+    check_optimizer_settings,
+    check_optimizer_state,
+    check_random_states,
+    damaged_entry,
+)
 from hourglass_edu.training.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -86,8 +94,11 @@ def run_differences(trainer, checkpoint: dict[str, Any]) -> list[str]:
 
 
 def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None:
-    """Load `checkpoint` into `trainer`, or refuse (ValueError, listing every difference)."""
+    """Load `checkpoint` into `trainer`, or refuse (ValueError, listing every difference, or
+    naming the entry of the file that does not fit)."""
+    where = "the checkpoint"
     if not isinstance(checkpoint, dict):
+        where = str(checkpoint)
         checkpoint = load_checkpoint(checkpoint)
     differences = run_differences(trainer, checkpoint)
     if differences:
@@ -103,10 +114,15 @@ def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None
     if model_config is not None:
         trainer.resumed_changes += config_differences(
             checkpoint["model_config"], model_config.to_dict(), "", only=RESUMABLE_MODEL_CHANGES)
+    check_optimizer_state(checkpoint["optimizer"], trainer.optimizer, where)
+    check_random_states(checkpoint["rng"], where)
     trainer.model.load_state_dict(checkpoint["model"])
-    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    with damaged_entry(where, "optimizer"):
+        trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    check_optimizer_settings(trainer.optimizer, where)
     if checkpoint.get("scaler"):
-        trainer.scaler.load_state_dict(checkpoint["scaler"])
+        with damaged_entry(where, "scaler"):
+            trainer.scaler.load_state_dict(checkpoint["scaler"])
     trainer.step = checkpoint["step"]
     trainer.tokens_seen = checkpoint["tokens_seen"]
     trainer.elapsed = checkpoint["elapsed"]
@@ -114,5 +130,6 @@ def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None
     trainer.log_window = {**empty_log_window(), **checkpoint.get("log_window", {})}
     trainer.history = History.from_dict(checkpoint["history"])
     trainer.metadata = {**checkpoint.get("metadata", {}), **trainer.metadata}
-    trainer.random.set_state(checkpoint["rng"], step=trainer.step)
+    with damaged_entry(where, "rng"):
+        trainer.random.set_state(checkpoint["rng"], step=trainer.step)
     trainer.last_checkpoint_step = trainer.step
