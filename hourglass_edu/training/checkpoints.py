@@ -29,7 +29,7 @@ from filelock import FileLock, Timeout
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.files import atomic_writer, describe_contents, remove_stale_temporaries
 from hourglass_edu.lm import build_model_from_config, check_weights
-from hourglass_edu.loading import model_shapes, resolve_device
+from hourglass_edu.loading import model_shapes, record_tokenizer, resolve_device
 from hourglass_edu.model_folders import WEIGHTS_NAME, is_model_folder, load_model_folder
 
 __all__ = [
@@ -194,6 +194,7 @@ def model_from_checkpoint(checkpoint: dict | str | os.PathLike, device: str = "c
                                     checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
     tokenizer = CharTokenizer.from_dict(checkpoint["tokenizer"])
+    record_tokenizer(model, tokenizer)
     return model.to(resolve_device(device)).eval(), tokenizer
 
 
