@@ -29,6 +29,7 @@ until it is clear that it is not.
 from __future__ import annotations
 
 import dataclasses
+import os
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,10 +37,18 @@ from contextlib import contextmanager
 import torch
 
 from hourglass_edu.decoding import CachedDecoder, make_decoder
-from hourglass_edu.lm import eval_mode
-from hourglass_edu.sampling import check_sampling_settings, check_seed, make_generator, sample_token
+from hourglass_edu.lm import eval_mode, model_device
+from hourglass_edu.loading import check_tokenizer_matches
+from hourglass_edu.sampling import (
+    check_sampling_settings,
+    check_seed,
+    make_generator,
+    sample_token,
+    shown_number,
+)
 
-__all__ = ["GenerationSettings", "encode_prompt", "generate", "prompt_as_seen", "stream"]
+__all__ = ["GenerationSettings", "encode_prompt", "generate", "prompt_as_seen", "stream",
+           "thread_limit"]
 
 # ---------------------------------------------------------------------------------------------
 # Settings
@@ -88,9 +97,7 @@ class GenerationSettings:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         object.__setattr__(self, "stop", _stop_strings(self.stop))
-        if self.threads is not None and (isinstance(self.threads, bool)
-                                         or not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
+        _check_threads(self.threads)
         if self.replace_unknown is not None and not isinstance(self.replace_unknown, str):
             raise ValueError(
                 f"replace_unknown must be a string or None, got {self.replace_unknown!r}"
@@ -106,6 +113,21 @@ class GenerationSettings:
                 f"{', '.join(names)}"
             )
         return dataclasses.replace(self, **changes)
+
+
+def thread_limit() -> int:
+    """The most CPU threads generation may ask torch for: this machine's CPU count (or torch's
+    own setting, if higher). Far more makes torch's thread pool abort or crash the process."""
+    return max(os.cpu_count() or 1, torch.get_num_threads())
+
+
+def _check_threads(threads) -> None:
+    if threads is None:
+        return
+    limit = thread_limit()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ValueError(f"threads must be a whole number from 1 to {limit} (this machine's CPU "
+                         f"threads) or None (the default), got {shown_number(threads)}")
 
 
 def _stop_strings(stop) -> tuple[str, ...]:
@@ -150,6 +172,8 @@ def encode_prompt(tokenizer, prompt: str, *, replace_unknown: str | None = None)
     """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    if replace_unknown is not None and not isinstance(replace_unknown, str):
+        raise ValueError(f"replace_unknown must be a string or None, got {replace_unknown!r:.40}")
     text = _normalized(tokenizer, prompt)
     unknown = _unknown_characters(tokenizer, text)
     if unknown:
@@ -262,6 +286,7 @@ def stream(
     The model is put in eval mode while generating and restored afterwards.
     """
     # Check everything before the first token, so that bad input fails at the call.
+    _check_model_and_tokenizer(model, tokenizer)
     settings = _resolve(settings, overrides)
     count_ok = isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool)
     if not count_ok or max_new_tokens < 0:
@@ -269,6 +294,24 @@ def stream(
     prompt_ids = encode_prompt(tokenizer, prompt, replace_unknown=settings.replace_unknown)
     generator = make_generator(settings.seed)
     return _stream(model, tokenizer, prompt_ids, max_new_tokens, settings, generator)
+
+
+def _check_model_and_tokenizer(model, tokenizer) -> None:
+    """A model that can run, and its own tokenizer (`loading.check_tokenizer_matches`)."""
+    if hasattr(model, "encode") and hasattr(model, "decode") and callable(tokenizer):
+        raise ValueError("generate takes the model first, then the tokenizer: "
+                         "generate(model, tokenizer, prompt, max_new_tokens)")
+    if not callable(model):
+        raise ValueError(f"model must be a language model (tokens -> logits), got "
+                         f"{type(model).__name__}")
+    missing = [name for name in ("encode", "decode", "eot_id") if not hasattr(tokenizer, name)]
+    if missing:
+        raise ValueError(f"tokenizer must have encode, decode and eot_id (a CharTokenizer), got "
+                         f"{type(tokenizer).__name__}, which lacks {', '.join(missing)}")
+    if model_device(model).type == "meta":
+        raise ValueError("the model is on the meta device: it has shapes but no weights, so it "
+                         "cannot generate; load it on a real device (device='cpu' or 'cuda')")
+    check_tokenizer_matches(model, tokenizer, "generate")
 
 
 def _stream(

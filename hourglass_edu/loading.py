@@ -19,6 +19,12 @@ Before that, `check_archive_sizes` reads a checkpoint's zip directory (what torc
 what `torch.load` would inflate is bounded by the file's own size and `MAX_ARCHIVE_BYTES`.
 
 `resolve_device` is the one device check of every way of loading or training a model.
+
+A model and its tokenizer belong together: the ids mean the characters of one vocabulary. Every
+loader (and the trainer) records the tokenizer's `vocabulary_sha256` on the model it returns
+(`record_tokenizer`); `check_tokenizer_matches` refuses another tokenizer (a different size, or
+the same size with ids that mean other characters) wherever both meet again: generation, widgets.
+A model never loaded nor trained here carries no record, and only the sizes are compared.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ __all__ = [
     "check_config_fields",
     "check_finite_weights",
     "check_model_size",
+    "check_tokenizer_matches",
     "model_shapes",
+    "record_tokenizer",
     "resolve_device",
     "safetensors_shapes",
 ]
@@ -262,3 +270,30 @@ def check_archive_sizes(path: str | os.PathLike) -> None:
         raise ValueError(f"{path} holds {declared:,} bytes, beyond this library's limit "
                          f"{MAX_ARCHIVE_BYTES:,} (the weights and optimizer state of the "
                          "largest model it builds); is the file damaged?")
+
+
+def record_tokenizer(model: nn.Module, tokenizer) -> None:
+    """Note on `model` the vocabulary of the tokenizer it was loaded or trained with (its
+    `vocabulary_sha256`), for `check_tokenizer_matches`."""
+    fingerprint = getattr(tokenizer, "vocabulary_sha256", None)
+    if isinstance(model, nn.Module) and isinstance(fingerprint, str):
+        model.vocabulary_sha256 = fingerprint
+
+
+def check_tokenizer_matches(model, tokenizer, where: str) -> None:
+    """Raise ValueError, naming `where`, when `tokenizer` is not the model's: another vocabulary
+    size than the model's rows, or another vocabulary than the one recorded on the model."""
+    rows = getattr(getattr(model, "config", None), "vocab_size", None)
+    entries = getattr(tokenizer, "vocab_size", None)
+    if isinstance(rows, int) and isinstance(entries, int) and rows != entries:
+        raise ValueError(f"{where}: the tokenizer has {entries} entries but the model "
+                         f"{rows} vocabulary rows, so they do not belong together; pass the "
+                         "tokenizer that was loaded or trained with this model")
+    recorded = getattr(model, "vocabulary_sha256", None)
+    given = getattr(tokenizer, "vocabulary_sha256", None)
+    if isinstance(recorded, str) and isinstance(given, str) and recorded != given:
+        raise ValueError(f"{where}: the tokenizer is not the one this model was loaded or "
+                         f"trained with (both have {entries} entries, but the ids mean other "
+                         f"characters: vocabulary sha256 {given[:12]}... against the model's "
+                         f"{recorded[:12]}...); pass the tokenizer that load_pretrained / "
+                         "load_model / load_model_folder returned with the model")

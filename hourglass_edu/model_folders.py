@@ -6,7 +6,8 @@ The layout follows a Hugging Face model repository:
     tokenizer.json       the character vocabulary (`CharTokenizer.to_dict`)
     model.safetensors    the weights: safetensors holds raw tensors only, so loading runs no code
     README.md            the model card: a front matter of `key: value` lines (JSON values, so
-                         it is also valid YAML) with the figures and the weights' sha256, then text
+                         it is also valid YAML) with the figures, the weights' sha256 and the
+                         vocabulary's (`CharTokenizer.vocabulary_sha256`), then text
     history.json         (optional) the training history: what the run measured as it went
 
 `export_model_folder` writes one (beside an earlier one, then swapped in whole); `load_model_folder`
@@ -35,7 +36,9 @@ from hourglass_edu.files import atomic_write, describe_contents, stale_temporari
 from hourglass_edu.lm import LanguageModel, build_model_from_config, check_weights
 from hourglass_edu.loading import (
     check_finite_weights,
+    check_tokenizer_matches,
     model_shapes,
+    record_tokenizer,
     resolve_device,
     safetensors_shapes,
 )
@@ -116,8 +119,8 @@ def export_model_folder(model: LanguageModel, tokenizer: CharTokenizer,
     """Write `model` and `tokenizer` to `folder`; returns the folder.
 
     dtype: "float32" (exact), "float16" or "bfloat16" (half the size). The card's front matter
-    gets `weights_sha256` and `dtype` added to `card`; `card_body` is its text. `history` (a
-    `History.to_dict()`) is saved as history.json.
+    gets `weights_sha256`, `vocabulary_sha256` and `dtype` added to `card`; `card_body` is its
+    text. `history` (a `History.to_dict()`) is saved as history.json.
 
     `folder` must be missing, empty or a model folder of this library, which is replaced whole
     (the new folder is written beside it, then swapped in: no file of the old model stays, and a
@@ -130,6 +133,7 @@ def export_model_folder(model: LanguageModel, tokenizer: CharTokenizer,
     if model.config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the model has {model.config.vocab_size} vocabulary rows but the "
                          f"tokenizer {tokenizer.vocab_size} entries: they do not belong together")
+    check_tokenizer_matches(model, tokenizer, "export")
     if not os.fspath(folder).strip():  # Path("") would be the current folder
         raise ValueError("the model folder's path is empty: name the folder to write")
     folder = Path(folder)
@@ -194,7 +198,8 @@ def _folder_files(model, tokenizer, dtype, card, card_body, history) -> dict[str
     config = {"format": FOLDER_FORMAT, "model_class": type(model).__name__,
               **model.config.to_dict()}
     fields = {**(card or {}), "dtype": dtype,
-              "weights_sha256": hashlib.sha256(weight_bytes).hexdigest()}
+              "weights_sha256": hashlib.sha256(weight_bytes).hexdigest(),
+              "vocabulary_sha256": tokenizer.vocabulary_sha256}
     files = {WEIGHTS_NAME: weight_bytes, CONFIG_NAME: json.dumps(config, indent=1) + "\n",
              TOKENIZER_NAME: json.dumps(tokenizer.to_dict(), indent=1) + "\n",
              CARD_NAME: card_text(fields, card_body)}
@@ -274,12 +279,24 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
     if tokenizer.vocab_size != shapes.config.vocab_size:
         raise ValueError(f"{folder}: the tokenizer has {tokenizer.vocab_size} entries but the "
                          f"model {shapes.config.vocab_size} vocabulary rows")
+    _check_vocabulary(folder, tokenizer)
     check_weights(shapes, safetensors_shapes(weights_path), str(weights_path))
     weights = _read_weights(weights_path)
     check_finite_weights(weights, str(weights_path))
     model = build_model_from_config(class_name, config)
     model.load_state_dict(weights)
+    record_tokenizer(model, tokenizer)
     return model.to(device).eval(), tokenizer
+
+
+def _check_vocabulary(folder: Path, tokenizer: CharTokenizer) -> None:
+    """The tokenizer against the vocabulary sha256 the card recorded at export (cards written
+    before it was recorded have none: then only the sizes were compared)."""
+    expected = read_card(folder).get("vocabulary_sha256")
+    if expected is not None and expected != tokenizer.vocabulary_sha256:
+        raise ValueError(f"{folder / TOKENIZER_NAME} is not the tokenizer this model was "
+                         "exported with (its vocabulary's sha256 differs from the card's): "
+                         "put back the folder's own tokenizer.json, or export the model again")
 
 
 def _check_sha256(folder: Path, weights_path: Path) -> None:

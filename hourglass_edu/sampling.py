@@ -10,14 +10,19 @@ How one new character is chosen (`sample_token`), in this order:
 Numerical safety: the largest logit is subtracted before dividing by the temperature, so the
 softmax never sees a large positive number. A temperature so small that the division overflows
 (say `1e-40`: every other logit becomes -inf, or 0/0) is treated exactly like `temperature=0`:
-greedy, the first most likely token, without a random draw.
+greedy, the first most likely token, without a random draw. Logits that define no distribution
+(a NaN or +inf among them, or every one -inf: damaged weights, a diverged run) raise a ValueError
+instead of a made-up token.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
+    "MAX_SEED",
     "check_sampling_settings",
     "check_seed",
     "keep_top_k",
@@ -26,29 +31,56 @@ __all__ = [
     "next_token_probabilities",
     "sample_token",
     "scale_by_temperature",
+    "shown_number",
 ]
+
+
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed (the command line's range)
 
 
 def check_sampling_settings(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise ValueError, saying what to change, for settings that cannot define a distribution."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    if not temperature >= 0 or temperature == float("inf"):
-        raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature!r}")
+        raise ValueError(f"temperature must be a number >= 0, got {shown_number(temperature)}")
+    if not temperature >= 0 or not _finite(temperature):
+        raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got "
+                         f"{shown_number(temperature)}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 or None (no limit), got {top_k!r}")
+        raise ValueError(f"top_k must be an integer >= 1 or None (no limit), got "
+                         f"{shown_number(top_k)}")
     if top_p is not None:
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None (no limit), got {top_p!r}")
+            raise ValueError(f"top_p must be in (0, 1] or None (no limit), got "
+                             f"{shown_number(top_p)}")
+
+
+def _finite(number: float) -> bool:
+    """Whether `number` is finite as a float (an int beyond float's range is not)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def check_seed(seed) -> None:
-    """Raise ValueError unless `seed` is an int, a CPU torch.Generator or None."""
+    """Raise ValueError unless `seed` is an int from 0 to `MAX_SEED`, a CPU torch.Generator or
+    None."""
     if isinstance(seed, torch.Generator):
         if seed.device.type != "cpu":
             raise ValueError("pass a CPU torch.Generator (sampling draws on the CPU)")
     elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
+    elif seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1 ({MAX_SEED}), "
+                         f"got {shown_number(seed)}")
+
+
+def shown_number(value) -> str:
+    """`value` for an error message: a huge int by its size (Python will not print one of over
+    4300 digits), anything else as its repr cut to 40 characters."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"{'-' if value < 0 else ''}a {value.bit_length()}-bit number"
+    return f"{value!r:.40}"
 
 
 def make_generator(seed: int | torch.Generator | None) -> torch.Generator:
@@ -75,7 +107,7 @@ def scale_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tens
         return None
     logits = logits.detach().float()
     shifted = logits - logits.max(dim=-1, keepdim=True).values
-    scaled = shifted / temperature
+    scaled = shifted / float(temperature)  # a Python int may not fit int64
     if not torch.isfinite(scaled[torch.isfinite(shifted)]).all():
         return None
     return scaled
@@ -122,6 +154,8 @@ def next_token_probabilities(
     (the first one on ties).
     """
     check_sampling_settings(temperature, top_k, top_p)
+    _check_logits_tensor(logits, "next_token_probabilities", any_shape=True)
+    _raise_if_unusable(bool(_unusable(logits.detach().float()).any()))
     scaled = scale_by_temperature(logits, temperature)
     if scaled is None:
         logits = logits.detach().float()
@@ -151,26 +185,60 @@ def sample_token(
     """Choose the next token id from (vocab,) logits (see the module docstring for the rules).
 
     Greedy choices (see `scale_by_temperature`) take the argmax and draw no random number.
-    The choice is made on the logits' device and read back once (one host sync per token).
+    The choice is made on the logits' device and read back once (one host sync per token), with
+    the check that the logits define a distribution (ValueError otherwise, no random number used).
     """
     check_sampling_settings(temperature, top_k, top_p)
-    if temperature == 0:
-        return int(logits.argmax())
+    _check_logits_tensor(logits, "sample_token")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got "
+                         f"{type(generator).__name__}; for a seed, pass "
+                         "torch.Generator().manual_seed(seed)")
     logits = logits.detach().float()
+    unusable = _unusable(logits)
+    if temperature == 0:
+        token, bad = torch.stack((logits.argmax(), unusable.long())).tolist()  # the one sync
+        _raise_if_unusable(bad)
+        return token
     shifted = logits - logits.max(dim=-1, keepdim=True).values
-    scaled = shifted / temperature
+    scaled = shifted / float(temperature)  # a Python int may not fit int64
     # the greedy fallback of `scale_by_temperature`, decided on the device: no sync here
     overflowed = (torch.isfinite(shifted) & ~torch.isfinite(scaled)).any()
     probs = _filtered_softmax(scaled, top_k, top_p)
     state = _random_state(generator)
     choice = _draw(probs, generator)
-    token, greedy, fell_back = torch.stack(
-        (choice, logits.argmax(dim=-1), overflowed.long())
+    token, greedy, fell_back, bad = torch.stack(
+        (choice, logits.argmax(dim=-1), overflowed.long(), unusable.long())
     ).tolist()  # the one sync
-    if fell_back:  # greedy after all: as if no random number had been drawn
+    if fell_back or bad:  # greedy after all, or no choice: as if no random number had been drawn
         _restore_random_state(generator, state)
+        _raise_if_unusable(bad)
         return greedy
     return token
+
+
+def _check_logits_tensor(logits, where: str, *, any_shape: bool = False) -> None:
+    """Type and shape, on the host: a tensor of (vocab,) logits (or (..., vocab))."""
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(f"{where} takes a tensor of logits, got {type(logits).__name__}")
+    if logits.dim() == 0 or logits.shape[-1] == 0 or (not any_shape and logits.dim() != 1):
+        shape = "(..., vocab)" if any_shape else "(vocab,): one position's logits"
+        raise ValueError(f"{where} takes logits of shape {shape}, got shape "
+                         f"{tuple(logits.shape)}")
+
+
+def _unusable(logits: torch.Tensor) -> torch.Tensor:
+    """Per row (on the device, no sync): True where the logits define no distribution (a NaN or
+    +inf among them, or every one -inf)."""
+    broken = (torch.isnan(logits) | torch.isposinf(logits)).any(dim=-1)
+    return broken | ~torch.isfinite(logits).any(dim=-1)
+
+
+def _raise_if_unusable(bad) -> None:
+    if bad:
+        raise ValueError("the logits define no distribution (a NaN or +inf among them, or every "
+                         "one -inf), so no token can be chosen: the model's weights are damaged "
+                         "or its training diverged; load a checkpoint from before the failure")
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

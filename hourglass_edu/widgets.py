@@ -26,6 +26,8 @@ import ipywidgets as widgets
 
 from hourglass_edu import analysis, viz
 from hourglass_edu.generation import GenerationSettings, stream
+from hourglass_edu.loading import check_tokenizer_matches
+from hourglass_edu.sampling import shown_number
 
 __all__ = [
     "ActivationExplorer",
@@ -53,6 +55,15 @@ def _error_html(message: str) -> str:
     return f"<span style='color:#D55E00'>{escaped}</span>"
 
 
+def _check_app_options(*, max_length, use_cache) -> None:
+    """The generation demo's own options, refused with a ValueError before a widget is made."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length (the Length slider's largest value) must be a whole "
+                         f"number >= 1, got {shown_number(max_length)}")
+    if not isinstance(use_cache, bool):
+        raise ValueError(f"use_cache must be True or False, got {shown_number(use_cache)}")
+
+
 class GenerationDemo(widgets.VBox):
     """Prompt box, sampling controls, Generate and Stop; the text streams into `output`.
 
@@ -66,6 +77,8 @@ class GenerationDemo(widgets.VBox):
     def __init__(
         self, model, tokenizer, prompt: str = "", *, max_length: int = 2000, use_cache: bool = True
     ):
+        check_tokenizer_matches(model, tokenizer, "generation_demo")
+        _check_app_options(max_length=max_length, use_cache=use_cache)
         self.model = model
         self.use_cache = use_cache
         self.tokenizer = tokenizer
@@ -235,6 +248,7 @@ class _ExplorerBase(widgets.VBox):
     css_name = "hg-explorer"
 
     def __init__(self, model, tokenizer, text: str, extra_controls: list):
+        check_tokenizer_matches(model, tokenizer, type(self).__name__)
         self.model = model
         self.tokenizer = tokenizer
         self.inspection: analysis.Inspection | None = None

@@ -221,7 +221,7 @@ def test_long_prompt_and_window_overflow_match_recompute(tokenizer):
 
 def test_cached_decoding_runs_on_one_thread_and_gives_the_caller_its_setting_back(monkeypatch):
     torch.manual_seed(0)
-    model = HourglassLM(HourglassConfig(vocab_size=12, d_model=16, n_heads=2,
+    model = HourglassLM(HourglassConfig(vocab_size=11, d_model=16, n_heads=2,
                                         structure="1@1 1@2 1@1", max_length=64))
     tokenizer = CharTokenizer("abcdefghi\n")
     seen = []

@@ -135,6 +135,30 @@ def test_a_stream_too_short_or_of_the_wrong_shape_is_refused(model):
         evaluate_bpc_long_context(model, token_stream(20)[None], context=8)
 
 
+@pytest.mark.parametrize("evaluate", [
+    lambda model, ids, **options: evaluate_bpc_long_context(model, ids, context=8, **options),
+    lambda model, ids, **options: evaluate_bpc(model, ids, block_size=8, **options),
+], ids=["long_context", "evaluate_bpc"])
+def test_evaluation_says_what_to_pass_instead_of_failing_inside(model, evaluate):
+    with pytest.raises(ValueError, match=r"1-D tensor of token ids, got str; encode the text"):
+        evaluate(model, "an old pond")
+    with pytest.raises(ValueError, match="model first"):
+        evaluate(token_stream(50), model)
+    with pytest.raises(ValueError, match="whole-number token ids .* torch.float32"):
+        evaluate(model, token_stream(50).float())
+    with pytest.raises(ValueError, match="batch_size must be a positive whole number, got 0"):
+        evaluate(model, token_stream(50), batch_size=0)
+    with pytest.raises(ValueError, match="the model is on cpu but device='meta' was asked for"):
+        evaluate(model, token_stream(50), device="meta")
+
+
+def test_evaluate_bpc_refuses_window_counts_that_score_nothing(model):
+    for changes, name in ((dict(max_batches=0), "max_batches"),  # was a ZeroDivisionError
+                          (dict(block_size=0), "block_size"), (dict(block_size=2.5), "block_size")):
+        with pytest.raises(ValueError, match=f"{name} must be a positive whole number"):
+            evaluate_bpc(model, token_stream(50), **changes)
+
+
 def test_cli_evaluate_refuses_a_context_beyond_the_shipped_model(capsys):
     assert main(["evaluate", "--pretrained", "haiku", "--context", "2048"]) == 2
     assert "exceeds the model's max_length 256" in capsys.readouterr().err

@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from hourglass_edu.data import CharTokenizer
-from hourglass_edu.generation import GenerationSettings, encode_prompt, generate, stream
+from hourglass_edu.generation import (
+    GenerationSettings,
+    encode_prompt,
+    generate,
+    stream,
+    thread_limit,
+)
 from hourglass_edu.sampling import (
     keep_top_k,
     keep_top_p,
@@ -237,6 +243,12 @@ def test_unknown_prompt_characters(tokenizer):
     assert generate(model, tokenizer, "aXc", 2, temperature=0, replace_unknown="") == "de"
 
 
+def test_encode_prompt_refuses_a_replacement_that_is_not_text():
+    tokenizer = CharTokenizer("ab", normalize="NFC")
+    with pytest.raises(ValueError, match="replace_unknown must be a string or None, got 5"):
+        encode_prompt(tokenizer, "abz", replace_unknown=5)
+
+
 def test_long_prompt_keeps_its_last_window(tokenizer):
     model = cycling_model(tokenizer, max_length=6)
     prompt = "hgfedcba" * 2
@@ -320,3 +332,101 @@ def test_seed_makes_sampling_reproducible(tokenizer):
     first = generate(model, tokenizer, "", 50, seed=7)
     assert first == generate(model, tokenizer, "", 50, seed=7)
     assert first != generate(model, tokenizer, "", 50, seed=8)
+
+
+# --- logits, seeds and threads at their edges ------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["nan", "all -inf", "+inf"])
+@pytest.mark.parametrize("temperature", [0, 1.0, 1e-40])
+def test_logits_that_define_no_distribution_raise_instead_of_choosing_token_0(broken, temperature):
+    logits = torch.tensor([0.5, 2.0, -1.0])
+    if broken == "nan":
+        logits[1] = float("nan")
+    elif broken == "all -inf":
+        logits[:] = float("-inf")
+    else:
+        logits[2] = float("inf")
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    with pytest.raises(ValueError, match="define no distribution"):
+        sample_token(logits, temperature=temperature, top_k=2, generator=generator)
+    assert torch.equal(generator.get_state(), state)  # no random number spent on the failure
+    with pytest.raises(ValueError, match="define no distribution"):
+        next_token_probabilities(logits, temperature=temperature)
+
+
+def test_a_model_writing_nan_logits_stops_generation_with_the_reason(tokenizer):
+    model = cycling_model(tokenizer)
+    with torch.no_grad():
+        model.table[tokenizer.encode("c")[0]] = float("nan")  # after "c" the model breaks
+    with pytest.raises(ValueError, match="weights are damaged or its training diverged"):
+        generate(model, tokenizer, "", 10, temperature=0)
+    with pytest.raises(ValueError, match="define no distribution"):
+        generate(model, tokenizer, "", 10, seed=0)
+
+
+@pytest.mark.parametrize("seed", [2**70, 2**63, -1, 10**5000],
+                         ids=["2**70", "2**63", "-1", "10**5000"])
+def test_seeds_outside_torchs_range_are_refused_with_the_range(tokenizer, seed):
+    model = cycling_model(tokenizer)
+    for call in (lambda: GenerationSettings(seed=seed),
+                 lambda: generate(model, tokenizer, "a", 3, seed=seed)):
+        with pytest.raises(ValueError, match=r"seed must be a whole number from 0 to 2\*\*63 - 1"):
+            call()
+    assert model.seen == []
+    assert generate(model, tokenizer, "a", 3, seed=2**63 - 1) == generate(
+        model, tokenizer, "a", 3, seed=2**63 - 1)
+
+
+def test_threads_beyond_the_machine_are_refused_before_torch_sees_them(tokenizer, monkeypatch):
+    """10**6 threads crashed the process inside torch (4096 aborted it): the setting is checked
+    against the machine when it is made, and torch.set_num_threads is never called."""
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    model = cycling_model(tokenizer)
+    limit = thread_limit()
+    for threads in (10**6, 4096 if limit < 4096 else limit + 1, limit + 1, 10**400):
+        with pytest.raises(ValueError, match=f"threads must be a whole number from 1 to {limit}"):
+            generate(model, tokenizer, "a", 3, threads=threads)
+    assert asked == [] and model.seen == []
+    generate(model, tokenizer, "a", 3, threads=limit)  # the machine's own count is fine
+
+
+@pytest.mark.parametrize("temperature", [10**400, 10**300, 1e308],
+                         ids=["10**400", "10**300", "1e308"])
+def test_huge_temperatures_are_refused_or_sampled_without_an_overflow(tokenizer, temperature):
+    model = cycling_model(tokenizer, sharpness=1.0)
+    if temperature == 10**400:  # beyond any float: not finite
+        with pytest.raises(ValueError, match="temperature must be >= 0 and finite"):
+            GenerationSettings(temperature=temperature)
+    else:  # a flat distribution, not "Overflow when unpacking long"
+        assert len(list(stream(model, tokenizer, "a", 5, temperature=temperature, seed=0,
+                               stop_at_end=False))) == 5  # one piece per token
+
+
+def test_sample_token_says_what_it_takes():
+    logits = torch.tensor([0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="one position's logits"):
+        sample_token(logits[None], temperature=0.8)  # a batch row: (1, vocab)
+    with pytest.raises(ValueError, match="tensor of logits"):
+        sample_token([0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        sample_token(logits, generator=0)
+    with pytest.raises(ValueError, match=r"\(vocab,\)"):
+        sample_token(torch.tensor([]))
+
+
+def test_generate_says_which_argument_is_wrong(tokenizer):
+    model = cycling_model(tokenizer)
+    with pytest.raises(ValueError, match="model first, then the tokenizer"):
+        generate(tokenizer, model, "a", 3)
+    with pytest.raises(ValueError, match="tokenizer must have encode, decode and eot_id"):
+        generate(model, "abc", "a", 3)
+    with pytest.raises(ValueError, match="model must be a language model"):
+        generate("haiku", tokenizer, "a", 3)
+    with torch.device("meta"):
+        ghost = cycling_model(tokenizer)
+    with pytest.raises(ValueError, match="meta device"):
+        generate(ghost, tokenizer, "a", 3)
+    assert model.seen == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -103,6 +104,52 @@ def test_decode_rejects_ids_outside_the_vocabulary():
         tok.decode([0, 3])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tok.decode(torch.tensor([-1]))
+
+
+@pytest.mark.parametrize("text, hint", [(None, "encode takes text"), (b"ab", "use decode"),
+                                        ([1, 2], "use decode")])
+def test_encode_says_it_takes_text(text, hint):
+    with pytest.raises(ValueError, match=hint):
+        CharTokenizer("ab").encode(text)
+
+
+@pytest.mark.parametrize("ids, hint", [
+    ("abc", "token ids .* use encode"),
+    (5, "token ids"),
+    ([1, 2.0], r"whole-number token ids, got 2.0 \(float\)"),
+    ([1, True], "whole-number token ids, got True"),
+    (torch.tensor([[1, 2]]), r"1-D\), got a torch.int64 Tensor of shape \(1, 2\)"),
+    (torch.tensor([1.0, 2.0]), "torch.float32"),
+    (np.array([1.5]), "float64"),
+])
+def test_decode_says_it_takes_ids(ids, hint):
+    with pytest.raises(ValueError, match=hint):
+        CharTokenizer("ab").decode(ids)
+
+
+def test_decode_takes_ids_of_every_integer_kind():
+    tok = CharTokenizer("ab")
+    for ids in ([1, 2], (1, 2), iter([1, 2]), [np.int64(1), torch.tensor(2)],
+                torch.tensor([1, 2], dtype=torch.int32), np.array([1, 2], dtype=np.uint8)):
+        assert tok.decode(ids) == "ab"
+
+
+def test_encode_documents_refuses_one_string_that_would_become_one_document_per_character():
+    tok = CharTokenizer("ab")
+    with pytest.raises(ValueError, match=r"pass \[text\]"):
+        tok.encode_documents("ab")
+    with pytest.raises(ValueError, match="encode_documents takes text"):
+        tok.encode_documents(["ab", None])
+    assert tok.encode_documents(["ab"]).tolist() == [0, 1, 2, 0]
+
+
+def test_the_constructor_refuses_what_it_would_misread():
+    with pytest.raises(ValueError, match="unk must be True or False, got 'no'"):
+        CharTokenizer("ab", unk="no")  # bool("no") is True: a tokenizer with <unk>
+    with pytest.raises(ValueError, match="chars must be the vocabulary's characters"):
+        CharTokenizer(None)
+    with pytest.raises(ValueError, match="from_documents takes text"):
+        CharTokenizer.from_documents(["ab", None])
 
 
 @given(documents, st.booleans(), st.sampled_from([None, "NFC", "NFKD"]))

@@ -338,3 +338,23 @@ def test_gpu_preset_makes_about_twenty_passes_over_the_course_corpora():
         passes = recipe.steps * per_step / train_characters
         assert 15 <= passes <= 30, passes
     assert PRESETS["gpu"].model["dropout"] >= 0.2
+
+
+def test_train_says_what_to_pass_before_touching_the_run_folder(toy_data, tmp_path):
+    model = tiny_model(toy_data.tokenizer.vocab_size)
+    run = tmp_path / "run"
+    for args, message in (
+        ((model, "haiku", None), r"data must be a PreparedData such as "
+                                 r"prepare_data\('haiku'\), got str"),
+        ((model, None, tiny_config()), "data must be a PreparedData"),
+        (("model", toy_data, None), "model must be a torch module"),
+        ((model, toy_data, {"steps": 3}), r"config must be a TrainConfig .*TrainConfig\(\*\*"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            train(*args, checkpoint_path=run / "checkpoint.pt")
+        with pytest.raises(ValueError, match=message):
+            Trainer(*args)
+    assert not run.exists()
+    bad_split = type(toy_data)(**{**vars(toy_data), "val_ids": toy_data.val_ids.float()})
+    with pytest.raises(ValueError, match="data.val_ids must be a 1-D tensor of token ids"):
+        train(model, bad_split, tiny_config())

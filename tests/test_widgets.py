@@ -128,3 +128,32 @@ def test_activation_explorer_shows_the_chosen_level_and_point(model, tokenizer):
     level1 = explorer.image.value
     explorer.point.value = "input"
     assert explorer.image.value != level1
+
+
+@pytest.mark.parametrize("seed, shown", [(2**70, "1180591620717411303424"), (-3, "-3")])
+def test_a_seed_out_of_range_shows_the_range_in_the_status_line(model, tokenizer, seed, shown):
+    demo = widgets.generation_demo(model, tokenizer, prompt="the")
+    demo.seed.value = seed
+    demo.generate_button.click()  # before: "Overflow when unpacking long long", a traceback
+    assert not demo.running
+    assert "seed must be a whole number from 0 to 2**63 - 1" in demo.status.value
+    assert shown in demo.status.value and demo.output.value == ""
+
+
+def test_an_empty_prompt_and_the_shortest_length_write_one_character(model, tokenizer):
+    demo = widgets.generation_demo(model, tokenizer, prompt="")
+    demo.length.value = 0  # the slider keeps its minimum, 1
+    demo.stop_at_end.value = False
+    demo.generate_button.click()
+    assert demo.wait(timeout=30)
+    assert demo.length.value == 1 and len(demo.output.value) == 1
+    assert demo.status.value.startswith("done: 1 characters")
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(max_length=0), "max_length .* must be a whole number >= 1, got 0"),
+    (dict(use_cache="no"), "use_cache must be True or False"),
+])
+def test_generation_demo_options_are_refused_in_one_line(model, tokenizer, options, message):
+    with pytest.raises(ValueError, match=message):
+        widgets.generation_demo(model, tokenizer, **options)

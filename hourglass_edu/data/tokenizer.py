@@ -3,14 +3,21 @@
 Ids: `<eot>` (end of text, `EOT`) is 0, `<unk>` (`UNK`, only with unk=True) is 1, then one id per
 character. `encode_documents` lays documents out as `<eot> doc1 <eot> doc2 <eot> ...`, so a model
 learns where a document starts and where it ends. A tokenizer saves to, and loads from, JSON.
+
+`vocabulary_sha256` fingerprints the id -> token table: a model trained with one tokenizer reads
+garbage through another whose table differs, even at the same size, so loaders record it on the
+model and generation compares it (`loading.check_tokenizer_matches`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import operator
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +45,11 @@ class CharTokenizer:
     VERSION = 1
 
     def __init__(self, chars: Iterable[str], *, unk: bool = False, normalize: str | None = None):
+        if not isinstance(chars, Iterable):
+            raise ValueError(f"chars must be the vocabulary's characters (a string or a list of "
+                             f"single characters), got {type(chars).__name__}")
+        if not isinstance(unk, bool):
+            raise ValueError(f"unk must be True or False, got {unk!r:.40}")
         chars = tuple(chars)
         bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
         if bad:
@@ -70,12 +82,21 @@ class CharTokenizer:
                              f"got {normalize!r}")
         seen: set[str] = set()
         for doc in documents:
+            _check_text(doc, "from_documents")
             seen.update(unicodedata.normalize(normalize, doc) if normalize else doc)
         return cls(sorted(seen), unk=unk, normalize=normalize)
 
     @property
     def vocab_size(self) -> int:
         return len(self.tokens)
+
+    @cached_property
+    def vocabulary_sha256(self) -> str:
+        """The sha256 of the id -> token table (specials, then characters): equal for two
+        tokenizers exactly when every id means the same token in both."""
+        table = json.dumps({"specials": list(self.specials), "chars": list(self.chars)},
+                           ensure_ascii=True, separators=(",", ":"))
+        return hashlib.sha256(table.encode("ascii")).hexdigest()
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -119,12 +140,16 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids. Unknown characters raise ValueError listing them (or become unk_id)."""
+        _check_text(text, "encode")
         return self._encode_array(self._normalized(text)).tolist()
 
     def encode_documents(self, documents: Iterable[str]) -> torch.Tensor:
         """Documents -> one 1-D LongTensor laid out as `<eot> d1 <eot> d2 <eot> ... dn <eot>`
         (just `<eot>` for no documents)."""
-        docs = [self._normalized(doc) for doc in documents]
+        if isinstance(documents, str):  # would be read as one document per character
+            raise ValueError("encode_documents takes a list of documents (strings), got one "
+                             "string; pass [text] for a single document")
+        docs = [self._normalized(_check_text(doc, "encode_documents")) for doc in documents]
         body = self._encode_array("".join(docs))
         boundaries = np.cumsum([0] + [len(doc) for doc in docs])
         return torch.from_numpy(np.insert(body, boundaries, self.eot_id))
@@ -133,9 +158,7 @@ class CharTokenizer:
         """Ids -> text. Special tokens appear as "<eot>" / "<unk>", or are dropped with
         skip_special=True. So decode(encode(text)) == text for any text the vocabulary covers
         (after normalisation)."""
-        if isinstance(ids, (torch.Tensor, np.ndarray)):
-            ids = ids.tolist()
-        ids = list(ids)
+        ids = _token_ids(ids)
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"ids outside the vocabulary [0, {self.vocab_size}): {bad[:10]}")
@@ -177,3 +200,47 @@ class CharTokenizer:
     def load(cls, path: str | Path) -> CharTokenizer:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
+
+def _check_text(text, method: str) -> str:
+    if not isinstance(text, str):
+        hint = "; to turn ids back into text use decode" if method == "encode" else ""
+        raise ValueError(f"{method} takes text (a str), got {type(text).__name__}{hint}")
+    return text
+
+
+def _token_ids(ids) -> list[int]:
+    """`ids` (a list of ints, or a 1-D integer tensor or array) as a list of ints; ValueError
+    saying what decode takes otherwise."""
+    if isinstance(ids, (torch.Tensor, np.ndarray)):
+        if isinstance(ids, torch.Tensor):
+            integer = ids.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+        else:
+            integer = np.issubdtype(ids.dtype, np.integer)
+        if ids.ndim != 1 or not integer:
+            raise ValueError(f"decode takes one sequence of whole-number ids (1-D), got a "
+                             f"{ids.dtype} {type(ids).__name__} of shape {tuple(ids.shape)}")
+        return ids.tolist()
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise ValueError(f"decode takes token ids (a list of ints or a 1-D tensor), got "
+                         f"{type(ids).__name__}; to turn text into ids use encode")
+    ids = list(ids)
+    try:
+        return [_whole_number(value) for value in ids]
+    except TypeError:
+        bad = next(value for value in ids if not _is_whole_number(value))
+        raise ValueError(f"decode takes whole-number token ids, got {bad!r} "
+                         f"({type(bad).__name__}) among them") from None
+
+
+def _whole_number(value) -> int:
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a token id")
+    return operator.index(value)
+
+
+def _is_whole_number(value) -> bool:
+    try:
+        _whole_number(value)
+    except TypeError:
+        return False
+    return True

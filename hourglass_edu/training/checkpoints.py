@@ -41,6 +41,7 @@ from hourglass_edu.loading import (
     check_archive_sizes,
     check_finite_weights,
     model_shapes,
+    record_tokenizer,
     resolve_device,
 )
 from hourglass_edu.model_folders import WEIGHTS_NAME, is_model_folder, load_model_folder
@@ -214,6 +215,7 @@ def model_from_checkpoint(checkpoint: dict | str | os.PathLike, device: str = "c
                                     checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
     tokenizer = CharTokenizer.from_dict(checkpoint["tokenizer"])
+    record_tokenizer(model, tokenizer)
     return model.to(resolve_device(device)).eval(), tokenizer
 
 

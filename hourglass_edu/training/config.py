@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 __all__ = ["MAX_BATCH_ACTIVATIONS", "PRECISIONS", "PRESETS", "Preset", "TrainConfig",
-           "build_model", "check_batch_fits", "check_sizes", "device_memory_bytes", "get_preset"]
+           "build_model", "check_batch_fits", "check_sizes", "check_training_inputs",
+           "device_memory_bytes", "get_preset"]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -258,3 +259,32 @@ def check_sizes(model, data, config: TrainConfig) -> None:
                 f"{config.block_size}: lower block_size (--block-size), use more text, or hold "
                 f"out a {fraction} share of the documents (val_fraction, --val-fraction)"
             )
+
+
+def check_training_inputs(model, data, config) -> None:
+    """Raise ValueError, saying what to pass, unless `model` is a torch module, `data` holds a
+    tokenizer and 1-D token tensors (`PreparedData`) and `config` is a TrainConfig or None."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch module (build_model(...), HourglassLM(config)), "
+                         f"got {type(model).__name__}")
+    missing = [name for name in ("tokenizer", "train_ids", "val_ids") if not hasattr(data, name)]
+    if missing:
+        hint = (f" such as prepare_data({data!r:.40})" if isinstance(data, str)
+                else " (prepare_data(corpus_name))")
+        raise ValueError(f"data must be a PreparedData{hint}, got {type(data).__name__}, which "
+                         f"lacks {', '.join(missing)}")
+    for split in ("train_ids", "val_ids"):
+        ids = getattr(data, split)
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.is_floating_point():
+            raise ValueError(f"data.{split} must be a 1-D tensor of token ids "
+                             f"(tokenizer.encode_documents(documents)), got {_described(ids)}")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig or None (the defaults), got "
+                         f"{type(config).__name__}"
+                         + ("; pass TrainConfig(**settings)" if isinstance(config, dict) else ""))
+
+
+def _described(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

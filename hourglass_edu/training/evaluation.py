@@ -21,6 +21,8 @@ from einops import rearrange
 from torch import nn
 
 from hourglass_edu.data import IGNORE_INDEX, iter_eval_batches, sample_batch
+from hourglass_edu.lm import model_device
+from hourglass_edu.sampling import shown_number
 from hourglass_edu.training.precision import autocast_context, resolve_device, resolve_precision
 
 __all__ = ["LN2", "History", "evaluate_bpc", "evaluate_bpc_long_context", "language_model_loss",
@@ -63,13 +65,11 @@ def evaluate_bpc(
     batches of random windows from a generator seeded with `seed`, so the sample is the same at
     every call (comparable across steps and runs) and no other random state is touched.
     """
-    if ids.dim() != 1:
-        raise ValueError(f"ids must be a 1-D token stream, got shape {tuple(ids.shape)}")
+    _check_model_and_ids(model, ids, "evaluate_bpc")
+    _check_counts(batch_size=batch_size, block_size=block_size, max_batches=max_batches)
     if ids.numel() < 2:
         raise ValueError("the evaluation split needs at least 2 tokens")
-    if device is None:
-        device = next(model.parameters()).device
-    device = resolve_device(device)
+    device = _evaluation_device(model, device)
     precision = resolve_precision(precision, device)
     block_size = min(block_size, ids.numel() - 1)
     if max_batches is None:
@@ -80,6 +80,48 @@ def evaluate_bpc(
 
     total_nats, total_tokens = _score(model, batches, device, precision)
     return total_nats / total_tokens / LN2
+
+
+def _check_model_and_ids(model, ids, where: str) -> None:
+    """A model to run and a 1-D stream of token ids, or a ValueError saying what to pass."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{where} takes the model first (a torch module), got "
+                         f"{type(model).__name__}")
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError(f"{where} takes ids as a 1-D tensor of token ids, got "
+                         f"{type(ids).__name__}; encode the text first: "
+                         "tokenizer.encode_documents([text]) (or data.val_ids)")
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be a 1-D token stream, got shape {tuple(ids.shape)}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"ids must hold whole-number token ids (a long tensor), got dtype "
+                         f"{ids.dtype}; tokenizer.encode_documents gives them")
+
+
+def _check_counts(**counts) -> None:
+    for name, value in counts.items():
+        if value is None and name == "max_batches":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive whole number, got {shown_number(value)}")
+
+
+def _evaluation_device(model, device) -> torch.device:
+    """Where the evaluation runs: the model's own device (None), or `device`, which must be it
+    (the model is not moved behind the caller's back)."""
+    where = model_device(model)
+    if where.type == "meta":
+        raise ValueError("the model is on the meta device: it has shapes but no weights to "
+                         "evaluate; load it on a real device (device='cpu' or 'cuda')")
+    if device is None:
+        return where
+    device = resolve_device(device)
+    same = device.type == where.type and device.index in (None, where.index)
+    if not same:
+        raise ValueError(f"the model is on {where} but device={str(device)!r} was asked for: move "
+                         f"it first (model.to({str(device)!r})) or leave device=None to evaluate "
+                         "where it is")
+    return where
 
 
 @torch.no_grad()
@@ -140,8 +182,7 @@ def _check_context_and_stride(context: int, stride: int) -> None:
 @torch.no_grad()
 def _checked_long_context(model, ids, context, stride, count_eot, eot_id) -> int:
     """The stride `evaluate_bpc_long_context` uses, once its arguments are known to be valid."""
-    if ids.dim() != 1:
-        raise ValueError(f"ids must be a 1-D token stream, got shape {tuple(ids.shape)}")
+    _check_model_and_ids(model, ids, "evaluate_bpc_long_context")
     if stride is None and isinstance(context, int) and not isinstance(context, bool):
         stride = max(1, context // 2)
     _check_context_and_stride(context, stride)
@@ -183,11 +224,10 @@ def evaluate_bpc_long_context(
     `context` may not exceed the model's `config.max_length`.
     """
     stride = _checked_long_context(model, ids, context, stride, count_eot, eot_id)
+    _check_counts(batch_size=batch_size)
     windows = long_context_windows(ids.numel(), context, stride)
     length = min(context, ids.numel() - 1)
-    if device is None:
-        device = next(model.parameters()).device
-    device = resolve_device(device)
+    device = _evaluation_device(model, device)
     precision = resolve_precision(precision, device)
     rows = ids.unfold(0, length + 1, 1)  # a view: row s is ids[s : s + length + 1]
 

@@ -16,8 +16,9 @@ from typing import Any
 
 from torch import nn
 
+from hourglass_edu.loading import record_tokenizer
 from hourglass_edu.training.checkpoints import best_checkpoint_path, run_folder_lock
-from hourglass_edu.training.config import TrainConfig
+from hourglass_edu.training.config import TrainConfig, check_training_inputs
 from hourglass_edu.training.distributed import current_ranks
 from hourglass_edu.training.evaluation import History
 from hourglass_edu.training.trainer import Trainer
@@ -28,6 +29,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *,
           overwrite: bool = False, callbacks: Sequence[Callable[[Trainer], None]] = (),
           metadata: dict[str, Any] | None = None) -> History:
     """Train `model` (in place) on `data` (a `PreparedData`: tokenizer, train_ids, val_ids).
+    The model then belongs to `data.tokenizer` (`loading.record_tokenizer`): generation refuses
+    another vocabulary.
 
     checkpoint_path: where to keep the run's checkpoint (written at every evaluation, or every
         `config.checkpoint_every` steps, at the end and on Ctrl-C); None trains without saving.
@@ -48,14 +51,18 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *,
     process 0 locks the folder, evaluates and writes; the other processes' histories hold the
     training losses only (no val_bpc).
     """
+    check_training_inputs(model, data, config)  # before a run folder is locked or created
     if checkpoint_path is None:
         if resume:
             raise ValueError("resume=True needs a checkpoint_path")
-        return Trainer(model, data, config, callbacks=callbacks, metadata=metadata).run()
+        trainer = Trainer(model, data, config, callbacks=callbacks, metadata=metadata)
+        record_tokenizer(model, data.tokenizer)  # the model learns this vocabulary's ids
+        return trainer.run()
     main = current_ranks() is None or current_ranks().is_main
     with run_folder_lock(Path(checkpoint_path).parent) if main else contextlib.nullcontext():
         trainer = Trainer(model, data, config, checkpoint_path=checkpoint_path,
                           callbacks=callbacks, metadata=metadata)
+        record_tokenizer(model, data.tokenizer)
         if resume:
             if not Path(checkpoint_path).exists():
                 raise FileNotFoundError(f"nothing to resume: no checkpoint at {checkpoint_path}")

@@ -42,7 +42,7 @@ from hourglass_edu.training.checkpoints import (
     data_fingerprint,
     save_checkpoint,
 )
-from hourglass_edu.training.config import TrainConfig, check_sizes
+from hourglass_edu.training.config import TrainConfig, check_sizes, check_training_inputs
 from hourglass_edu.training.distributed import (
     check_same_settings,
     current_ranks,
@@ -109,10 +109,10 @@ class Trainer:
                  checkpoint_path: str | os.PathLike | None = None,
                  callbacks: Sequence[Callable[[Trainer], None]] = (),
                  metadata: dict[str, Any] | None = None) -> None:
+        check_training_inputs(model, data, config)
         self.config = config = config if config is not None else TrainConfig()
         config.validate()
-        self.data = data
-        self.tokenizer = data.tokenizer
+        self.data, self.tokenizer = data, data.tokenizer
         self.ranks = current_ranks()
         self.is_main = self.ranks is None or self.ranks.is_main
         # Before anything else can fail on one process only: all agree, or all refuse together.
