@@ -166,7 +166,7 @@ def holding_lock_if_any(lock_path: str | os.PathLike) -> Iterator[None]:
     `.lock`, which `train` holds while it writes there); a RuntimeError at once when another
     process holds it. No lock file is created where there is none."""
     lock_path = Path(lock_path)
-    if not lock_path.exists():
+    if not lock_path.is_file() or lock_path.is_symlink():  # no lock, or none of a run's
         yield
         return
     lock = FileLock(lock_path)
@@ -263,7 +263,8 @@ def _new_work_folder(target: Path) -> Path:
             if error.errno in _CANNOT_MOVE | {errno.ENAMETOOLONG} and target.is_dir():
                 raise FolderNotReplaceable(f"its folder {target.parent} cannot be written "
                                            f"({error.strerror})") from None
-            raise
+            raise OSError(error.errno, f"cannot create a folder there ({error.strerror})",
+                          str(target)) from None  # named by the folder asked for
     raise FileExistsError(errno.EEXIST, "no free name for a work folder", str(target.parent))
 
 

@@ -227,8 +227,9 @@ def describe_model_folder(folder: str | os.PathLike) -> str:
     parts = [words or "a model"]
     parts += [f"{key} {_short(config[key])}" for key in ("d_model",) if key in config]
     parts += [f"{key} {_short(card[key])}" for key in ("name", "corpus") if key in card]
-    if isinstance(card.get("steps"), int):
-        parts.append(f"{card['steps']:,} steps")
+    steps = card.get("steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and 0 <= steps < 10 ** 15:
+        parts.append(f"{steps:,} steps")
     if isinstance(card.get("val_bpc"), float) and math.isfinite(card["val_bpc"]):
         parts.append(f"val bpc {card['val_bpc']:.3f}")
     return ", ".join(parts)
@@ -237,7 +238,7 @@ def describe_model_folder(folder: str | os.PathLike) -> str:
 def _short(value: Any, limit: int = 40) -> str:
     """A value read from a file, fit for a one-line message (a crafted file may hold anything)."""
     text = value if isinstance(value, str) else json.dumps(value)
-    text = text.replace("\n", " ")
+    text = text if text.isprintable() else repr(text)[1:-1]  # a newline stays on the line
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -281,10 +282,11 @@ def _write_among_other_files(folder: Path, files: dict[str, bytes | str], say) -
     with holding_lock_if_any(folder / ".lock"):  # a training run's
         replaced = sorted(name for name in files if os.path.lexists(folder / name))
         atomic_write_files(folder, files)
-    others = sorted(path.name for path in folder.iterdir() if path.name not in files)
+    others = sorted(_short(path.name) for path in folder.iterdir() if path.name not in files)
     shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
     say(f"wrote the model's files into {folder} (--force): replaced "
-        f"{', '.join(replaced) or 'no file'}; left {len(others)} other entries as they were"
+        f"{', '.join(replaced) or 'no file'}; left {len(others)} other "
+        f"{'entry' if len(others) == 1 else 'entries'} as they were"
         + (f" ({shown})" if others else ""))
 
 

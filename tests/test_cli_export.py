@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli_errors import small_disk  # noqa: F401  (a fixture: a 4 MiB tmpfs mount point)
 from test_cli_folders import contents, documents, run, tiny_run
 
 import hourglass_edu.files as files_module
@@ -180,7 +181,7 @@ def test_an_export_killed_by_sigkill_mid_swap_leaves_nothing_the_next_export_can
     result = subprocess.run([sys.executable, "-c", child], cwd=REPO_ROOT, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == -9
-    assert not folder.exists() and len(hidden_entries(tmp_path)) == 1
+    assert not folder.exists() and hidden_entries(tmp_path)  # what kill -9 leaves
 
     code, _, err = run(capsys, "sample", "--ckpt", folder, "--max-new-tokens", "2")
     assert code == 0 and f"put {folder} back" in err and contents(folder) == before
@@ -204,6 +205,18 @@ def test_export_into_an_empty_mount_point_writes_in_place_and_leaves_no_hidden_f
                                        "tokenizer.json"]
     assert hidden_entries(tmp_path) == []
     load_model(mount)
+
+
+@pytest.mark.slow  # mounts a tmpfs (a subprocess; skipped where mounting is not allowed)
+def test_export_into_a_real_mount_point_twice_leaves_no_hidden_folder(
+        runs, tmp_path, capsys, small_disk):  # noqa: F811  (the fixture imported above)
+    for source in (runs["a"], runs["a2"]):
+        code, out, err = export(capsys, source, small_disk)
+        assert code == 0, err
+        assert "is a mount point: writing the model's files into it one by one" in out
+        assert hidden_entries(tmp_path) == [] and hidden_entries(small_disk) == []
+    expected = load_checkpoint(runs["a2"] / "best.pt")["model"]
+    assert same_weights(expected, weights(load_model(small_disk)[0]))
 
 
 def test_export_over_a_model_folder_that_cannot_be_moved_replaces_its_files_in_place(
@@ -391,3 +404,36 @@ def test_the_docs_list_exactly_the_files_export_force_writes(runs, tmp_path, cap
     listed = {name for name in row.split(" are written")[0].split("`")[1::2]}
     assert export(capsys, runs["a"], tmp_path / "model")[0] == 0
     assert listed == set(contents(tmp_path / "model"))
+
+
+def test_export_force_beside_a_folder_named_lock_and_odd_names_says_them_on_one_line(
+        runs, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".lock").mkdir()  # a folder of the user's, not a run's lock
+    (mine / "a\nb.txt").write_text("x")
+    code, out, err = export(capsys, runs["a"], mine, "--force")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("wrote the model's"))
+    assert line.endswith("left 2 other entries as they were (.lock, a\\nb.txt)")
+    assert (mine / "a\nb.txt").read_text() == "x" and (mine / ".lock").is_dir()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_export_where_no_folder_can_be_made_is_one_line_naming_out(runs, capsys):
+    code, _, err = export(capsys, runs["a"], "/proc/hourglass-model")
+    assert code == 2 and err.startswith("error: /proc/hourglass-model: cannot create a folder")
+    assert "Errno" not in err and err.count("\n") == 1, err
+
+
+def test_a_crafted_card_is_described_in_one_short_line(runs, tmp_path, capsys):
+    from hourglass_edu.model_folders import describe_model_folder
+
+    folder = tmp_path / "model"
+    assert export(capsys, runs["a"], folder)[0] == 0
+    card = (folder / "README.md").read_text()
+    for steps, name in (("true", '"x"'), ("9" * 5000, '"' + "long\\nname " * 1000 + '"')):
+        (folder / "README.md").write_text(card.replace("steps: 2", f"steps: {steps}")
+                                          .replace("corpus:", f"name: {name}\ncorpus:"))
+        line = describe_model_folder(folder)
+        assert "\n" not in line and len(line) < 200 and "1 steps" not in line, line
