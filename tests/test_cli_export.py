@@ -20,8 +20,9 @@ from test_cli_errors import small_disk  # noqa: F401  (a fixture: a 4 MiB tmpfs 
 from test_cli_folders import contents, documents, run, tiny_run
 
 import hourglass_edu.files as files_module
-from hourglass_edu import load_model
-from hourglass_edu.model_folders import check_export_folder, read_card
+from hourglass_edu import HourglassConfig, HourglassLM, load_model
+from hourglass_edu.data import CharTokenizer
+from hourglass_edu.model_folders import check_export_folder, export_model_folder, read_card
 from hourglass_edu.training import load_checkpoint
 from hourglass_edu.training.checkpoints import run_folder_lock
 
@@ -30,10 +31,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two runs of the same tiny model (seeds 0 and 1) and one of another structure."""
+    """Two runs of the same tiny model (seeds 0 and 1)."""
     folder = tmp_path_factory.mktemp("export-runs")
-    return {"a": tiny_run(folder / "a"), "a2": tiny_run(folder / "a2", seed=1),
-            "other": tiny_run(folder / "other", structure="2@1")}
+    return {"a": tiny_run(folder / "a"), "a2": tiny_run(folder / "a2", seed=1)}
+
+
+def another_models_folder(folder: Path) -> Path:
+    """A model folder of another structure (a plain 2@1), with the figures an export records."""
+    model = HourglassLM(HourglassConfig(vocab_size=5, d_model=16, n_heads=2, structure="2@1",
+                                        max_length=32))
+    return export_model_folder(model, CharTokenizer("abcd"), folder,
+                               card={"corpus": "toy", "steps": 7, "val_bpc": 3.21})
 
 
 def hidden_entries(folder: Path) -> list[str]:
@@ -99,11 +107,11 @@ def test_export_force_refuses_a_run_folder_while_a_training_holds_its_lock(runs,
 def test_export_over_another_models_folder_asks_for_force_and_says_what_it_replaced(
         runs, tmp_path, capsys):
     folder = tmp_path / "model"
-    assert export(capsys, runs["other"], folder)[0] == 0
+    another_models_folder(folder)
     before = contents(folder)
     code, out, err = export(capsys, runs["a"], folder)
     assert code == 2 and "holds another model (HourglassLM 2@1" in err, err
-    assert "val bpc" in err and "--force" in err and err.count("\n") == 1
+    assert "7 steps, val bpc 3.210" in err and "--force" in err and err.count("\n") == 1
     assert contents(folder) == before
 
     code, out, err = export(capsys, runs["a"], folder, "--force")
@@ -270,7 +278,7 @@ def test_a_run_folder_with_an_older_export_loads_the_newer_checkpoint_and_says_w
 def test_evaluate_of_a_run_folder_scores_its_best_checkpoint_and_says_which_of_two(
         runs, tmp_path, capsys):
     folder = shutil.copytree(runs["a"], tmp_path / "run")
-    shutil.copy(runs["other"] / "best.pt", folder / "best.pt")  # best and last differ
+    shutil.copy(runs["a2"] / "best.pt", folder / "best.pt")  # best and last differ
     corpus = tmp_path / "toy.txt"
     corpus.write_text("\n\n".join(documents(80, seed=3)) + "\n", encoding="utf-8")
     common = ["--corpus", corpus, "--max-tokens", "64", "--context", "16"]
