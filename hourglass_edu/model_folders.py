@@ -10,20 +10,21 @@ The layout follows a Hugging Face model repository:
                          vocabulary's (`CharTokenizer.vocabulary_sha256`), then text
     history.json         (optional) the training history: what the run measured as it went
 
-`export_model_folder` writes one (beside an earlier one, then swapped in whole); `load_model_folder`
-checks the weights' sha256 against the card, the config (sized on the meta device, `loading.py`),
-the tokenizer against the embedding and every tensor's shape in the file's header before it
-builds the model.
+`export_model_folder` writes one (beside an earlier export of the same model, then swapped in
+whole: `files.folder_replacement`; with `force`, never deleting what it did not write);
+`load_model_folder` checks the weights' sha256 against the card, the config (sized on the meta
+device, `loading.py`), the tokenizer against the embedding and every tensor's shape in the file's
+header before it builds the model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import shutil
-import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,16 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from hourglass_edu.data import CharTokenizer
-from hourglass_edu.files import atomic_write, describe_contents, stale_temporaries
+from hourglass_edu.files import (
+    FolderNotReplaceable,
+    atomic_write,
+    atomic_write_files,
+    describe_contents,
+    folder_replacement,
+    holding_lock_if_any,
+    recover_folder_replacement,
+    stale_temporaries,
+)
 from hourglass_edu.lm import LanguageModel, build_model_from_config, check_weights
 from hourglass_edu.loading import (
     check_finite_weights,
@@ -47,6 +57,8 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "check_export_folder",
+    "describe_model_folder",
+    "export_destination",
     "export_model_folder",
     "is_model_folder",
     "is_own_model_folder",
@@ -61,8 +73,6 @@ WEIGHTS_NAME, CARD_NAME, HISTORY_NAME = "model.safetensors", "README.md", "histo
 FOLDER_FORMAT = "hourglass_edu.model"
 FOLDER_FILES = (CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, CARD_NAME, HISTORY_NAME)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_UMASK = os.umask(0)  # a new folder gets the usual permissions (mkdtemp makes it owner-only)
-os.umask(_UMASK)
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -115,18 +125,22 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
 def export_model_folder(model: LanguageModel, tokenizer: CharTokenizer,
                         folder: str | os.PathLike, *, dtype: str = "float32",
                         card: dict[str, Any] | None = None, card_body: str = "",
-                        history: dict[str, Any] | None = None, force: bool = False) -> Path:
+                        history: dict[str, Any] | None = None, force: bool = False,
+                        report: Callable[[str], Any] | None = None) -> Path:
     """Write `model` and `tokenizer` to `folder`; returns the folder.
 
     dtype: "float32" (exact), "float16" or "bfloat16" (half the size). The card's front matter
     gets `weights_sha256`, `vocabulary_sha256` and `dtype` added to `card`; `card_body` is its
-    text. `history` (a `History.to_dict()`) is saved as history.json.
+    text; `history` (a `History.to_dict()`) is saved as history.json; `report` (say, `print`)
+    hears what was replaced.
 
-    `folder` must be missing, empty or a model folder of this library, which is replaced whole
-    (the new folder is written beside it, then swapped in: no file of the old model stays, and a
-    failure leaves the old folder as it was). Anything else is refused with a ValueError unless
-    `force`: then the model's files are written into it, replacing those of the same names (and
-    a history.json the new model does not have), and every other file is left alone.
+    A missing or empty `folder`, or one holding an earlier export of the same model (class,
+    config, vocabulary, corpus), is replaced whole: written beside it, then swapped in, so no old
+    file stays and a failure changes nothing (a folder that cannot move, a mount point, gets its
+    files replaced one by one). Anything else is a ValueError unless `force`: another model's
+    folder is then replaced whole; into any other folder the model's files are written over
+    those of the same names and nothing else is deleted (history.json included), unless a
+    training run holds its `.lock`.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -134,35 +148,52 @@ def export_model_folder(model: LanguageModel, tokenizer: CharTokenizer,
         raise ValueError(f"the model has {model.config.vocab_size} vocabulary rows but the "
                          f"tokenizer {tokenizer.vocab_size} entries: they do not belong together")
     check_tokenizer_matches(model, tokenizer, "export")
-    if not os.fspath(folder).strip():  # Path("") would be the current folder
-        raise ValueError("the model folder's path is empty: name the folder to write")
-    folder = Path(folder)
+    folder = export_destination(folder)
     replace_whole = check_export_folder(folder, force=force)
     files = _folder_files(model, tokenizer, dtype, card, card_body or f"# {folder.name}",
                           history)
+    say = report or (lambda line: None)
     if not replace_whole:
-        if history is None:
-            (folder / HISTORY_NAME).unlink(missing_ok=True)
-        _write_files(folder, files)
+        _write_among_other_files(folder, files, say)
         return folder
-    _make_parent(folder)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
-        os.chmod(staging, 0o777 & ~_UMASK)
-        _write_files(staging, files)
-        _swap_in(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    previous = describe_model_folder(folder) if is_own_model_folder(folder) else None
+    reason = _another_model(folder, files, card or {}) if previous and not force else None
+    if reason is not None:
+        raise ValueError(f"{folder} holds another model ({previous}; {reason}): export replaces "
+                         "only an earlier export of the same model; choose another --out, or "
+                         "pass --force to replace it whole")
+    _replace_whole(folder, files, say)
+    if previous is not None:
+        say(f"replaced the model folder {folder} that held {previous}")
     return folder
+
+
+def export_destination(folder: str | os.PathLike) -> Path:
+    """The folder an export writes, as an absolute path with links resolved (so a link to a
+    model folder gets the folder it points to replaced, not the link; and `.` has a name)."""
+    if not os.fspath(folder).strip():  # Path("") would be the current folder
+        raise ValueError("the model folder's path is empty: name the folder to write")
+    resolved = Path(os.path.realpath(Path(folder).expanduser()))
+    if resolved.parent == resolved:
+        raise ValueError(f"{folder} is the root of the file system: name a folder to write")
+    return resolved
 
 
 def check_export_folder(folder: str | os.PathLike, *, force: bool = False) -> bool:
     """Whether `folder` can take a new model folder whole (missing, empty, or one of ours);
     False when `force` lets the files be written into a folder that holds other things; a
-    ValueError naming the folder and what it holds otherwise."""
-    folder = Path(folder)
+    ValueError naming the folder and what it holds otherwise. An export killed while it
+    replaced `folder` is finished first (the old folder put back), with a warning."""
+    folder = export_destination(folder)
+    recovered = recover_folder_replacement(folder)
+    if recovered is not None:
+        warnings.warn(recovered, stacklevel=2)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file, not a folder: choose another --out")
+    above = next(path for path in folder.parents if path.exists())
+    if not above.is_dir():
+        raise ValueError(f"cannot create {folder}: {above} is a file, not a folder; choose "
+                         "another --out")
     if not folder.exists() or not any(folder.iterdir()) or is_own_model_folder(folder):
         return True
     if force:
@@ -178,16 +209,95 @@ def check_export_folder(folder: str | os.PathLike, *, force: bool = False) -> bo
 
 def is_own_model_folder(folder: str | os.PathLike) -> bool:
     """True when `folder` holds a model folder of this library and nothing else (so replacing
-    it whole loses nothing but the old model)."""
+    it whole loses nothing but the old model): its files, and temporaries of their writes."""
     folder = Path(folder)
     try:
         config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
         names = {path.name for path in folder.iterdir()}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
-    stale = {path.name for path in stale_temporaries(folder)}
+    ours = {path.name for path in stale_temporaries(folder)
+            if any(path.name.startswith(f".{name}.") for name in FOLDER_FILES)}
     return (isinstance(config, dict) and config.get("format") == FOLDER_FORMAT
-            and names - stale <= set(FOLDER_FILES))
+            and names - ours <= set(FOLDER_FILES)
+            and all((folder / name).is_file() and not (folder / name).is_symlink()
+                    for name in names - ours))
+
+
+def describe_model_folder(folder: str | os.PathLike) -> str:
+    """A model folder in a few words, from its config and card: 'HourglassLM 1@1 1@2 1@1,
+    d_model 16, corpus toy, 2 steps, val bpc 3.410' (fields it lacks are left out)."""
+    folder = Path(folder)
+    try:
+        config = _read_json(folder / CONFIG_NAME)
+        card = read_card(folder)
+    except (OSError, ValueError, RecursionError):
+        return "a model folder whose config or card cannot be read"
+    words = " ".join(_short(config[key]) for key in ("model_class", "structure") if key in config)
+    parts = [words or "a model"]
+    parts += [f"{key} {_short(config[key])}" for key in ("d_model",) if key in config]
+    parts += [f"{key} {_short(card[key])}" for key in ("name", "corpus") if key in card]
+    steps = card.get("steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and 0 <= steps < 10 ** 15:
+        parts.append(f"{steps:,} steps")
+    if isinstance(card.get("val_bpc"), float) and math.isfinite(card["val_bpc"]):
+        parts.append(f"val bpc {card['val_bpc']:.3f}")
+    return ", ".join(parts)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A value read from a file, fit for a one-line message (a crafted file may hold anything)."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    text = text if text.isprintable() else repr(text)[1:-1]  # a newline stays on the line
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _another_model(folder: Path, files: dict[str, bytes | str], card: dict[str, Any]):
+    """Why the model folder at `folder` holds another model than `files` (None when it holds an
+    earlier export of the same one: class, config but dropout, vocabulary, corpus)."""
+    try:
+        old_config = _read_json(folder / CONFIG_NAME)
+        old_tokenizer = _read_json(folder / TOKENIZER_NAME)
+        old_corpus = read_card(folder).get("corpus")
+    except (OSError, ValueError, RecursionError):
+        return "its config, tokenizer or card cannot be read"
+    new_config = json.loads(files[CONFIG_NAME])
+    differing = sorted(key for key in (set(old_config) | set(new_config)) - {"dropout"}
+                       if old_config.get(key) != new_config.get(key))
+    if differing:
+        return f"its {', '.join(differing[:4])} differ"
+    if old_tokenizer != json.loads(files[TOKENIZER_NAME]):
+        return "its vocabulary differs"
+    if old_corpus != card.get("corpus"):
+        return f"it was trained on {_short(old_corpus)}, this one on {_short(card.get('corpus'))}"
+    return None
+
+
+def _replace_whole(folder: Path, files: dict[str, bytes | str], say) -> None:
+    """The folder replaced whole by `files`; in place, file by file, where it cannot be moved."""
+    try:
+        with folder_replacement(folder) as new:
+            _write_files(new, files)
+        return
+    except FolderNotReplaceable as why:
+        say(f"{why}: writing the model's files into it one by one instead")
+    atomic_write_files(folder, files)
+    for name in set(FOLDER_FILES) - set(files):  # the old model's, not the new one's
+        (folder / name).unlink(missing_ok=True)
+
+
+def _write_among_other_files(folder: Path, files: dict[str, bytes | str], say) -> None:
+    """`--force` into a folder that holds other things: the model's files replace those of the
+    same names, nothing else is deleted; refused while a training run holds the folder."""
+    with holding_lock_if_any(folder / ".lock"):  # a training run's
+        replaced = sorted(name for name in files if os.path.lexists(folder / name))
+        atomic_write_files(folder, files)
+    others = sorted(_short(path.name) for path in folder.iterdir() if path.name not in files)
+    shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+    say(f"wrote the model's files into {folder} (--force): replaced "
+        f"{', '.join(replaced) or 'no file'}; left {len(others)} other "
+        f"{'entry' if len(others) == 1 else 'entries'} as they were"
+        + (f" ({shown})" if others else ""))
 
 
 def _folder_files(model, tokenizer, dtype, card, card_body, history) -> dict[str, bytes | str]:
@@ -213,30 +323,6 @@ def _write_files(folder: Path, files: dict[str, bytes | str]) -> None:
         atomic_write(folder / name, content)
 
 
-def _make_parent(folder: Path) -> None:
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"cannot create {folder}: a part of its path is a file, not a "
-                         "folder; choose another --out") from None
-
-
-def _swap_in(staging: Path, folder: Path) -> None:
-    """Put the complete `staging` folder at `folder`: the old folder moves aside first and is
-    deleted only once the new one is in place (two renames: POSIX has no atomic swap of
-    folders, so a crash between them leaves the old model beside, in a hidden folder)."""
-    if not folder.exists():
-        os.replace(staging, folder)
-        return
-    aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    os.replace(folder, aside / "old")
-    try:
-        os.replace(staging, folder)
-    except OSError:
-        os.replace(aside / "old", folder)
-        raise
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: a model folder holds {CONFIG_NAME}, "
@@ -262,6 +348,8 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
     """
     folder = Path(folder)
     device = resolve_device(device)
+    if not os.path.lexists(folder) and (recovered := recover_folder_replacement(folder)):
+        warnings.warn(recovered, stacklevel=2)  # an export killed while it swapped folders
     config = _read_json(folder / CONFIG_NAME)
     tokenizer_dict = _read_json(folder / TOKENIZER_NAME)
     weights_path = folder / WEIGHTS_NAME

@@ -26,12 +26,12 @@ def documents(count: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) for _ in range(count)]
 
 
-def tiny_run(folder: Path, seed: int = 0, **metadata) -> Path:
+def tiny_run(folder: Path, seed: int = 0, structure: str = "1@1 1@2 1@1", **metadata) -> Path:
     """A two-step run of a tiny hourglass, written to FOLDER/checkpoint.pt."""
     data = prepare_data(Corpus("toy", documents(60, seed)), val_fraction=0.1)
     torch.manual_seed(seed)
     model = HourglassLM(HourglassConfig(vocab_size=data.tokenizer.vocab_size, d_model=16,
-                                        n_heads=2, structure="1@1 1@2 1@1", max_length=32))
+                                        n_heads=2, structure=structure, max_length=32))
     config = TrainConfig(steps=2, batch_size=2, block_size=16, warmup_steps=1, eval_every=50,
                          eval_batches=1, precision="fp32", progress=False, device="cpu")
     train(model, data, config, checkpoint_path=folder / "checkpoint.pt", metadata=metadata)
@@ -89,8 +89,9 @@ def test_export_over_one_of_our_model_folders_replaces_it_whole(run_folder, tmp_
 
     export_model_folder(model, CharTokenizer("abcd"), folder, history={"records": []})
     assert (folder / "history.json").exists()
-    code, out, err = run(capsys, "export", "--ckpt", run_folder, "--out", folder)
-    assert code == 0, err
+    code, out, err = run(capsys, "export", "--ckpt", run_folder, "--out", folder, "--force")
+    assert code == 0, err  # another model's folder: --force (test_cli_export.py)
+    assert "replaced the model folder" in out
     assert not (folder / "history.json").exists()  # the old model's history is gone with it
     assert sorted(contents(folder)) == ["README.md", "config.json", "model.safetensors",
                                         "tokenizer.json"]

@@ -54,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return int(args.run(args) or 0)
         except (ValueError, FileNotFoundError, RuntimeError) as error:
-            # Library errors already say what to change; a traceback would only hide that.
-            print(f"{_process_prefix()}error: {_error_line(error, args.command)}",
-                  file=sys.stderr)
+            # Library errors already say what to change; a traceback would only hide that. A
+            # FileNotFoundError with an errno comes from the system, not from a library message.
+            line = (os_error_line(error) if isinstance(error, OSError) and error.errno
+                    else _error_line(error, args.command))
+            print(f"{_process_prefix()}error: {line}", file=sys.stderr)
             return 2
         except OSError as error:  # the disk, not the input: full, read-only, not a folder
             print(f"{_process_prefix()}error: {os_error_line(error)}", file=sys.stderr)

@@ -44,18 +44,21 @@ def add_evaluate(subparsers) -> None:
 
 
 def _model_and_corpus(args):
-    """`(model, tokenizer, corpus name or None)` of the model the command line names."""
-    from hourglass_edu.model_folders import is_model_folder, read_card
+    """`(model, tokenizer, corpus name or None)` of the model the command line names (a run
+    folder means its best checkpoint, as for `sample`: `model_source`)."""
+    from hourglass_edu.model_folders import is_model_folder, load_model_folder, read_card
     from hourglass_edu.pretrained import load_pretrained, pretrained_card
-    from hourglass_edu.training import load_checkpoint, load_model, model_from_checkpoint
+    from hourglass_edu.training import load_checkpoint, model_from_checkpoint
+    from hourglass_edu.training.checkpoints import model_source
 
     if args.pretrained is not None:
         model, tokenizer = load_pretrained(args.pretrained, device=args.device)
         return model, tokenizer, pretrained_card(args.pretrained).get("corpus")
-    if is_model_folder(args.ckpt):
-        model, tokenizer = load_model(args.ckpt, device=args.device)
-        return model, tokenizer, read_card(args.ckpt).get("corpus")
-    checkpoint = load_checkpoint(args.ckpt)  # read once: the model and the corpus it names
+    source = model_source(args.ckpt)
+    if is_model_folder(source):
+        model, tokenizer = load_model_folder(source, device=args.device)
+        return model, tokenizer, read_card(source).get("corpus")
+    checkpoint = load_checkpoint(source)  # read once: the model and the corpus it names
     model, tokenizer = model_from_checkpoint(checkpoint, device=args.device)
     return model, tokenizer, checkpoint.get("data", {}).get("corpus")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 __all__ = ["add_export", "add_models"]
 
 
@@ -45,9 +47,10 @@ def add_export(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                         help="float32 (exact, default) or a half-size float16 / bfloat16")
     parser.add_argument("--force", action="store_true",
-                        help="write into OUT even when it holds something else than a model "
-                        "folder of ours (files of the same names are replaced, others left "
-                        "alone); an earlier model folder there is always replaced whole")
+                        help="replace a model folder of another model in OUT whole, or write "
+                        "into OUT when it holds other things (files of the same names are "
+                        "replaced, nothing else is deleted); an earlier export of the same "
+                        "model is replaced whole without it")
     parser.set_defaults(run=run_export)
 
 
@@ -64,7 +67,25 @@ def run_export(args) -> int:
     card = {"corpus": checkpoint.get("data", {}).get("corpus"), "steps": checkpoint["step"],
             "tokens_seen": checkpoint["tokens_seen"],
             "training_seconds": round(checkpoint["elapsed"])}
+    card.update(_figures(model, checkpoint))
     folder = export_model_folder(model, tokenizer, args.out, dtype=args.dtype, card=card,
-                                 force=args.force)
+                                 force=args.force, report=print)
     print(f"wrote {folder} ({type(model).__name__}, {model.num_parameters():,} parameters)")
     return 0
+
+
+def _figures(model, checkpoint) -> dict:
+    """The card's figures beside the run's counts: structure, parameters and the validation bits
+    per character last measured at or before the checkpoint's step (what `describe_model_folder`
+    shows when a later export replaces this one)."""
+    figures = {"parameters": model.num_parameters()}
+    if isinstance(getattr(model.config, "structure", None), str):
+        figures["structure"] = model.config.structure
+    records = checkpoint["history"].get("records")
+    measured = [record["val_bpc"] for record in records if isinstance(record, dict)
+                and isinstance(record.get("step"), int) and record["step"] <= checkpoint["step"]
+                and isinstance(record.get("val_bpc"), float) and math.isfinite(record["val_bpc"])
+                ] if isinstance(records, list) else []
+    if measured:
+        figures["val_bpc"] = round(measured[-1], 4)
+    return figures

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from hourglass_edu.files import (
     atomic_writer,
     describe_contents,
     quoted,
+    recover_folder_replacement,
     remove_stale_temporaries,
 )
 from hourglass_edu.lm import build_model_from_config, check_weights
@@ -62,6 +64,7 @@ __all__ = [
     "load_model",
     "model_checkpoint_file",
     "model_from_checkpoint",
+    "model_source",
     "resumable_differences",
     "run_folder_lock",
     "run_folder_state",
@@ -240,14 +243,42 @@ def model_checkpoint_file(path: str | os.PathLike) -> Path:
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """`(model, tokenizer)` ready to sample from, out of a checkpoint file, a run directory
-    (DIR/best.pt, else DIR/checkpoint.pt) or a model folder (`export_model_folder`)."""
-    path = Path(path)
-    if is_model_folder(path):
-        return load_model_folder(path, device=device)
-    if path.name == WEIGHTS_NAME and is_model_folder(path.parent):
-        return load_model_folder(path.parent, device=device)
+    (DIR/best.pt, else DIR/checkpoint.pt) or a model folder (`export_model_folder`); which file
+    a path means: `model_source`."""
+    source = model_source(path)
+    if is_model_folder(source):
+        return load_model_folder(source, device=device)
     device = resolve_device(device)  # checked before the file is read
-    return model_from_checkpoint(load_checkpoint(model_checkpoint_file(path)), device=device)
+    return model_from_checkpoint(load_checkpoint(source), device=device)
+
+
+def model_source(path: str | os.PathLike) -> Path:
+    """What `path` loads as a model: a model folder, or a checkpoint (a run folder: its best.pt,
+    else checkpoint.pt). A folder that holds both an export and a run's checkpoint gives the one
+    written last, with a warning naming both; an export killed mid-swap is put back first."""
+    path = Path(path)
+    if not os.path.lexists(path) and (recovered := recover_folder_replacement(path)):
+        warnings.warn(recovered, stacklevel=3)
+    if path.name == WEIGHTS_NAME and is_model_folder(path.parent):
+        return path.parent  # the export, named
+    checkpoint = model_checkpoint_file(path)
+    if not is_model_folder(path):
+        return checkpoint
+    if not checkpoint.is_file():
+        checkpoint = path / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        return path
+    exported, trained = (path / WEIGHTS_NAME).stat().st_mtime, checkpoint.stat().st_mtime
+    newer, older = ((path / WEIGHTS_NAME, checkpoint) if exported > trained
+                    else (checkpoint, path / WEIGHTS_NAME))
+    warnings.warn(f"{path} holds both an exported model ({WEIGHTS_NAME}, {_when(exported)}) and "
+                  f"a training run ({checkpoint.name}, {_when(trained)}): loading {newer.name}, "
+                  f"the newer; name {older} to load the other", stacklevel=3)
+    return path if newer.name == WEIGHTS_NAME else newer
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("written %Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 def config_differences(saved: dict, current: dict, prefix: str, *, ignore: Iterable[str] = (),
