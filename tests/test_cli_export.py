@@ -24,7 +24,7 @@ from hourglass_edu import HourglassConfig, HourglassLM, load_model
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.model_folders import check_export_folder, export_model_folder, read_card
 from hourglass_edu.training import load_checkpoint
-from hourglass_edu.training.checkpoints import run_folder_lock
+from hourglass_edu.training.run_folders import run_folder_lock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

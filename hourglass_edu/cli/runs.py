@@ -46,7 +46,7 @@ def run_processes(device: str | None) -> Iterator[bool]:
 def lock_run_folder(out, main: bool, force: bool = False):
     """`run_folder_lock(out)` on the main process, once `check_run_folder` has found that OUT
     may take a run (before anything is created there); the others write nothing there."""
-    from hourglass_edu.training.checkpoints import check_run_folder, run_folder_lock
+    from hourglass_edu.training.run_folders import check_run_folder, run_folder_lock
 
     check_run_folder(out, force=force)
     return run_folder_lock(out) if main else contextlib.nullcontext(Path(out))

@@ -30,7 +30,6 @@ from hourglass_edu.training.checkpoints import (
     load_model,
     model_from_checkpoint,
 )
-from hourglass_edu.training.checkpoints import run_folder_lock as run_folder_lock
 from hourglass_edu.training.checkpoints import save_checkpoint as save_checkpoint
 from hourglass_edu.training.config import PRESETS, TrainConfig, build_model, get_preset
 from hourglass_edu.training.evaluation import (
@@ -50,6 +49,7 @@ from hourglass_edu.training.optimization import parameter_groups as parameter_gr
 from hourglass_edu.training.precision import autocast_context as autocast_context
 from hourglass_edu.training.precision import resolve_device as resolve_device
 from hourglass_edu.training.precision import resolve_precision as resolve_precision
+from hourglass_edu.training.run_folders import run_folder_lock as run_folder_lock
 from hourglass_edu.training.runs import train
 from hourglass_edu.training.stopping import TrainingDiverged, TrainingOutOfMemory
 from hourglass_edu.training.trainer import Trainer

@@ -11,32 +11,25 @@ and history: checkpoint_checks.py), the config (sized on the meta device by
 against the embedding, every tensor's name, shape and dtype against the config, and that every
 weight is finite.
 
-A run folder holds one run: `check_run_folder` refuses, before any work, a folder that holds
-anything else (unless forced), and `run_folder_lock` removes the temporary files that killed
-writes left behind.
+What a run folder may hold, and its lock: run_folders.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
 
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.files import (
     atomic_writer,
-    describe_contents,
     quoted,
     recover_folder_replacement,
-    remove_stale_temporaries,
 )
 from hourglass_edu.lm import build_model_from_config, check_weights
 from hourglass_edu.loading import (
@@ -57,7 +50,6 @@ __all__ = [
     "RESUMABLE_CHANGES",
     "RESUMABLE_MODEL_CHANGES",
     "best_checkpoint_path",
-    "check_run_folder",
     "config_differences",
     "data_fingerprint",
     "load_checkpoint",
@@ -66,8 +58,6 @@ __all__ = [
     "model_from_checkpoint",
     "model_source",
     "resumable_differences",
-    "run_folder_lock",
-    "run_folder_state",
     "save_checkpoint",
     "validate_checkpoint",
 ]
@@ -320,93 +310,3 @@ def resumable_differences(checkpoint: dict, model, train_config, tokenizer,
         lines.append("tokenizer: the vocabularies differ")
     lines += config_differences(checkpoint.get("data", {}), fingerprint, "data.")
     return lines
-
-
-# The run folders this process holds locked (so that a nested `run_folder_lock` on the same folder,
-# e.g. the command line's around `train`'s own, does not refuse its own process).
-_HELD_FOLDERS: set[Path] = set()
-
-
-@contextlib.contextmanager
-def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive lock on a run folder (created if needed) while a run writes into it.
-
-    Raises ValueError at once, before any training, when the folder cannot be a run folder (it
-    is a file, or cannot be created or written) or when another process holds its lock. Inside a
-    block that already holds the folder's lock, it holds it on (re-entrant within a process).
-    """
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"the run folder {folder} is a file: choose another --out")
-    key = folder.resolve()
-    if key in _HELD_FOLDERS:
-        yield folder
-        return
-    lock = FileLock(folder / ".lock")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=0)
-    except Timeout:
-        if not (folder / ".lock").exists():  # so no one holds it: the folder is not writable
-            raise ValueError(f"cannot write into the run folder {folder}: choose another "
-                             "--out") from None
-        raise ValueError(
-            f"another run is training into {folder} right now: wait for it to finish and continue "
-            "it with --resume, or choose another --out"
-        ) from None
-    except OSError as error:
-        raise ValueError(f"cannot write into the run folder {folder} ({error.strerror or error}): "
-                         "choose another --out") from None
-    _HELD_FOLDERS.add(key)
-    try:
-        _report_stale_temporaries(folder)
-        yield folder
-    finally:
-        _HELD_FOLDERS.discard(key)
-        lock.release()
-
-
-def _report_stale_temporaries(folder: Path) -> None:
-    """Under the lock no write of ours is under way, so a `.NAME.*.tmp` file is left from one that
-    was killed (`kill -9`, a power cut): remove it, and say so."""
-    removed = remove_stale_temporaries(folder)
-    if removed:
-        print(removed, file=sys.stderr)
-
-
-# What a run folder of this library holds (the lock, checkpoints, the history and its figure).
-RUN_FILES = frozenset({".lock", CHECKPOINT_NAME, "best.pt", "history.json", "history.png"})
-
-
-def run_folder_state(folder: str | os.PathLike) -> str:
-    """"empty" (missing, or only a lock and temporary files), "run" (a run of this library: a
-    checkpoint and nothing but run files) or "other" (anything else)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return "other" if folder.exists() else "empty"
-    names = {path.name for path in folder.iterdir()
-             if not (path.name.startswith(".") and path.name.endswith(".tmp"))}
-    if names <= {".lock"}:
-        return "empty"
-    has_checkpoint = (folder / CHECKPOINT_NAME).is_file() or (folder / "best.pt").is_file()
-    return "run" if has_checkpoint and names <= RUN_FILES else "other"
-
-
-def check_run_folder(folder: str | os.PathLike, *, force: bool = False) -> None:
-    """Raise ValueError, before any work, unless `folder` can take a run: missing, empty, or a run
-    of this library (whether to resume or replace it is the trainer's rule); with `force` any
-    folder (the run's files replace those of the same names, the others stay)."""
-    if not os.fspath(folder).strip():  # Path("") would be the current folder
-        raise ValueError("--out is empty: name the run folder (e.g. runs/NAME)")
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"the run folder {folder} is a file: choose another --out")
-    if force or run_folder_state(folder) != "other":
-        return
-    kind = "a model folder" if is_model_folder(folder) else "files that are not a run of ours"
-    if (folder / "history.json").exists() and not (folder / CHECKPOINT_NAME).exists():
-        kind = "a history.json without a checkpoint (not a run of hourglass_edu)"
-    raise ValueError(f"{folder} holds {kind} ({describe_contents(folder)}); a run writes only "
-                     "into an empty folder or one of its own runs: choose another --out, or "
-                     "pass --force to write into it (checkpoint.pt, history.json and "
-                     "history.png there are replaced, other files left alone)")

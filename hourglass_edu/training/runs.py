@@ -17,10 +17,11 @@ from typing import Any
 from torch import nn
 
 from hourglass_edu.loading import record_tokenizer
-from hourglass_edu.training.checkpoints import best_checkpoint_path, run_folder_lock
+from hourglass_edu.training.checkpoints import best_checkpoint_path
 from hourglass_edu.training.config import TrainConfig, check_training_inputs
 from hourglass_edu.training.distributed import current_ranks
 from hourglass_edu.training.evaluation import History
+from hourglass_edu.training.run_folders import run_folder_lock
 from hourglass_edu.training.trainer import Trainer
 
 __all__ = ["train"]
