@@ -26,7 +26,16 @@ from pathlib import Path
 import pytest
 
 from hourglass_edu import data
-from hourglass_edu.data import CORPORA, CorpusSpec, DownloadError, RemoteFile, load_corpus
+from hourglass_edu.data import (
+    CORPORA,
+    CorpusSpec,
+    DownloadError,
+    RemoteFile,
+    corpus_folders,
+    deadline_watchdog,
+    download_settings,
+    load_corpus,
+)
 from hourglass_edu.data import download as download_module
 
 POEMS = "old pond\na frog jumps in\nsplash\n\nautumn moon\n\nfirst snow\non the stone\n"
@@ -93,7 +102,7 @@ def remote(path: str, content: bytes) -> RemoteFile:
 def isolated(tmp_path, monkeypatch) -> Path:
     """No env overrides, no retries (each waits a second or more; test_failed_transfer_is_retried
     covers them), and a cache directory inside tmp_path; returns that cache directory."""
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 0)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 0)
     monkeypatch.delenv(data.DATA_ENV, raising=False)
     monkeypatch.delenv(data.BASE_URL_ENV, raising=False)
     monkeypatch.delenv(data.DEADLINE_ENV, raising=False)
@@ -124,7 +133,7 @@ def mirror(tmp_path, monkeypatch, isolated) -> Path:
 def leftovers(directory: Path) -> list[Path]:
     """The files under `directory`, but the download lock (older filelock versions keep it)."""
     return sorted(p for p in directory.rglob("*")
-                  if p.is_file() and p.name != download_module.LOCK_NAME)
+                  if p.is_file() and p.name != corpus_folders.LOCK_NAME)
 
 
 # --- downloads ----------------------------------------------------------------------------------
@@ -194,7 +203,7 @@ def test_a_server_sending_more_than_the_pinned_size_is_cut_off(mirror, isolated,
 
 @pytest.mark.parametrize("failure", ["503", "corrupted"])
 def test_failed_transfer_is_retried(mirror, isolated, monkeypatch, failure):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 1)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 1)
     flaky = type("Flaky", (_FlakyHandler,), {"failure": failure, "requests": []})
     with serve(mirror, flaky) as url:
         assert len(load_corpus("tinypoems", base_url=url).documents) == 3
@@ -203,7 +212,7 @@ def test_failed_transfer_is_retried(mirror, isolated, monkeypatch, failure):
 
 
 def test_http_404_names_the_url_and_is_not_retried(mirror, isolated, monkeypatch):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 2)
     (mirror / "tinypoems/poems.txt").unlink()
     counting = type("Counting", (_FlakyHandler,), {"requests": []})
     with serve(mirror, counting) as url, pytest.raises(DownloadError, match="HTTP 404") as caught:
@@ -285,12 +294,12 @@ def test_a_found_file_that_differs_from_the_pinned_one_is_rejected(mirror, isola
 
 
 def test_default_cache_dir_is_data_folder_in_a_checkout():
-    assert data.default_cache_dir() == Path(download_module.__file__).resolve().parents[2] / "data"
+    assert data.default_cache_dir() == Path(corpus_folders.__file__).resolve().parents[2] / "data"
 
 
 def test_default_cache_dir_of_an_installed_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(download_module, "__file__",
-                        str(tmp_path / "site-packages/hourglass_edu/data/download.py"))
+    monkeypatch.setattr(corpus_folders, "__file__",
+                        str(tmp_path / "site-packages/hourglass_edu/data/corpus_folders.py"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data.default_cache_dir() == tmp_path / "xdg" / "hourglass_edu"
     monkeypatch.delenv("XDG_CACHE_HOME")
@@ -417,9 +426,9 @@ def silent_server():
 
 def test_a_silent_server_is_retried_aloud_and_given_up_in_bounded_time(mirror, isolated,
                                                                         monkeypatch, capsys):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
-    monkeypatch.setattr(download_module, "DOWNLOAD_TIMEOUT", 0.2)
-    monkeypatch.setattr(download_module, "RETRY_PAUSE", 0.0)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_TIMEOUT", 0.2)
+    monkeypatch.setattr(download_settings, "RETRY_PAUSE", 0.0)
     with silent_server() as url, pytest.raises(DownloadError) as caught:
         load_corpus("tinypoems", base_url=url)
     host = url.removeprefix("http://")
@@ -432,8 +441,8 @@ def test_a_silent_server_is_retried_aloud_and_given_up_in_bounded_time(mirror, i
 
 
 def test_retries_stop_at_the_deadline(mirror, isolated, monkeypatch, capsys):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 5)
-    monkeypatch.setattr(download_module, "DOWNLOAD_TIMEOUT", 0.2)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 5)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_TIMEOUT", 0.2)
     monkeypatch.setenv(data.DEADLINE_ENV, "0.5")  # no second try (after a 1 s pause) may start
     with silent_server() as url, pytest.raises(DownloadError):
         load_corpus("tinypoems", base_url=url)
@@ -504,9 +513,9 @@ def trickle(data: bytes, every: float, connection: socket.socket, stopped) -> No
 @pytest.fixture
 def quick(monkeypatch):
     """Timeouts and notices in fractions of a second, retries without a pause."""
-    monkeypatch.setattr(download_module, "DOWNLOAD_TIMEOUT", 0.5)
-    monkeypatch.setattr(download_module, "NOTICE_AFTER", 0.1)
-    monkeypatch.setattr(download_module, "RETRY_PAUSE", 0.0)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(download_settings, "NOTICE_AFTER", 0.1)
+    monkeypatch.setattr(download_settings, "RETRY_PAUSE", 0.0)
 
 
 @pytest.mark.timeout(20)
@@ -534,18 +543,18 @@ def test_a_trickling_body_is_given_up_at_the_deadline_with_a_word(mirror, isolat
 def test_the_default_deadline_scales_with_the_pinned_size(monkeypatch):
     monkeypatch.delenv(data.DEADLINE_ENV, raising=False)
     small, large = remote("a.txt", b"x"), remote("b.txt", b"x" * 1_000_000)
-    grace, rate = download_module.DOWNLOAD_GRACE, download_module.DOWNLOAD_MIN_RATE
-    assert download_module._deadline(small) == pytest.approx(grace + 1 / rate)
-    assert download_module._deadline(large) == pytest.approx(grace + 1_000_000 / rate)
+    grace, rate = download_settings.DOWNLOAD_GRACE, download_settings.DOWNLOAD_MIN_RATE
+    assert download_settings.deadline(small) == pytest.approx(grace + 1 / rate)
+    assert download_settings.deadline(large) == pytest.approx(grace + 1_000_000 / rate)
     monkeypatch.setenv(data.DEADLINE_ENV, "600")
-    assert download_module._deadline(large) == 600
+    assert download_settings.deadline(large) == 600
 
 
 @pytest.mark.timeout(20)
 def test_the_default_deadline_applies_without_the_variable(mirror, isolated, quick, monkeypatch):
     monkeypatch.delenv(data.DEADLINE_ENV, raising=False)
-    monkeypatch.setattr(download_module, "DOWNLOAD_GRACE", 0.5)
-    monkeypatch.setattr(download_module, "DOWNLOAD_MIN_RATE", 10**9)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_GRACE", 0.5)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_MIN_RATE", 10**9)
     content = POEMS.encode()
 
     def trickling(connection, line, stopped):
@@ -644,7 +653,7 @@ def test_a_killed_download_leaves_nothing_the_next_attempt_keeps(mirror, isolate
 @pytest.mark.timeout(20)
 def test_a_truncated_transfer_says_how_many_bytes_came(mirror, isolated, quick, monkeypatch,
                                                        capsys):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 1)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 1)
     content = POEMS.encode()
 
     def cut_short(connection, line, stopped):
@@ -674,7 +683,7 @@ class _RedirectLoop(_QuietHandler):
 
 
 def test_a_redirect_loop_is_named_and_not_retried(mirror, isolated, quick, monkeypatch):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 2)
     looping = type("Looping", (_RedirectLoop,), {"requests": []})
     with serve(mirror, looping) as url, pytest.raises(DownloadError) as caught:
         load_corpus("tinypoems", base_url=url)
@@ -689,7 +698,7 @@ def test_a_redirect_loop_is_named_and_not_retried(mirror, isolated, quick, monke
 @pytest.mark.parametrize("where", ["argument", "variable"])
 def test_a_base_url_that_is_not_http_is_refused_at_once(mirror, isolated, monkeypatch, base,
                                                         where):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 2)
     named = "base_url" if where == "argument" else data.BASE_URL_ENV
     if where == "variable":
         monkeypatch.setenv(data.BASE_URL_ENV, base)
@@ -712,7 +721,7 @@ class _RedirectToFtp(_FlakyHandler):
 
 
 def test_a_redirect_to_ftp_is_refused_without_retrying(mirror, isolated, quick, monkeypatch):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 2)
     redirecting = type("Redirecting", (_RedirectToFtp,), {"requests": []})
     with serve(mirror, redirecting) as url, \
             pytest.raises(DownloadError, match="leads to ftp://127.0.0.1/tinypoems/poems.txt, "):
@@ -722,7 +731,7 @@ def test_a_redirect_to_ftp_is_refused_without_retrying(mirror, isolated, quick, 
 
 def test_https_to_a_plain_http_server_is_said_and_not_retried(mirror, isolated, quick,
                                                                monkeypatch):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 2)
     counting = type("Counting", (_FlakyHandler,), {"requests": []})
     with serve(mirror, counting) as url, \
             pytest.raises(DownloadError, match="the secure connection to 127.0.0.1"):
@@ -801,7 +810,7 @@ def test_a_compressed_body_is_not_mistaken_for_a_wrong_size(mirror, isolated):
 @pytest.mark.parametrize("length", ["announced", "unannounced"])
 def test_a_web_page_instead_of_the_file_is_said_and_not_retried(mirror, isolated, quick,
                                                                monkeypatch, length):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 2)
     page = b"<html><body>Please log in to use this network</body></html>"
 
     def captive_portal(connection, line, stopped):
@@ -819,7 +828,7 @@ def test_a_web_page_instead_of_the_file_is_said_and_not_retried(mirror, isolated
 
 @pytest.mark.timeout(20)
 def test_http_500_is_retried_and_named(mirror, isolated, quick, monkeypatch, capsys):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 1)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 1)
 
     def broken(connection, line, stopped):
         connection.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
@@ -834,7 +843,7 @@ def test_http_500_is_retried_and_named(mirror, isolated, quick, monkeypatch, cap
 
 @pytest.mark.timeout(20)
 def test_http_429_is_retried_after_the_pause_it_asks_for(mirror, isolated, quick, monkeypatch):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 1)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 1)
     content = POEMS.encode()
 
     def busy_once(connection, line, stopped):
@@ -852,7 +861,7 @@ def test_http_429_is_retried_after_the_pause_it_asks_for(mirror, isolated, quick
 
 def test_http_429_asking_for_longer_than_the_deadline_gives_up_at_once(mirror, isolated, quick,
                                                                        monkeypatch):
-    monkeypatch.setattr(download_module, "DOWNLOAD_RETRIES", 2)
+    monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 2)
 
     def come_back_in_an_hour(connection, line, stopped):
         connection.sendall(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 3600\r\n"
@@ -942,7 +951,7 @@ def test_a_second_download_waits_for_the_first_and_uses_its_file(mirror, isolate
 
     folder = isolated / "tinypoems"
     folder.mkdir(parents=True)
-    other = FileLock(folder / download_module.LOCK_NAME, thread_local=False)
+    other = FileLock(folder / corpus_folders.LOCK_NAME, thread_local=False)
     other.acquire()
 
     def the_other_process_finishes() -> None:
@@ -977,7 +986,7 @@ def test_a_server_that_hangs_up_without_answering_is_not_called_offline(mirror, 
 def test_the_deadline_holds_where_sockets_cannot_be_watched(mirror, isolated, quick,
                                                             monkeypatch):
     # Another urllib3, whose connection pools cannot be watched: checked between pieces instead.
-    monkeypatch.setattr(download_module._WatchedAdapter, "_watch_pools", lambda self, m: None)
+    monkeypatch.setattr(deadline_watchdog.WatchedAdapter, "_watch_pools", lambda self, m: None)
     monkeypatch.setenv(data.DEADLINE_ENV, "0.5")
     content = POEMS.encode()
 
