@@ -28,6 +28,7 @@ from hourglass_edu.data.corpora import (
 from hourglass_edu.data.download import (
     BASE_URL_ENV,
     DATA_ENV,
+    DEADLINE_ENV,
     DownloadError,
     RemoteFile,
     default_cache_dir,
@@ -42,6 +43,7 @@ __all__ = [
     "CORPORA",
     "DATA_ENV",
     "BASE_URL_ENV",
+    "DEADLINE_ENV",
     "RemoteFile",
     "CorpusSpec",
     "Corpus",

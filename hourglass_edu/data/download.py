@@ -10,40 +10,57 @@ file on its own, so an interrupted download resumes where it stopped):
    `lovecraft/*.txt`), for a copy you already have. It is only read, never written.
 3. The cache directory (`default_cache_dir()`): `data/` in a source checkout, otherwise the
    user's cache folder from platformdirs (`~/.cache/hourglass_edu` on Linux).
-4. Download into the cache directory with pooch, unless `download=False`. Downloads come from the
-   pinned upstream URLs, or from a mirror laid out like the cache when `base_url` (or
-   `$HOURGLASS_EDU_BASE_URL`) is set: file `haiku/haiku.txt` is fetched from
-   `{base_url}/haiku/haiku.txt`. A file reaches its final name only when its size and sha256
-   match; a failed transfer is tried again (each retry says why, within a bounded wait), and
-   what fails for good leaves nothing behind.
+4. Download into the cache directory with requests, unless `download=False`. Downloads come from
+   the pinned upstream URLs, or from a mirror laid out like the cache when `base_url` (or
+   `$HOURGLASS_EDU_BASE_URL`, http:// or https://) is set: file `haiku/haiku.txt` is fetched
+   from `{base_url}/haiku/haiku.txt`.
 
-`read_verified` checks every file that is read against its pinned size and sha256. Hashing costs a
-few milliseconds per megabyte and the bytes are read anyway, so there is no reason to trust a stale
-or hand-edited copy: a mismatch raises an error that names the file instead of silently training
-on different text.
+Every download has a deadline and says why it fails; the parts live in modules of their own:
+
+* `pinned_files`: `RemoteFile`, `DownloadError`, `read_verified` (every file that is read is
+  checked against its pinned size and sha256);
+* `download_settings`: the environment variables, each file's deadline, retries, the mirror;
+* `corpus_folders`: the places above, what may stand where a file belongs, the download lock
+  (one process at a time per corpus folder) and the leftovers of killed downloads;
+* `http_transfer`: one file over HTTP, checked as it arrives, retried within its deadline;
+* `deadline_watchdog`: the thread that ends a try when its time is up, and says when it waits;
+* `download_messages`: how each failure is worded.
+
+This module's public names are the ones the rest of the package and its users import.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import logging
-import os
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import platformdirs
-import pooch
-import requests  # pooch's own HTTP client (a dependency of pooch): its errors are caught here
 from tqdm.auto import tqdm
+
+from hourglass_edu.data.corpus_folders import (
+    default_cache_dir,
+    download_lock,
+    env_data_dir,
+    file_is_there,
+    remove_leftovers,
+)
+from hourglass_edu.data.deadline_watchdog import watched_session
+from hourglass_edu.data.download_messages import where_to_get_it
+from hourglass_edu.data.download_settings import (
+    BASE_URL_ENV,
+    DATA_ENV,
+    DEADLINE_ENV,
+    check_base_url,
+    deadline,
+    deadline_override,
+    download_url,
+)
+from hourglass_edu.data.http_transfer import fetch_file
+from hourglass_edu.data.pinned_files import DownloadError, RemoteFile, read_verified
 
 __all__ = [
     "DATA_ENV",
     "BASE_URL_ENV",
+    "DEADLINE_ENV",
     "RemoteFile",
     "DownloadError",
     "default_cache_dir",
@@ -51,215 +68,30 @@ __all__ = [
     "read_verified",
 ]
 
-DATA_ENV = "HOURGLASS_EDU_DATA"
-BASE_URL_ENV = "HOURGLASS_EDU_BASE_URL"
-DOWNLOAD_RETRIES = 2  # more tries after a dropped connection, a timeout or a corrupted transfer
-DOWNLOAD_TIMEOUT = 15.0  # seconds to wait for the server to connect or send the next bytes
-DOWNLOAD_DEADLINE = 60.0  # no try of a file starts after this many seconds spent on it
-RETRY_PAUSE = 1.0  # seconds before the first retry (twice that before the second, ...)
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One pinned file: its place in a data directory, its exact bytes, where to get them."""
-
-    path: str  # relative to a data directory, e.g. "haiku/haiku.txt"
-    size: int  # bytes
-    sha256: str
-    url: str  # the exact bytes at a fixed upstream commit
-
-
-class DownloadError(RuntimeError):
-    """A corpus file could not be fetched, or what arrived is not the pinned file."""
-
-
-def default_cache_dir() -> Path:
-    """`data/` beside the package in a source checkout, else the user's cache directory, from
-    platformdirs: `$XDG_CACHE_HOME/hourglass_edu` (default `~/.cache/hourglass_edu`) on Linux,
-    `~/Library/Caches/hourglass_edu` on macOS, `%LOCALAPPDATA%\\hourglass_edu\\Cache` on Windows."""
-    repo_root = Path(__file__).resolve().parents[2]
-    if (repo_root / "pyproject.toml").is_file() and (repo_root / "data" / "README.md").is_file():
-        return repo_root / "data"
-    return Path(platformdirs.user_cache_dir("hourglass_edu", appauthor=False))
-
-
-def _env_data_dir() -> Path | None:
-    value = os.environ.get(DATA_ENV)
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    if not path.is_dir():
-        raise ValueError(
-            f"{DATA_ENV}={value!r} is not a directory; point it at a directory holding "
-            f"haiku/haiku.txt and lovecraft/*.txt, or unset it"
-        )
-    return path
-
-
-def _download_url(remote: RemoteFile, base_url: str | None) -> str:
-    base_url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV)
-    if base_url:
-        return base_url.rstrip("/") + "/" + remote.path
-    return remote.url
-
-
-def _where_to_get_it(remote: RemoteFile, url: str) -> str:
-    return (
-        f"To use a copy you already have, set {DATA_ENV} to a directory holding "
-        f"{remote.path} (or pass data_dir=...); the file is {remote.size:,} bytes from {url}"
-    )
-
-
-def read_verified(remote: RemoteFile, path: Path) -> bytes:
-    """The bytes of `path`, after checking that they are the pinned `remote` file."""
-    content = path.read_bytes()
-    remedy = "delete it (or fix the directory it came from) and load again"
-    if len(content) != remote.size:
-        raise ValueError(
-            f"{path} has {len(content):,} bytes but the pinned {remote.path} has {remote.size:,}; "
-            f"{remedy}"
-        )
-    digest = hashlib.sha256(content).hexdigest()
-    if digest != remote.sha256:
-        raise ValueError(
-            f"{path} has sha256 {digest}, not the pinned {remote.sha256} of {remote.path}; {remedy}"
-        )
-    return content
-
 
 def _download(remotes: Sequence[RemoteFile], target_dir: Path, base_url: str | None,
-              desc: str) -> None:
-    """Fetch each file into target_dir with pooch. pooch streams a file into a temporary file beside
-    its target and moves it into place only when its sha256 matches, deleting it otherwise, so a
-    failed or wrong download leaves nothing behind; a failed transfer is tried again
-    DOWNLOAD_RETRIES times. Every failure is raised as a DownloadError that says what to do."""
-    urls = {remote.path: _download_url(remote, base_url) for remote in remotes}
-    fetcher = pooch.create(
-        path=target_dir, base_url="", urls=urls, retry_if_failed=0,  # retried here, and said
-        registry={remote.path: f"sha256:{remote.sha256}" for remote in remotes},
-        allow_updates=False,  # never overwrite a file that is there (only missing ones come here)
-    )
-    total = sum(remote.size for remote in remotes)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=desc) as bar, _quiet_pooch():
-        for remote in remotes:
-            _fetch_with_retries(fetcher, remote, bar, urls[remote.path])
-
-
-def _fetch_with_retries(fetcher: pooch.Pooch, remote: RemoteFile, bar: tqdm, url: str) -> None:
-    """One file, tried 1 + DOWNLOAD_RETRIES times within DOWNLOAD_DEADLINE seconds; each retry
-    says on stderr why ("no answer from HOST, retrying 2/3"), so a silent server is not a
-    progress bar frozen at 0% for minutes."""
-    tries = 1 + DOWNLOAD_RETRIES
-    started = time.monotonic()
-    for attempt in range(1, tries + 1):
-        try:
-            fetcher.fetch(remote.path, downloader=_PinnedDownloader(remote, bar))
-            return
-        except (ValueError, requests.RequestException) as error:
-            pause = RETRY_PAUSE * attempt
-            spent = time.monotonic() - started
-            if attempt == tries or spent + pause > DOWNLOAD_DEADLINE:
-                raise _download_error(error, remote, url) from error
-            tqdm.write(f"{_failure_in_brief(error, url)}, retrying {attempt + 1}/{tries}",
-                       file=sys.stderr)
-            time.sleep(pause)
-
-
-def _failure_in_brief(error: Exception, url: str) -> str:
-    host = urlsplit(url).netloc or url
-    if isinstance(error, requests.Timeout):
-        return f"no answer from {host} within {DOWNLOAD_TIMEOUT:g} s"
-    if isinstance(error, requests.ConnectionError):
-        return f"could not reach {host}"
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        return f"{host} answered HTTP {error.response.status_code}"
-    return f"what {host} sent was damaged (sha256 mismatch)"
-
-
-@contextlib.contextmanager
-def _quiet_pooch() -> Iterator[None]:
-    """Silence pooch's INFO lines ("Downloading file ... from ... to ...", one per file) while the
-    progress bar, which says the same, is up: lovecraft alone would print 67 of them."""
-    logger = pooch.get_logger()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-class _PinnedDownloader:
-    """A pooch downloader for one pinned file: pooch's HTTPDownloader does the HTTP, and hands each
-    chunk to `write` here, which moves the corpus-wide progress bar and stops a download that
-    outgrows the pinned size.
-
-    Kept by hand because pooch checks nothing until the whole body has arrived, and then only the
-    hash: without the size check a misbehaving server could fill the disk, and a short file would
-    be reported as a hash mismatch. pooch's own progress bar is per file (67 bars for lovecraft).
-    """
-
-    def __init__(self, remote: RemoteFile, bar: tqdm) -> None:
-        self.remote, self.bar = remote, bar
-        self.http = pooch.HTTPDownloader(progressbar=False, timeout=DOWNLOAD_TIMEOUT)
-        self.received, self.url, self.handle = 0, "", None
-
-    def __call__(self, url: str, output_file: str, fetcher: pooch.Pooch,
-                 check_only: bool = False) -> bool | None:
-        if check_only:
-            return self.http(url, output_file, fetcher, check_only=True)
-        self.bar.update(-self.received)  # pooch is trying again: start the count over
-        self.received, self.url = 0, url
-        try:
-            with open(output_file, "wb") as self.handle:
-                self.http(url, self, fetcher)  # HTTPDownloader writes into `self`
-        except requests.HTTPError as error:
-            if _asking_again_is_useless(error):  # pooch would retry even a 404
-                raise _download_error(error, self.remote, url) from error
-            raise
-        if self.received != self.remote.size:
-            raise self._size_error(f"{self.received:,}")
-        return None
-
-    def write(self, chunk: bytes) -> int:
-        if self.received + len(chunk) > self.remote.size:
-            raise self._size_error(f"more than {self.remote.size:,}")
-        self.handle.write(chunk)
-        self.received += len(chunk)
-        self.bar.update(len(chunk))
-        return len(chunk)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def _size_error(self, got: str) -> DownloadError:
-        return DownloadError(
-            f"downloaded {self.url} but got {got} bytes, not the pinned {self.remote.size:,}; "
-            f"nothing was saved. {_where_to_get_it(self.remote, self.url)}")
-
-
-def _asking_again_is_useless(error: requests.HTTPError) -> bool:
-    """A 4xx answer (the file is not there, or not for us) will be the same next time, except 408
-    (request timeout) and 429 (too many requests), which mean: try later."""
-    status = error.response.status_code if error.response is not None else 0
-    return 400 <= status < 500 and status not in (408, 429)
-
-
-def _download_error(error: Exception, remote: RemoteFile, url: str) -> DownloadError:
-    """What pooch or requests raised, as a DownloadError that names the URL and the remedy."""
-    remedy = _where_to_get_it(remote, url)
-    if isinstance(error, requests.HTTPError) and error.response is not None:
-        response = error.response
-        return DownloadError(f"downloading {url} failed: HTTP {response.status_code} "
-                             f"{response.reason}. {remedy}")
-    if isinstance(error, requests.RequestException):
-        # requests wraps the cause (e.g. "[Errno 111] Connection refused") in a long message.
-        reason = getattr(error.args[0] if error.args else None, "reason", None) or error
-        return DownloadError(f"could not download {url} ({reason}); are you offline? {remedy}")
-    # pooch raises ValueError when the bytes that arrived do not have the pinned sha256 (its
-    # message, with the digest they do have, stays attached as the cause).
-    return DownloadError(f"downloaded {url} but its sha256 is not the pinned {remote.sha256}; "
-                         f"nothing was saved. {remedy}")
+              desc: str, still_missing: Callable[[RemoteFile], bool]) -> None:
+    """Fetch each file into target_dir, one corpus folder at a time under its download lock
+    (`still_missing` says, once it is held, which files another process has not fetched)."""
+    check_base_url(base_url)
+    deadline_override()  # a bad value is said before anything starts
+    folders: dict[Path, list[RemoteFile]] = {}
+    for remote in remotes:
+        folders.setdefault((target_dir / remote.path).parent, []).append(remote)
+    session, adapter = watched_session()
+    with session:
+        for folder, group in folders.items():
+            budget = sum(deadline(remote) for remote in group)
+            with download_lock(folder, budget):
+                remove_leftovers(folder, group)
+                group = [remote for remote in group if still_missing(remote)]  # another process?
+                if not group:
+                    continue
+                with tqdm(total=sum(r.size for r in group), unit="B", unit_scale=True,
+                          desc=desc) as bar:
+                    for remote in group:
+                        url = download_url(remote, base_url)
+                        fetch_file(session, adapter, remote, url, target_dir / remote.path, bar)
 
 
 def locate_files(name: str, remotes: Sequence[RemoteFile], data_dir: str | Path | None = None,
@@ -269,25 +101,27 @@ def locate_files(name: str, remotes: Sequence[RemoteFile], data_dir: str | Path 
     if data_dir is not None:
         search, target = [Path(data_dir).expanduser()], Path(data_dir).expanduser()
     else:
-        env_dir = _env_data_dir()
+        env_dir = env_data_dir()
         target = default_cache_dir()
         search = ([env_dir] if env_dir is not None else []) + [target]
 
-    found: dict[str, Path] = {}
-    for remote in remotes:
+    def find(remote: RemoteFile) -> Path | None:
         for directory in search:
-            if (directory / remote.path).is_file():
-                found[remote.path] = directory / remote.path
-                break
-    missing = [r for r in remotes if r.path not in found]
+            if file_is_there(directory / remote.path, remote):
+                return directory / remote.path
+        return None
+
+    found = {remote.path: find(remote) for remote in remotes}
+    missing = [r for r in remotes if found[r.path] is None]
     if missing:
         if not download:
             first = missing[0]
-            url = _download_url(first, base_url)
+            url = download_url(first, base_url)
             raise FileNotFoundError(
                 f"corpus {name!r}: {len(missing)} file(s) missing, e.g. {first.path}, "
                 f"looked in {', '.join(str(d) for d in search)} and download=False. "
-                f"Allow the download or: {_where_to_get_it(first, url)}")
-        _download(missing, target, base_url, desc=f"downloading {name}")
-        found.update({r.path: target / r.path for r in missing})
+                f"Allow the download or: {where_to_get_it(first, url)}")
+        _download(missing, target, base_url, desc=f"downloading {name}",
+                  still_missing=lambda remote: find(remote) is None)
+        found.update({r.path: find(r) or target / r.path for r in missing})
     return [found[remote.path] for remote in remotes]
