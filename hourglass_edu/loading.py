@@ -13,7 +13,8 @@ file lives here, and every loader (checkpoints, model folders, shipped models) g
 3. `check_weights` (lm.py) against the meta model: every tensor's name and shape, read from the
    file's header (safetensors) or its tensors (checkpoints), before anything is materialized.
 
-`resolve_device` is the one device check of every way of loading or training a model.
+`resolve_device` (devices.py) is the one device check of every way of loading or training a
+model; it is re-exported here, beside the other checks a loader runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hourglass_edu.devices import resolve_device  # the one device check, re-exported here
 from hourglass_edu.lm import LanguageModel, model_class
 
 __all__ = [
@@ -46,34 +48,6 @@ DEFAULT_LIMIT = 1 << 20  # any other whole number in a config (windows, ranks, f
 MAX_TEXT, MAX_ITEMS = 256, 64  # characters of a config string, items of a config list
 MAX_PARAMETERS = 1 << 30  # 4 GiB of float32 weights
 MAX_ACTIVATION_BYTES = 16 << 30  # one window of max_length tokens, every linear layer's output
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the CUDA GPU when torch sees one, else the CPU; any other name is checked.
-
-    Every device type torch knows is accepted (cpu, cuda, mps, a registered backend such as the
-    test suite's simulated accelerator); one whose backend reports itself unavailable, or an index
-    past the devices there are, is refused with a ValueError in one line.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):  # torch's message lists every device type
-        raise ValueError(f"unknown device {device!r}: torch knows no such device here; use "
-                         "auto, cpu, cuda or cuda:N (or a type a backend has registered)") from None
-    if device.type in ("cpu", "meta"):
-        return device
-    backend = getattr(torch, device.type, None)
-    available = getattr(backend, "is_available", None)
-    if callable(available) and not available():
-        raise ValueError(f"device {str(device)!r} was asked for but torch sees no "
-                         f"{device.type} device here; use cpu (or auto)")
-    count = getattr(backend, "device_count", None)
-    if device.index is not None and callable(count) and device.index >= count():
-        raise ValueError(f"device {str(device)!r} was asked for but torch sees {count()} "
-                         f"{device.type} device(s), numbered from 0")
-    return device
 
 
 def check_config_fields(config: Any, where: str) -> None:
