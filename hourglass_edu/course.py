@@ -36,6 +36,7 @@ __all__ = [
     "colab_install_command",
     "default_device",
     "default_profile",
+    "environment_switch",
     "pip_requirement",
 ]
 
@@ -69,17 +70,17 @@ def default_profile(environ: Mapping[str, str] | None = None,
                     cuda_available: bool | None = None) -> str:
     """The profile a notebook runs with unless the learner sets one.
 
-    HOURGLASS_EDU_PROFILE, when set, names it; otherwise "smoke" when HOURGLASS_EDU_SMOKE=1 (how
-    CI runs the course), else "gpu" where CUDA is available, else "cpu".
+    HOURGLASS_EDU_PROFILE, when set, names it; otherwise "smoke" when HOURGLASS_EDU_SMOKE is on
+    (1, true, yes or on: how CI runs the course), else "gpu" where CUDA is available, else "cpu".
     """
     environ = os.environ if environ is None else environ
-    chosen = environ.get("HOURGLASS_EDU_PROFILE", "").strip()
+    chosen = environ.get("HOURGLASS_EDU_PROFILE", "").strip().lower()
     if chosen:
         if chosen not in PROFILES:
             raise ValueError(f"HOURGLASS_EDU_PROFILE={chosen!r} is not a profile; choose one of "
                              f"{', '.join(PROFILES)}")
         return chosen
-    if environ.get("HOURGLASS_EDU_SMOKE") == "1":
+    if environment_switch("HOURGLASS_EDU_SMOKE", environ):
         return "smoke"
     if cuda_available is None:
         import torch
@@ -88,27 +89,43 @@ def default_profile(environ: Mapping[str, str] | None = None,
     return "gpu" if cuda_available else "cpu"
 
 
+# How an on/off environment variable may be spelled (case and surrounding spaces aside).
+SWITCH_ON = ("1", "true", "yes", "on")
+SWITCH_OFF = ("", "0", "false", "no", "off")
+
+
+def environment_switch(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the on/off variable `name` is on; unset or empty is off. Any spelling other than
+    `SWITCH_ON` / `SWITCH_OFF` is refused (ValueError naming the variable), never read as off."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(name, "")
+    value = text.strip().lower()
+    if value in SWITCH_ON:
+        return True
+    if value in SWITCH_OFF:
+        return False
+    raise ValueError(f"{name}={text!r} is neither on nor off: set it to 1 (or true, yes, on) to "
+                     "switch it on, to 0 (or false, no, off) or unset it to switch it off")
+
+
 def default_device(environ: Mapping[str, str] | None = None,
                    cuda_available: bool | None = None) -> str:
     """The device a notebook computes on unless the learner sets one.
 
-    HOURGLASS_EDU_DEVICE, when set, names it (any device torch knows, e.g. "cpu", "cuda:1");
-    otherwise "cuda" where CUDA is available, else "cpu".
+    HOURGLASS_EDU_DEVICE, when set, names it ("auto", "cpu", "cuda:1", ...: what
+    `devices.resolve_device` accepts); otherwise "cuda" where CUDA is available, else "cpu".
     """
     import torch
 
     environ = os.environ if environ is None else environ
     chosen = environ.get("HOURGLASS_EDU_DEVICE", "").strip()
     if chosen:
+        from hourglass_edu.devices import resolve_device
+
         try:
-            device = torch.device(chosen)
-        except RuntimeError as error:
-            raise ValueError(f"HOURGLASS_EDU_DEVICE={chosen!r} is not a device torch knows "
-                             f"({error}); use e.g. cpu or cuda") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"HOURGLASS_EDU_DEVICE={chosen!r} but this machine has no CUDA GPU; "
-                             "unset it or use cpu")
-        return chosen
+            return str(resolve_device(chosen))
+        except ValueError as error:
+            raise ValueError(f"HOURGLASS_EDU_DEVICE={chosen!r}: {error}; or unset it") from None
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     return "cuda" if cuda_available else "cpu"

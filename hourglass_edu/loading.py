@@ -18,7 +18,8 @@ file lives here, and every loader (checkpoints, model folders, shipped models) g
 Before that, `check_archive_sizes` reads a checkpoint's zip directory (what torch.save writes):
 what `torch.load` would inflate is bounded by the file's own size and `MAX_ARCHIVE_BYTES`.
 
-`resolve_device` is the one device check of every way of loading or training a model.
+`resolve_device` (devices.py) is the one device check of every way of loading or training a
+model; it is re-exported here, beside the other checks a loader runs.
 
 A model and its tokenizer belong together: the ids mean the characters of one vocabulary. Every
 loader (and the trainer) records the tokenizer's `vocabulary_sha256` on the model it returns
@@ -36,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hourglass_edu.devices import resolve_device  # the one device check, re-exported here
 from hourglass_edu.files import quoted
 from hourglass_edu.lm import LanguageModel, model_class
 
@@ -67,34 +69,6 @@ MAX_ACTIVATION_BYTES = 16 << 30  # one window of max_length tokens, every linear
 # A checkpoint's contents once read: the weights and AdamW's two moments of the largest model
 # allowed, in float32, and a GiB for the rest (history, random states).
 MAX_ARCHIVE_BYTES = 3 * 4 * MAX_PARAMETERS + (1 << 30)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the CUDA GPU when torch sees one, else the CPU; any other name is checked.
-
-    Every device type torch knows is accepted (cpu, cuda, mps, a registered backend such as the
-    test suite's simulated accelerator); one whose backend reports itself unavailable, or an index
-    past the devices there are, is refused with a ValueError in one line.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):  # torch's message lists every device type
-        raise ValueError(f"unknown device {device!r}: torch knows no such device here; use "
-                         "auto, cpu, cuda or cuda:N (or a type a backend has registered)") from None
-    if device.type in ("cpu", "meta"):
-        return device
-    backend = getattr(torch, device.type, None)
-    available = getattr(backend, "is_available", None)
-    if callable(available) and not available():
-        raise ValueError(f"device {str(device)!r} was asked for but torch sees no "
-                         f"{device.type} device here; use cpu (or auto)")
-    count = getattr(backend, "device_count", None)
-    if device.index is not None and callable(count) and device.index >= count():
-        raise ValueError(f"device {str(device)!r} was asked for but torch sees {count()} "
-                         f"{device.type} device(s), numbered from 0")
-    return device
 
 
 def check_config_fields(config: Any, where: str) -> None:

@@ -126,7 +126,7 @@ def test_default_device_follows_the_environment():
     assert course.default_device({}, cuda_available=True) == "cuda"
     assert course.default_device({}, cuda_available=False) == "cpu"
     assert course.default_device({"HOURGLASS_EDU_DEVICE": "cpu"}, cuda_available=True) == "cpu"
-    with pytest.raises(ValueError, match="not a device torch knows"):
+    with pytest.raises(ValueError, match="HOURGLASS_EDU_DEVICE=.laptop.: unknown device"):
         course.default_device({"HOURGLASS_EDU_DEVICE": "laptop"})
 
 

@@ -43,19 +43,52 @@ class Result:
     note: str = ""
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option in one line (argparse would print the whole usage above it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"gpu_check: error: {message} (--help lists the options)\n")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default) or sim")
-    parser.add_argument("--steps", type=int, default=None,
+    """The options, each checked here, before any check runs (a bad one costs no minute)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from hourglass_edu.cli.options import positive_int
+
+    parser = _Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "sim"),
+                        help="cuda (default) or sim")
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="training steps per precision (default 300 on cuda, 3 on sim)")
     parser.add_argument("--notebooks", default="",
                         help="run only the notebooks whose file name contains this text")
-    parser.add_argument("--chars", type=int, default=None,
+    parser.add_argument("--chars", type=positive_int, default=None,
                         help="characters generated per seed (default 300 on cuda, 24 on sim)")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"the table (default {DEFAULT_OUT.relative_to(REPO_ROOT)})")
     parser.add_argument("--data-dir", default=None, help="corpus directory for the training runs")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problem = _option_problem(args)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def _option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with options argparse cannot check by their type, or None."""
+    notebooks = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not any(args.notebooks in path.name for path in notebooks):
+        return f"--notebooks {args.notebooks!r} matches no notebook in notebooks/"
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        return f"--data-dir {args.data_dir}: no such folder"
+    out = args.out or DEFAULT_OUT
+    if out.is_dir():
+        return f"--out {out} is a folder: name the table's file, e.g. {out / 'gpu_check.md'}"
+    folder = next((parent for parent in [out.parent, *out.parent.parents] if parent.exists()),
+                  None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return f"--out {out}: cannot write into {folder}; choose a folder you can write"
+    return None
 
 
 def child_environment(device: str) -> dict[str, str]:
@@ -198,10 +231,6 @@ def table(device: str, results: list[Result]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.device not in ("cuda", "sim"):
-        print(f"--device must be cuda or sim, got {args.device!r}")
-        return 2
-    sys.path.insert(0, str(REPO_ROOT))
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

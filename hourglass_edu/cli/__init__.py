@@ -47,8 +47,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _tolerate_unencodable_output()
+    output = sys.stdout = _Output(sys.stdout) if sys.stdout is not None else None
+    try:
+        code = _parse_and_run(argv)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a full disk under `> FILE` is met here, not after main returns
+        return code
+    except KeyboardInterrupt:
+        # Ctrl-C outside a training loop (while torch imports, a corpus loads, ...): nothing is
+        # half-written, since every file is written atomically. Training loops handle their
+        # own (runs.py).
+        print("interrupted (Ctrl-C); files written before it are unchanged", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of the output stopped reading (`| head`): no error
+        _discard_stdout()
+        return 128 + 13  # what a shell reports for a command that SIGPIPE ended
+    except OSError as error:  # the output itself cannot be written (`> /dev/full`)
+        _discard_stdout()
+        print(f"{_process_prefix()}error: cannot write the output: {os_error_line(error)}",
+              file=sys.stderr)
+        return 2
+    finally:
+        if output is not None and sys.stdout is output:
+            sys.stdout = output.stream
+
+
+class _Output:
+    """sys.stdout while a command runs, remembering whether writing to it failed (a full disk
+    under `> FILE`, a closed pipe), so that the error is said as the output's, not a file's."""
+
+    def __init__(self, stream):
+        self.stream, self.failed = stream, False
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError:
+            self.failed = True
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError:
+            self.failed = True
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _parse_and_run(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code == 2:  # an option refused, in one line already (_Parser.error)
+            return 2
+        raise  # --help: argparse's own exit
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
@@ -60,15 +117,34 @@ def main(argv: list[str] | None = None) -> int:
                     else _error_line(error, args.command))
             print(f"{_process_prefix()}error: {line}", file=sys.stderr)
             return 2
+        except BrokenPipeError:
+            raise
         except OSError as error:  # the disk, not the input: full, read-only, not a folder
+            if getattr(sys.stdout, "failed", False):
+                raise  # the output, not a file the command wrote: main says so
             print(f"{_process_prefix()}error: {os_error_line(error)}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            # Ctrl-C outside a training loop (say, while a corpus loads): nothing is
-            # half-written, since every file is written atomically. Training loops handle their
-            # own (runs.py).
-            print("interrupted (Ctrl-C); files written before it are unchanged", file=sys.stderr)
-            return 130
+
+
+def _tolerate_unencodable_output() -> None:
+    """A character the terminal's encoding lacks (a generated one, a file name that is not
+    UTF-8) is written escaped (\\xe9) instead of failing a command that has done its work."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text stream of the io module
+            pass
+
+
+def _discard_stdout() -> None:
+    """Point stdout at os.devnull, so that the interpreter's own flush at exit does not fail a
+    second time on output that cannot be written."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, ValueError, OSError):  # no file descriptor (a test's capture)
+        pass
 
 
 # What to do about each way the operating system refuses a file operation.

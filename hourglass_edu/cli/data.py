@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hourglass_edu.cli.options import given, seed
+
 __all__ = ["add_corpus"]
 
 
@@ -14,12 +16,12 @@ def add_corpus(subparsers) -> None:
         "statistics. NAME is a registered corpus (haiku, lovecraft) or a path to a .txt file "
         "(documents separated by blank lines) or a folder of .txt files (one document each).",
     )
-    parser.add_argument("name", metavar="NAME", help="haiku, lovecraft, or a path")
-    parser.add_argument("--data-dir", default=None, help="read/download corpus files here "
-                        "instead of $HOURGLASS_EDU_DATA and the cache directory")
+    parser.add_argument("name", metavar="NAME", type=given, help="haiku, lovecraft, or a path")
+    parser.add_argument("--data-dir", type=given, default=None, help="read/download corpus "
+                        "files here instead of $HOURGLASS_EDU_DATA and the cache directory")
     parser.add_argument("--val-fraction", type=float, default=0.05,
                         help="fraction of documents held out for validation (default 0.05)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the split (default 0)")
     parser.add_argument("--no-download", action="store_true",
                         help="fail instead of downloading missing files")
     parser.set_defaults(run=run_corpus)

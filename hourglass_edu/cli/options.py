@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["MAX_SEED", "non_negative_int", "positive_int", "seed", "temperature"]
+__all__ = ["MAX_SEED", "device", "given", "non_negative_int", "positive_int", "seed",
+           "temperature"]
 
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed (runs add small offsets)
 
@@ -63,3 +64,23 @@ def temperature(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (greedy) or more, got {text}")
     return value
+
+
+def device(text: str) -> str:
+    """A device name `resolve_device` accepts, checked while the command line is read (before
+    any corpus or model loads); kept as written, so that "auto" stays "auto"."""
+    from hourglass_edu.devices import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def given(text: str) -> str:
+    """A name or path that says something: an empty one would mean the current folder (a corpus
+    of whatever .txt files lie there, a run written among your files), never what was meant."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name a file, folder or model")
+    return text

@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from hourglass_edu.cli.options import positive_int, seed
+from hourglass_edu.cli.options import device, given, positive_int, seed
 
-__all__ = ["add_force", "add_run_settings", "check_val_fraction", "lock_run_folder",
-           "run_processes", "run_training", "train_config"]
+__all__ = ["add_force", "add_run_settings", "check_precision",
+           "check_val_fraction",
+           "lock_run_folder", "run_processes", "run_training", "train_config"]
 
 
 @contextlib.contextmanager
@@ -76,11 +77,12 @@ def add_run_settings(parser, budget_help: str) -> None:
                         help="auto (default) = bf16 on GPUs with native bf16 (A100, L4, ...), "
                         "fp16 with loss scaling on older GPUs (T4), bf16 on CPUs with bf16 units, "
                         "else fp32; fp16 needs a GPU, bf16 a native one")
-    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", type=device, default=None,
+                        help="auto (default), cpu, cuda, cuda:1, mps")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--seed", type=seed, default=None, help="seed of batches and init")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--data-dir", default=None,
+    parser.add_argument("--data-dir", type=given, default=None,
                         help="corpus directory (default: $HOURGLASS_EDU_DATA, then the cache)")
     parser.add_argument("--val-fraction", type=float, default=0.05,
                         help="share of the documents held out for validation (default 0.05)")
@@ -92,6 +94,20 @@ def check_val_fraction(args) -> None:
             f"--val-fraction must lie strictly between 0 and 1, got {args.val_fraction:g}: "
             "training measures bits per character on held-out documents and learns from the rest"
         )
+
+
+def check_precision(precision: str | None, device: str | None) -> None:
+    """--precision against --device before the corpus loads (fp16 off CUDA, or bf16 on a GPU
+    without it, would otherwise be refused only when the trainer starts)."""
+    if precision is None:
+        return
+    from hourglass_edu.training.precision import resolve_device, resolve_precision
+
+    try:
+        resolve_precision(precision, resolve_device(device or "auto"))
+    except ValueError as error:
+        raise ValueError(f"--precision {precision} with --device {device or 'auto'}: "
+                         f"{error}") from None
 
 
 def train_config(base, args, **changes):

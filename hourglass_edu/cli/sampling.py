@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
+from hourglass_edu.cli.options import device, given, non_negative_int, seed
 
-from hourglass_edu.cli.options import non_negative_int, seed
-
-__all__ = ["add_sample"]
+__all__ = ["add_sample", "refuse_a_missing_checkpoint"]
 
 
 def add_sample(subparsers) -> None:
@@ -19,9 +17,9 @@ def add_sample(subparsers) -> None:
         "The prompt is printed as the model read it (normalized, unknown characters replaced).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="checkpoint file, run directory (its best.pt; "
-                        "RUN/checkpoint.pt for the last weights) or model folder")
-    source.add_argument("--pretrained", metavar="NAME",
+    source.add_argument("--ckpt", type=given, help="checkpoint file, run directory (its "
+                        "best.pt; RUN/checkpoint.pt for the last weights) or model folder")
+    source.add_argument("--pretrained", metavar="NAME", type=given,
                         help="a model shipped with the package (see `models`)")
     parser.add_argument("--prompt", default="",
                         help="text to continue (default: empty = the start of a new document)")
@@ -43,8 +41,8 @@ def add_sample(subparsers) -> None:
                         "(default: refuse them, for every model)")
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole window for every character (slow; to compare)")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto (cuda when "
-                        "there is one), or any device torch knows")
+    parser.add_argument("--device", type=device, default="cpu",
+                        help="cpu (default), cuda, cuda:N, auto (cuda when there is one), mps")
     parser.set_defaults(run=run_sample)
 
 
@@ -65,20 +63,37 @@ def run_sample(args) -> int:
     from hourglass_edu.training import load_model
 
     settings = _generation_settings(args)  # checked before the checkpoint is loaded
+    if args.pretrained is None:
+        refuse_a_missing_checkpoint(args.ckpt)
     if args.pretrained is not None:
         model, tokenizer = load_pretrained(args.pretrained, device=args.device)
     else:
         model, tokenizer = load_model(args.ckpt, device=args.device)
     pieces = stream(model, tokenizer, args.prompt, args.max_new_tokens, settings)
-    sys.stdout.write(prompt_as_seen(tokenizer, args.prompt,
-                                    replace_unknown=settings.replace_unknown))
-    sys.stdout.flush()
+    # print, not sys.stdout.write: with stdout closed (`>&-`) sys.stdout is None, and print
+    # then writes nothing instead of failing
+    print(prompt_as_seen(tokenizer, args.prompt, replace_unknown=settings.replace_unknown),
+          end="", flush=True)
     try:
         for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+            print(piece, end="", flush=True)
     except KeyboardInterrupt:  # Ctrl-C ends the sample, not with a traceback
-        sys.stdout.write("\n")
+        print()
         return 130
-    sys.stdout.write("\n")
+    print()
     return 0
+
+
+def refuse_a_missing_checkpoint(ckpt: str) -> None:
+    """--ckpt that names nothing on disk, said before anything loads; the name of a shipped
+    model there means --pretrained was meant."""
+    from pathlib import Path
+
+    from hourglass_edu.pretrained import list_pretrained
+
+    if Path(ckpt).exists():
+        return
+    hint = (f"the shipped model of that name is --pretrained {ckpt}" if ckpt in list_pretrained()
+            else "check the path")
+    raise FileNotFoundError(f"--ckpt {ckpt}: no checkpoint, run folder or model folder is "
+                            f"there; {hint}")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hourglass_edu.cli.options import dropout_rate, non_negative_int, temperature
+from hourglass_edu.cli.options import dropout_rate, given, non_negative_int, temperature
 from hourglass_edu.cli.runs import (
     add_force,
     add_run_settings,
+    check_precision,
     check_val_fraction,
     lock_run_folder,
     run_processes,
@@ -32,7 +33,8 @@ def add_train(subparsers) -> None:
         "Presets: smoke (seconds, for tests), cpu (about 10 minutes on 2 cores), gpu (about 20M "
         "parameters, under 30 minutes on one GPU).",
     )
-    parser.add_argument("--corpus", required=True, help="haiku, lovecraft, or a path")
+    parser.add_argument("--corpus", type=given, required=True,
+                        help="haiku, lovecraft, or a path")
     parser.add_argument("--preset", default="cpu", help="smoke, cpu (default) or gpu")
     parser.add_argument("--structure", default=None,
                         help='layers@shortening from outside in, e.g. "2@1 8@3 2@1"')
@@ -67,6 +69,7 @@ def run_train(args) -> int:
     preset = get_preset(args.preset)
     config = train_config(preset.train, args)
     check_val_fraction(args)
+    check_precision(config.precision, config.device)
     overrides = dict(structure=args.structure, d_model=args.d_model, n_heads=args.n_heads,
                      shortening=args.shortening, upsampling=args.upsampling,
                      dropout=args.dropout,
@@ -95,9 +98,10 @@ def add_finetune(subparsers) -> None:
         "as the mean of the old ones. Defaults: the base run's recipe with a third of its peak "
         "learning rate and half its budget.",
     )
-    parser.add_argument("--from", dest="base", required=True, metavar="CKPT",
+    parser.add_argument("--from", dest="base", type=given, required=True, metavar="CKPT",
                         help="checkpoint file or run directory to start from")
-    parser.add_argument("--corpus", required=True, help="haiku, lovecraft, or a path")
+    parser.add_argument("--corpus", type=given, required=True,
+                        help="haiku, lovecraft, or a path")
     _add_out_and_resume(parser, "run directory for the fine-tuned model (not the base run's)",
                         "fine-tuning run")
     add_force(parser, "a run of ours; a run there is replaced unless --resume")
@@ -111,6 +115,7 @@ def run_finetune(args) -> int:
     from hourglass_edu.training.config import check_batch_fits
 
     check_val_fraction(args)
+    check_precision(args.precision, args.device)  # (otherwise the base run's, checked later)
     _check_not_the_base_run(args.base, args.out)
     with run_processes(args.device) as main, lock_run_folder(args.out, main, args.force):
         corpus = load_corpus(args.corpus, data_dir=args.data_dir)
@@ -176,8 +181,9 @@ def add_demo(subparsers) -> None:
         "`python -m hourglass_edu sample --ckpt OUT`.",
     )
     parser.add_argument("--preset", default=None, help="smoke, cpu or gpu (default by device)")
-    parser.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; "
-                        "an earlier demo's run there is replaced, any other run refused)")
+    parser.add_argument("--out", default="runs/demo", help="run directory (default "
+                        "runs/demo; an earlier demo's run there is replaced, any other run "
+                        "refused)")
     parser.add_argument("--samples", type=non_negative_int, default=6,
                         help="haiku to print (default 6)")
     parser.add_argument("--temperature", type=temperature, default=0.8,
@@ -198,6 +204,7 @@ def run_demo(args) -> int:
         args.minutes = 3.0 if on_gpu else 5.0
     config = train_config(preset.train, args)
     check_val_fraction(args)
+    check_precision(config.precision, config.device)
     GenerationSettings(temperature=args.temperature, seed=config.seed)  # checked before training
     with run_processes(config.device) as main, lock_run_folder(args.out, main,
                                                                args.force) as out:

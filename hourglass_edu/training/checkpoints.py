@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from hourglass_edu.data import CharTokenizer
+from hourglass_edu.data.provenance import CORPUS_SOURCE_KEYS, corpus_source
 from hourglass_edu.files import (
     atomic_writer,
     quoted,
@@ -284,13 +285,15 @@ def config_differences(saved: dict, current: dict, prefix: str, *, ignore: Itera
 
 
 def data_fingerprint(data) -> dict[str, Any]:
-    """What identifies the training data of a run (a resumed run must see the same)."""
+    """What identifies the training data of a run (a resumed run must see the same), and where
+    it came from (`corpus_source`: what `evaluate` scores and checks by default)."""
     corpus = getattr(data, "corpus", None)
     return {
         "corpus": getattr(corpus, "name", None),
         "train_tokens": int(data.train_ids.numel()),
         "val_tokens": int(data.val_ids.numel()),
         "train_sum": int(data.train_ids.sum()),
+        **corpus_source(corpus),
     }
 
 
@@ -308,5 +311,6 @@ def resumable_differences(checkpoint: dict, model, train_config, tokenizer,
                                 ignore=RESUMABLE_CHANGES)
     if checkpoint["tokenizer"] != tokenizer.to_dict():
         lines.append("tokenizer: the vocabularies differ")
-    lines += config_differences(checkpoint.get("data", {}), fingerprint, "data.")
+    lines += config_differences(checkpoint.get("data", {}), fingerprint, "data.",
+                                ignore=CORPUS_SOURCE_KEYS)  # the same tokens may move
     return lines
