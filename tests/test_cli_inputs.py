@@ -26,6 +26,7 @@ from hourglass_edu.data.provenance import corpus_sha256
 from hourglass_edu.devices import resolve_device
 from hourglass_edu.hourglass import HourglassConfig, HourglassLM
 from hourglass_edu.training import TrainConfig, load_checkpoint, save_checkpoint, train
+from hourglass_edu.training.checkpoints import model_source
 
 REPO = Path(__file__).resolve().parents[1]
 # The folder holding the package under test (the checkout, unless PYTHONPATH names another copy):
@@ -329,7 +330,7 @@ def test_a_run_recorded_before_corpus_paths_says_what_to_pass(tmp_path, capsys):
     checkpoint = load_checkpoint(run_folder)
     for key in ("corpus_path", "corpus_sha256"):
         del checkpoint["data"][key]
-    save_checkpoint(run_folder / "checkpoint.pt", checkpoint)
+    save_checkpoint(model_source(run_folder), checkpoint)  # the file evaluate reads
     code, _, err = evaluate(capsys, run_folder)
     assert code == 2
     one_line(err, "called 'small'", "not a registered corpus", "--corpus PATH")
@@ -441,10 +442,10 @@ def test_a_checkpoint_whose_data_entry_is_damaged_asks_for_the_corpus(tmp_path, 
     run_folder = trained_run(write_poems(tmp_path / "small.txt"), tmp_path / "run")
     checkpoint = load_checkpoint(run_folder)
     checkpoint["data"] = ["not", "a", "dict"]
-    save_checkpoint(run_folder / "checkpoint.pt", checkpoint)
+    save_checkpoint(model_source(run_folder), checkpoint)  # the file evaluate reads
     code, _, err = evaluate(capsys, run_folder)
-    assert code == 2
-    one_line(err, "does not say which corpus", "--corpus")
+    assert code == 2   # refused as the file is read (checkpoint_checks), in one line
+    one_line(err, "entry 'data' should be dict", "the file is damaged")
 
 
 def command(*argv, env=None, **popen) -> subprocess.CompletedProcess:

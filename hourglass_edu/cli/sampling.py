@@ -87,10 +87,14 @@ def run_sample(args) -> int:
 def refuse_a_missing_checkpoint(ckpt: str) -> None:
     """--ckpt that names nothing on disk, said before anything loads; the name of a shipped
     model there means --pretrained was meant."""
+    import warnings
     from pathlib import Path
 
+    from hourglass_edu.files import recover_folder_replacement
     from hourglass_edu.pretrained import list_pretrained
 
+    if not Path(ckpt).exists() and (recovered := recover_folder_replacement(ckpt)):
+        warnings.warn(recovered, stacklevel=2)  # an export killed mid-swap: the folder is back
     if Path(ckpt).exists():
         return
     hint = (f"the shipped model of that name is --pretrained {ckpt}" if ckpt in list_pretrained()
