@@ -10,9 +10,10 @@ The layout follows a Hugging Face model repository:
     history.json         (optional) the training history: what the run measured as it went
 
 `export_model_folder` writes one (beside an earlier one, then swapped in whole); `load_model_folder`
-checks the weights' sha256 against the card, the config (sized on the meta device, `loading.py`),
-the tokenizer against the embedding and every tensor's shape in the file's header before it
-builds the model.
+checks the config (sized on the meta device, `loading.py`), the tokenizer against the embedding,
+every tensor's shape in the weights file's header (which also fixes the file's size), then the
+weights' sha256 against the card, before it builds the model. Its JSON files are read strictly
+(`read_json`): bounded in size, no key twice, every number short enough to read.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ WEIGHTS_NAME, CARD_NAME, HISTORY_NAME = "model.safetensors", "README.md", "histo
 FOLDER_FORMAT = "hourglass_edu.model"
 FOLDER_FILES = (CONFIG_NAME, TOKENIZER_NAME, WEIGHTS_NAME, CARD_NAME, HISTORY_NAME)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MAX_JSON_BYTES = 64 << 20  # config and tokenizer take kilobytes; a long run's history megabytes
+MAX_JSON_DIGITS = 30  # no count or size in these files needs more digits
 _UMASK = os.umask(0)  # a new folder gets the usual permissions (mkdtemp makes it owner-only)
 os.umask(_UMASK)
 
@@ -87,6 +90,10 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / CARD_NAME
     if not path.is_file():
         return {}
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is {path.stat().st_size:,} bytes, beyond the "
+                         f"{MAX_JSON_BYTES >> 20} MiB a model card may have; the file is damaged: "
+                         "export or download the model again")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
@@ -98,9 +105,10 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
     for line in lines[1:lines.index("---", 1)]:
         key, _, value = line.partition(":")
         try:
-            fields[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}: cannot read the card line {line!r}") from None
+            fields[key.strip()] = parse_json(value, f"field {key.strip()[:40]!r}")
+        except ValueError as error:
+            raise ValueError(f"{path}: cannot read the card line {line[:60]!r} "
+                             f"({error})") from None
     return fields
 
 
@@ -232,22 +240,89 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is missing: a model folder holds {CONFIG_NAME}, "
                                 f"{TOKENIZER_NAME} and {WEIGHTS_NAME} (export_model_folder "
                                 "writes all three)")
+    return read_json(path)
+
+
+class _LongNumber:
+    """A number of more than `MAX_JSON_DIGITS` digits, held as text until its key is known."""
+
+    def __init__(self, digits: str):
+        self.digits = digits
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from a file of a model folder, read strictly: ValueError naming the file
+    (and the field, where there is one) for a file beyond `MAX_JSON_BYTES`, not UTF-8, not
+    JSON, nested past Python's recursion limit, holding a key twice (JSON keeps the last one
+    silently) or a number of more than `MAX_JSON_DIGITS` digits; or for JSON that is not an
+    object."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is {size:,} bytes, beyond the {MAX_JSON_BYTES >> 20} MiB a "
+                         "model folder's JSON file may have; the file is damaged or not of "
+                         "this library: export or download the model again")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text, so not JSON; the file is damaged: export "
+                         "or download the model again") from None
+    value = parse_json(text, str(path))
     if not isinstance(value, dict):
         raise ValueError(f"{path} should hold a JSON object")
     return value
 
 
+def parse_json(text: str, where: str) -> Any:
+    """`json.loads` of `text` with `read_json`'s rules; ValueError naming `where`."""
+
+    def checked_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise ValueError(f"{where}: key {key[:40]!r} appears twice (JSON would keep "
+                                 "the last silently); the file is damaged or was edited by "
+                                 "hand: keep one")
+            items = value if isinstance(value, list) else [value]
+            long = next((item for item in items if isinstance(item, _LongNumber)), None)
+            if long is not None:
+                raise ValueError(f"{where}: field {key[:40]!r} holds a number of "
+                                 f"{len(long.digits):,} digits, more than any value of this "
+                                 "library needs; the file is damaged")
+            seen[key] = value
+        return seen
+
+    def checked_int(digits: str) -> int | _LongNumber:
+        return int(digits) if len(digits.lstrip("-")) <= MAX_JSON_DIGITS else _LongNumber(digits)
+
+    try:
+        value = json.loads(text, object_pairs_hook=checked_object, parse_int=checked_int)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to read (lists or objects within "
+                         "each other thousands of times); the file is damaged") from None
+    if _holds_long_number(value):
+        raise ValueError(f"{where}: holds a number of more than {MAX_JSON_DIGITS} digits; the "
+                         "file is damaged")
+    return value
+
+
+def _holds_long_number(value: Any) -> bool:
+    """Whether a long number sits outside any object field (alone, or in nested lists)."""
+    if isinstance(value, _LongNumber):
+        return True
+    return isinstance(value, list) and any(_holds_long_number(item) for item in value)
+
+
 def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "cpu"):
     """`(model, tokenizer)` from a model folder, in eval mode, weights in float32.
 
-    Raises FileNotFoundError for a missing file and ValueError when the weights' sha256 differs
-    from the card's (tampered or damaged), or anything disagrees with the config: the config is
+    Raises FileNotFoundError for a missing file and ValueError when anything disagrees with the
+    config, or the weights' sha256 differs from the card's (tampered or damaged): the config is
     sized and every tensor's shape checked against the file's header (`loading.py`) before any
-    weight is read. A card without a sha256 is said with a warning (nothing to check against).
+    weight is read or hashed. A card without a sha256 is said with a warning (nothing to check
+    against).
     """
     folder = Path(folder)
     device = resolve_device(device)
@@ -256,7 +331,6 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
     weights_path = folder / WEIGHTS_NAME
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path} is missing: the model folder has no weights")
-    _check_sha256(folder, weights_path)
     class_name = config.pop("model_class", None)
     if config.pop("format", None) != FOLDER_FORMAT or not isinstance(class_name, str):
         raise ValueError(f"{folder / CONFIG_NAME} is not an hourglass_edu model config")
@@ -269,6 +343,9 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
         raise ValueError(f"{folder}: the tokenizer has {tokenizer.vocab_size} entries but the "
                          f"model {shapes.config.vocab_size} vocabulary rows")
     check_weights(shapes, safetensors_shapes(weights_path), str(weights_path))
+    # Hashed only now: the header, checked against the config, bounds the file's size (a
+    # crafted multi-gigabyte file is refused from its first bytes, not read through).
+    _check_sha256(folder, weights_path)
     weights = _read_weights(weights_path)
     model = build_model_from_config(class_name, config)
     model.load_state_dict(weights)
