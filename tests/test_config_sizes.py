@@ -350,3 +350,21 @@ def test_an_h_transformer_block_beyond_max_length_is_refused_before_padding():
         model = HTransformerLM(HTransformerConfig(vocab_size=10, d_model=16, n_heads=2,
                                                   max_length=40, block_size=16))
     assert model.longest_sequence(40) == 64 and model.longest_sequence(16) == 16
+
+
+def test_finetuning_on_a_corpus_of_too_many_characters_names_it_before_the_model_grows(
+        tmp_path, monkeypatch):
+    from hourglass_edu.training import finetuning, prepare_finetuning
+
+    base = HourglassLM(HourglassConfig(vocab_size=TOKENIZER.vocab_size, d_model=16, n_heads=2,
+                                       structure="1@1 1@2 1@1", max_length=32))
+    monkeypatch.setattr(finetuning, "extend_vocabulary",
+                        lambda *args: pytest.fail("the model grew before the refusal"))
+    checkpoint = {"model_class": "HourglassLM", "model_config": base.config.to_dict(),
+                  "model": base.state_dict(), "tokenizer": TOKENIZER.to_dict()}
+    corpus = tmp_path / "everything.txt"
+    characters = every_character(MAX_VOCABULARY + 20_000)
+    corpus.write_text("\n\n".join(characters[start:start + 1000]
+                                  for start in range(0, len(characters), 1000)), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"everything.txt: the text holds"):
+        prepare_finetuning(checkpoint, corpus)

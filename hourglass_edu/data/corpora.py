@@ -86,6 +86,11 @@ class Corpus:
     sources: tuple[Path, ...] = ()
 
     @property
+    def label(self) -> str:
+        """How a message names the corpus: its file when it was read from one file."""
+        return str(self.sources[0]) if len(self.sources) == 1 else f"corpus {self.name!r}"
+
+    @property
     def num_characters(self) -> int:
         return sum(len(doc) for doc in self.documents)
 
@@ -265,8 +270,7 @@ def _vocabulary_of(corpus: Corpus, train_docs: list[str], val_docs: list[str],
             if set(val_chars) - set(tokenizer.chars):
                 tokenizer = CharTokenizer(tokenizer.chars, unk=True, normalize=normalize)
     except ValueError as error:
-        where = corpus.sources[0] if len(corpus.sources) == 1 else f"corpus {corpus.name!r}"
-        raise ValueError(f"{where}: {error}") from None
+        raise ValueError(f"{corpus.label}: {error}") from None
     return tokenizer
 
 
