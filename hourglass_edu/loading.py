@@ -124,7 +124,8 @@ def _check_value(name: str, value: Any, where: str) -> None:
         limit = SIZE_LIMITS.get(name, DEFAULT_LIMIT)
         if abs(value) > limit:
             raise ValueError(f"{where}: {name}={describe_number(value)} is beyond this "
-                             f"library's limit {limit:,}; is the config file damaged?")
+                             f"library's limit {limit:,}: lower it (a config file holding it "
+                             "is damaged)")
     elif isinstance(value, str) and len(value) > MAX_TEXT:
         raise ValueError(f"{where}: config field {name!r} is a string of {len(value):,} "
                          f"characters, beyond this library's limit {MAX_TEXT}; is the file "
