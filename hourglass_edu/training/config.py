@@ -130,8 +130,10 @@ _FIELD_KINDS = {
     "eval_batches": "int?", "log_every": "int", "checkpoint_every": "int?", "seed": "int",
     "progress": "bool",
 }
-_KIND_WORDS = {"int": "a whole number", "real": "a number", "bool": "True or False",
+_KIND_WORDS = {"int": "a positive integer", "real": "a number", "bool": "True or False",
                "str": "a string", "device": "a device name such as 'auto', 'cpu' or 'cuda'"}
+_WHOLE_WORDS = {"warmup_steps": "an integer >= 0",  # the counts that may be 0
+                "seed": "a whole number from 0 to 2**63 - 1"}
 _MAX_WHOLE = 2**63  # beyond any count or seed torch takes (and printable in a message)
 
 
@@ -154,7 +156,8 @@ def _check_type(name: str, value: Any, kind: str) -> None:
     else:
         fits = isinstance(value, str)
     if not fits:
-        raise ValueError(f"{name} must be {_KIND_WORDS[kind]}{' or None' if optional else ''}, "
+        words = _WHOLE_WORDS.get(name, _KIND_WORDS[kind]) if kind == "int" else _KIND_WORDS[kind]
+        raise ValueError(f"{name} must be {words}{' or None' if optional else ''}, "
                          f"got {_shown(value)}")
 
 
