@@ -96,7 +96,24 @@ class LevelSpec:
 
 
 _PART = re.compile(r"^([0-9]+)@([0-9]+)$")  # ASCII digits only: int() would read "١@١" too
+_MAX_DIGITS = 9  # a layer count or factor of more digits is beyond any limit (and int() of
+# thousands of digits is refused by Python itself, with a message naming no field)
 _EXAMPLE = "e.g. '2@1 8@3 2@1' or '2@1 2@2 4@8 2@2 2@1'"
+
+
+def _read_part(part: str, structure: str) -> tuple[int, int]:
+    """``"LAYERS@FACTOR"`` -> (layers, factor); ValueError saying what a part must be."""
+    match = _PART.match(part)
+    if match is None:
+        raise ValueError(
+            f"cannot read {part!r} in structure {structure!r}: each part must be "
+            f"LAYERS@FACTOR with whole numbers in the digits 0-9, {_EXAMPLE}"
+        )
+    if max(len(match.group(1)), len(match.group(2))) > _MAX_DIGITS:
+        raise ValueError(f"structure part {part[:24]!r}... has a number of more than "
+                         f"{_MAX_DIGITS} digits, beyond any limit of this library; use numbers "
+                         f"like {_EXAMPLE}")
+    return int(match.group(1)), int(match.group(2))
 
 
 def parse_structure(structure: str) -> list[LevelSpec]:
@@ -104,16 +121,8 @@ def parse_structure(structure: str) -> list[LevelSpec]:
     if not isinstance(structure, str) or not structure.strip():
         raise ValueError(f"structure must be a non-empty string like {_EXAMPLE}, got {structure!r}")
     parts = structure.split()
-    layers, factors = [], []
-    for part in parts:
-        match = _PART.match(part)
-        if match is None:
-            raise ValueError(
-                f"cannot read {part!r} in structure {structure!r}: each part must be "
-                f"LAYERS@FACTOR with whole numbers in the digits 0-9, {_EXAMPLE}"
-            )
-        layers.append(int(match.group(1)))
-        factors.append(int(match.group(2)))
+    layers, factors = zip(*(_read_part(part, structure) for part in parts), strict=True)
+    layers, factors = list(layers), list(factors)
     if len(parts) % 2 == 0:
         raise ValueError(
             f"structure {structure!r} has {len(parts)} parts; it needs an odd number: the levels "
@@ -197,7 +206,16 @@ class HourglassConfig(ModelConfig):
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}"
                 )
-        parse_structure(self.structure)  # raises with a message saying what to change
+        levels = parse_structure(self.structure)  # raises with a message saying what to change
+        if levels[-1].total_factor > self.max_length:
+            # Each level pads its input to a multiple of its factor: a factor beyond the longest
+            # window pads every window to the factor, and the level sees only its first token.
+            raise ValueError(
+                f"structure {self.structure!r} shortens by {levels[-1].total_factor:,}, more than "
+                f"max_length={self.max_length:,}: every window would be padded to "
+                f"{levels[-1].total_factor:,} positions and its innermost level would see only "
+                "the first token; use shortening factors up to max_length (or raise max_length)"
+            )
 
     @property
     def levels(self) -> list[LevelSpec]:
@@ -311,6 +329,14 @@ class HourglassLM(LanguageModel):
             levels.append(level)
             level = level.inner
         return levels
+
+    def longest_sequence(self, length: int) -> int:
+        """The longest sequence a level runs on: a level pads its input to a multiple of its
+        shortening factor before it shortens (``ceil(n_i / k_i) * k_i`` positions)."""
+        lengths = self.level_lengths(length)
+        padded = [-(-n // level.factor) * level.factor
+                  for n, level in zip(lengths, self.levels[:-1], strict=False)]
+        return max([length, *padded])
 
     def level_lengths(self, length: int) -> list[int]:
         """Sequence length at each level for ``length`` tokens: ``n_{i+1} = ceil(n_i / k_i)``."""

@@ -72,16 +72,26 @@ class ModelConfig:
     rotary_base: float = 10000.0
 
     def check_common(self, integer_fields=("vocab_size", "d_model", "n_heads", "max_length")):
-        """Raise ValueError, saying what to change, for a value no model can be built with."""
+        """Raise ValueError, saying what to change, for a value no model can be built with.
+
+        Sizes are positive whole numbers within `loading.SIZE_LIMITS` (checked before anything
+        loops over them or sizes a tensor by them), real numbers are finite and not True/False,
+        and every field declared ``bool`` holds True or False (``"false"`` would be true).
+        """
+        from hourglass_edu.loading import check_size_field  # lazy: loading imports this module
+
         for name in (*integer_fields, *(("d_ff",) if self.d_ff is not None else ())):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_size_field(name, getattr(self, name))
         check_heads(self.d_model, self.n_heads)
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.rotary_base, (int, float)) or not self.rotary_base > 1.0:
-            raise ValueError(f"rotary_base must be > 1, got {self.rotary_base!r}")
+        dropout, base = self.dropout, self.rotary_base
+        if not _is_real(dropout) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if not _is_real(base) or not 1.0 < base < math.inf:
+            raise ValueError(f"rotary_base must be a finite number > 1, got {base!r}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("bool", bool) and not isinstance(value, bool):
+                raise ValueError(f"{field.name} must be True or False, got {value!r}")
 
     @property
     def feed_forward_width(self) -> int:
@@ -111,6 +121,11 @@ class ModelConfig:
         return cls(**data)
 
 
+def _is_real(value) -> bool:
+    """A real number (int or float, not a bool: True would pass for 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class LanguageModel(nn.Module):
     """Embedding -> ``body`` (defined by each model) -> final LayerNorm -> head.
 
@@ -136,6 +151,12 @@ class LanguageModel(nn.Module):
             name = self.config_class.__name__
             raise ValueError(f"{type(self).__name__} needs a {name} (use {name}.from_dict for a "
                              "saved dict)")
+        if torch.get_default_device().type != "meta":
+            # The one size bound of every model built, by any path, before any weight exists:
+            # the same model on `meta` (no memory), its parameters and activations counted.
+            from hourglass_edu.loading import check_buildable  # lazy: loading imports this
+
+            check_buildable(type(self), config, type(self).__name__)
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.embedding_dropout = nn.Dropout(config.dropout)
@@ -217,6 +238,12 @@ class LanguageModel(nn.Module):
         """Number of trainable parameters (tied weights counted once)."""
         total = sum(parameter.numel() for parameter in self.parameters())  # tied: listed once
         return total if include_embedding else total - self.embedding.weight.numel()
+
+    def longest_sequence(self, length: int) -> int:
+        """The longest sequence any layer runs on for ``length`` tokens: ``length``, or more in a
+        design that pads (the hourglass pads each level to a multiple of its shortening factor).
+        The activation bound (`loading.activation_bytes`) counts it."""
+        return length
 
     def new_cache(self) -> ModelCache | None:
         """An empty cache for decoding this model one token at a time (a `ModelCache`), or

@@ -7,9 +7,12 @@ file lives here, and every loader (checkpoints, model folders, shipped models) g
 1. `check_config_fields`: the config dict as read from the file, before any class sees it:
    every whole number within `SIZE_LIMITS` (the default limit for fields not named there), strings
    and lists short, so nothing downstream parses a million-digit number or loops a billion times.
-2. `model_shapes`: the config, then the model built on the `meta` device (shapes, no memory),
-   its parameter count and the activation size of one window of `max_length` tokens checked
-   against `MAX_PARAMETERS` and `MAX_ACTIVATION_BYTES` (no model of this course comes near).
+2. `model_shapes`: the config, then `check_buildable`: the model built on the `meta` device
+   (shapes, no memory), its parameter count and the activation size of one window of
+   `max_length` tokens (padding included) checked against `MAX_PARAMETERS` and
+   `MAX_ACTIVATION_BYTES` (no model of this course comes near). `check_buildable` is also the
+   one size bound of every model built by any path: `LanguageModel.__init__` runs it before
+   its first weight exists, and `ModelConfig` checks each size field (`check_size_field`).
 3. `check_weights` (lm.py) against the meta model: every tensor's name, shape and dtype, read
    from the file's header (safetensors) or its tensors (checkpoints), before anything is
    materialized; then `check_finite_weights` on the values read (a NaN weight makes a model
@@ -37,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hourglass_edu.data.tokenizer import MAX_VOCABULARY
 from hourglass_edu.devices import resolve_device  # the one device check, re-exported here
 from hourglass_edu.files import quoted
 from hourglass_edu.lm import LanguageModel, model_class
@@ -49,10 +53,13 @@ __all__ = [
     "activation_bytes",
     "activation_bytes_per_token",
     "check_archive_sizes",
+    "check_buildable",
     "check_config_fields",
     "check_finite_weights",
     "check_model_size",
     "check_tokenizer_matches",
+    "check_size_field",
+    "describe_number",
     "model_shapes",
     "record_tokenizer",
     "resolve_device",
@@ -60,7 +67,7 @@ __all__ = [
 ]
 
 # Bounds that no model of this course comes near (its largest preset has about 20M parameters).
-SIZE_LIMITS = {"vocab_size": 1 << 20, "d_model": 1 << 14, "n_heads": 1 << 8, "d_ff": 1 << 16,
+SIZE_LIMITS = {"vocab_size": MAX_VOCABULARY, "d_model": 1 << 14, "n_heads": 1 << 8, "d_ff": 1 << 16,
                "max_length": 1 << 20, "n_layers": 1 << 10}
 DEFAULT_LIMIT = 1 << 20  # any other whole number in a config (windows, ranks, factors, ...)
 MAX_TEXT, MAX_ITEMS = 256, 64  # characters of a config string, items of a config list
@@ -84,12 +91,36 @@ def check_config_fields(config: Any, where: str) -> None:
                              f"this library's limit {MAX_ITEMS}; is the file damaged?")
 
 
+def describe_number(value: int) -> str:
+    """A whole number fit for a message: its digits, or how many there are when they are too
+    many to print (Python refuses to write an int of more than 4,300 digits)."""
+    if value.bit_length() <= 64:
+        return f"{value:,}"
+    digits = value.bit_length() * 0.30103  # log10(2)
+    return f"a {'negative ' if value < 0 else ''}number of about {digits:,.0f} digits"
+
+
+def check_size_field(name: str, value: Any) -> None:
+    """Raise ValueError unless the size field `name` is a positive whole number within its
+    limit (`SIZE_LIMITS`, else `DEFAULT_LIMIT`): before anything loops over it or sizes a
+    tensor by it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        shown = describe_number(value) if whole else repr(value)
+        raise ValueError(f"{name} must be a positive integer, got {shown}")
+    limit = SIZE_LIMITS.get(name, DEFAULT_LIMIT)
+    if value > limit:
+        raise ValueError(f"{name}={describe_number(value)} is beyond this library's limit "
+                         f"{limit:,}: lower it (a config file with it is damaged)")
+
+
 def _check_value(name: str, value: Any, where: str) -> None:
     if isinstance(value, int) and not isinstance(value, bool):
         limit = SIZE_LIMITS.get(name, DEFAULT_LIMIT)
         if abs(value) > limit:
-            raise ValueError(f"{where}: {name}={value} is beyond this library's limit {limit}; "
-                             "is the config file damaged?")
+            raise ValueError(f"{where}: {name}={describe_number(value)} is beyond this "
+                             f"library's limit {limit:,}: lower it (a config file holding it "
+                             "is damaged)")
     elif isinstance(value, str) and len(value) > MAX_TEXT:
         raise ValueError(f"{where}: config field {name!r} is a string of {len(value):,} "
                          f"characters, beyond this library's limit {MAX_TEXT}; is the file "
@@ -107,12 +138,6 @@ def _layer_count(config) -> int:
     return sum(level.pre_layers + level.post_layers for level in levels)
 
 
-def _largest_factor(config) -> int:
-    """The largest shortening factor of an hourglass structure (1 for other designs): a sequence
-    is padded to a multiple of it, so it costs memory even without weights."""
-    return max((level.total_factor for level in getattr(config, "levels", [])), default=1)
-
-
 def model_shapes(class_name: str, config: dict[str, Any], where: str) -> LanguageModel:
     """The model a saved config describes, built on the `meta` device after every check above.
 
@@ -128,16 +153,19 @@ def model_shapes(class_name: str, config: dict[str, Any], where: str) -> Languag
         if not isinstance(error, ValueError):
             detail = f"{type(error).__name__}: {detail}"
         raise ValueError(f"{where}: {detail}") from None
+    return check_buildable(cls, model_config, where)
+
+
+def check_buildable(cls: type[LanguageModel], model_config, where: str) -> LanguageModel:
+    """The model of class `cls` that `model_config` describes, built on the `meta` device once
+    its size is known to be within bounds; ValueError naming `where` otherwise. Nothing is
+    allocated. Every model is built through it (`LanguageModel.__init__` calls it)."""
     layers = _layer_count(model_config)
     if layers > SIZE_LIMITS["n_layers"]:
         structure = getattr(model_config, "structure", None)
         asked = f"structure {structure!r}" if structure else "the config"
         raise ValueError(f"{where}: {asked} asks for {layers} layers in all, beyond this "
                          f"library's limit {SIZE_LIMITS['n_layers']}; is the config damaged?")
-    if _largest_factor(model_config) > SIZE_LIMITS["max_length"]:
-        raise ValueError(f"{where}: structure {model_config.structure!r} shortens by "
-                         f"{_largest_factor(model_config)}, beyond this library's limit "
-                         f"{SIZE_LIMITS['max_length']} (the longest sequence a model may take)")
     # Every block holds at least one d_model x d_model matrix: a lower bound of the parameter
     # count that refuses a giant at once, before even the meta build (seconds for 1000 layers).
     at_least = layers * model_config.d_model**2
@@ -151,15 +179,19 @@ def model_shapes(class_name: str, config: dict[str, Any], where: str) -> Languag
 
 def _too_many_parameters(where: str, count: int, qualifier: str = "") -> str:
     return (f"{where}: the config asks for {qualifier}{count:,} parameters, beyond this "
-            f"library's limit {MAX_PARAMETERS:,}; is the config damaged?")
+            f"library's limit {MAX_PARAMETERS:,}: lower d_model, d_ff, vocab_size or the number "
+            "of layers (a config file asking for it is damaged)")
 
 
 def activation_bytes(model: nn.Module) -> int:
     """An upper bound of the float32 activations of one window of `max_length` tokens: every
-    linear layer's output at full length (shortened levels run on fewer positions)."""
+    linear layer's output at the longest length a layer runs on (`longest_sequence`: the
+    window, padded where the design pads it; shortened levels run on fewer positions)."""
     outputs = sum(module.out_features for module in model.modules()
                   if isinstance(module, nn.Linear))
-    return 4 * outputs * model.config.max_length
+    max_length = model.config.max_length
+    longest = getattr(model, "longest_sequence", lambda length: length)(max_length)
+    return 4 * outputs * longest
 
 
 def activation_bytes_per_token(model: nn.Module) -> int:
@@ -177,7 +209,7 @@ def check_model_size(model: LanguageModel, where: str) -> None:
         raise ValueError(f"{where}: one window of max_length={model.config.max_length} tokens "
                          f"would need about {activations / 2**30:,.0f} GiB of activations, beyond "
                          f"this library's limit {MAX_ACTIVATION_BYTES >> 30} GiB; lower "
-                         "max_length or the model's width")
+                         "max_length, the model's width or its shortening factors")
 
 
 # safetensors' names of the dtypes a weight may have (`lm.WEIGHT_DTYPES`).

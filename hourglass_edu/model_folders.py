@@ -12,9 +12,11 @@ The layout follows a Hugging Face model repository:
 
 `export_model_folder` writes one (beside an earlier export of the same model, then swapped in
 whole: `files.folder_replacement`; with `force`, never deleting what it did not write);
-`load_model_folder` checks the weights' sha256 against the card, the config (sized on the meta
-device, `loading.py`), the tokenizer against the embedding and every tensor's shape in the file's
-header before it builds the model.
+`load_model_folder` checks the config (sized on the meta device, `loading.py`), the tokenizer
+against the embedding, every tensor's shape in the weights file's header (which also fixes the
+file's size), then the weights' sha256 against the card, before it builds the model. Its JSON
+files are read strictly (`json_files.read_json`): bounded in size, no key twice, every number
+short enough to read.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from hourglass_edu.files import (
     recover_folder_replacement,
     stale_temporaries,
 )
+from hourglass_edu.json_files import MAX_JSON_BYTES, parse_json, read_json
 from hourglass_edu.lm import LanguageModel, build_model_from_config, check_weights
 from hourglass_edu.loading import (
     check_finite_weights,
@@ -105,6 +108,10 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / CARD_NAME
     if not path.is_file():
         return {}
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is {path.stat().st_size:,} bytes, beyond the "
+                         f"{MAX_JSON_BYTES >> 20} MiB a model card may have; the file is damaged: "
+                         "export or download the model again")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
@@ -116,9 +123,10 @@ def read_card(folder: str | os.PathLike) -> dict[str, Any]:
     for line in lines[1:lines.index("---", 1)]:
         key, _, value = line.partition(":")
         try:
-            fields[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}: cannot read the card line {line!r}") from None
+            fields[key.strip()] = parse_json(value, f"field {key.strip()[:40]!r}")
+        except ValueError as error:
+            raise ValueError(f"{path}: cannot read the card line {line[:60]!r} "
+                             f"({error})") from None
     return fields
 
 
@@ -328,23 +336,17 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is missing: a model folder holds {CONFIG_NAME}, "
                                 f"{TOKENIZER_NAME} and {WEIGHTS_NAME} (export_model_folder "
                                 "writes all three)")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} should hold a JSON object")
-    return value
+    return read_json(path)
 
 
 def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "cpu"):
     """`(model, tokenizer)` from a model folder, in eval mode, weights in float32.
 
-    Raises FileNotFoundError for a missing file and ValueError when the weights' sha256 differs
-    from the card's (tampered or damaged), or anything disagrees with the config: the config is
+    Raises FileNotFoundError for a missing file and ValueError when anything disagrees with the
+    config, or the weights' sha256 differs from the card's (tampered or damaged): the config is
     sized and every tensor's shape checked against the file's header (`loading.py`) before any
-    weight is read, and every weight read is finite. A card without a sha256 is said with a
-    warning (nothing to check against).
+    weight is read or hashed, and every weight read is finite. A card without a sha256 is said
+    with a warning (nothing to check against).
     """
     folder = Path(folder)
     device = resolve_device(device)
@@ -355,7 +357,6 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
     weights_path = folder / WEIGHTS_NAME
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path} is missing: the model folder has no weights")
-    _check_sha256(folder, weights_path)
     class_name = config.pop("model_class", None)
     if config.pop("format", None) != FOLDER_FORMAT or not isinstance(class_name, str):
         raise ValueError(f"{folder / CONFIG_NAME} is not an hourglass_edu model config")
@@ -369,6 +370,9 @@ def load_model_folder(folder: str | os.PathLike, device: str | torch.device = "c
                          f"model {shapes.config.vocab_size} vocabulary rows")
     _check_vocabulary(folder, tokenizer)
     check_weights(shapes, safetensors_shapes(weights_path), str(weights_path))
+    # Hashed only now: the header, checked against the config, bounds the file's size (a
+    # crafted multi-gigabyte file is refused from its first bytes, not read through).
+    _check_sha256(folder, weights_path)
     weights = _read_weights(weights_path)
     check_finite_weights(weights, str(weights_path))
     model = build_model_from_config(class_name, config)

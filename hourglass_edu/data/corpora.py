@@ -86,6 +86,11 @@ class Corpus:
     sources: tuple[Path, ...] = ()
 
     @property
+    def label(self) -> str:
+        """How a message names the corpus: its file when it was read from one file."""
+        return str(self.sources[0]) if len(self.sources) == 1 else f"corpus {self.name!r}"
+
+    @property
     def num_characters(self) -> int:
         return sum(len(doc) for doc in self.documents)
 
@@ -254,6 +259,21 @@ class PreparedData:
         return "\n".join(lines)
 
 
+def _vocabulary_of(corpus: Corpus, train_docs: list[str], val_docs: list[str],
+                   unk: bool | None, normalize: str | None) -> CharTokenizer:
+    """A new tokenizer of the training documents (see `prepare_data`); a vocabulary too large
+    to build is refused naming the corpus (its file when it has one)."""
+    try:
+        tokenizer = CharTokenizer.from_documents(train_docs, unk=bool(unk), normalize=normalize)
+        if unk is None:
+            val_chars = CharTokenizer.from_documents(val_docs, normalize=normalize).chars
+            if set(val_chars) - set(tokenizer.chars):
+                tokenizer = CharTokenizer(tokenizer.chars, unk=True, normalize=normalize)
+    except ValueError as error:
+        raise ValueError(f"{corpus.label}: {error}") from None
+    return tokenizer
+
+
 def prepare_data(source: str | os.PathLike | Corpus, val_fraction: float = 0.05, seed: int = 0,
                  tokenizer: CharTokenizer | None = None, *, data_dir: str | Path | None = None,
                  download: bool = True, unk: bool | None = None,
@@ -269,11 +289,7 @@ def prepare_data(source: str | os.PathLike | Corpus, val_fraction: float = 0.05,
         source, data_dir=data_dir, download=download)
     train_docs, val_docs = split_documents(corpus.documents, val_fraction, seed)
     if tokenizer is None:
-        tokenizer = CharTokenizer.from_documents(train_docs, unk=bool(unk), normalize=normalize)
-        if unk is None:
-            val_chars = CharTokenizer.from_documents(val_docs, normalize=normalize).chars
-            if set(val_chars) - set(tokenizer.chars):
-                tokenizer = CharTokenizer(tokenizer.chars, unk=True, normalize=normalize)
+        tokenizer = _vocabulary_of(corpus, train_docs, val_docs, unk, normalize)
     elif unk is not None or normalize is not None:
         raise ValueError("unk and normalize belong to the tokenizer you passed; leave them None")
     return PreparedData(corpus, tokenizer, train_docs, val_docs,

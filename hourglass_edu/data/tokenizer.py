@@ -25,11 +25,28 @@ import torch
 
 from hourglass_edu.files import atomic_write
 
-__all__ = ["EOT", "UNK", "NORMALIZATION_FORMS", "CharTokenizer"]
+__all__ = ["EOT", "UNK", "MAX_VOCABULARY", "NORMALIZATION_FORMS", "CharTokenizer"]
 
 EOT = "<eot>"  # end of text: separates documents; how `decode` renders it
 UNK = "<unk>"  # unknown character, only in tokenizers built with unk=True
 NORMALIZATION_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+# The most entries a vocabulary may have (specials included): as many as Unicode's Basic
+# Multilingual Plane has code points. Text in any language uses a few thousand characters; a
+# file with more is not text a character model can learn (binary data, a list of every code
+# point), and its embedding, output head and logits would take gigabytes.
+MAX_VOCABULARY = 1 << 16
+
+
+def _check_vocabulary_size(characters: int, unk: bool, source: str) -> None:
+    """Raise ValueError when `characters` and the special tokens pass `MAX_VOCABULARY`."""
+    if characters + 1 + bool(unk) > MAX_VOCABULARY:
+        raise ValueError(
+            f"{source} holds {characters:,} different characters or more, beyond the "
+            f"{MAX_VOCABULARY:,} vocabulary entries a character model of this library takes "
+            "(text in any language uses a few thousand); is it text? Use a text file, or a "
+            "tokenizer built from representative text with unk=True "
+            "(prepare_data(..., tokenizer=...)), so that rare characters become <unk>"
+        )
 
 
 class CharTokenizer:
@@ -51,6 +68,7 @@ class CharTokenizer:
         if not isinstance(unk, bool):
             raise ValueError(f"unk must be True or False, got {unk!r:.40}")
         chars = tuple(chars)
+        _check_vocabulary_size(len(chars), unk, "the tokenizer's list of characters")
         bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
         if bad:
             raise ValueError(f"chars must be single characters, got {bad[:10]!r}")
@@ -84,6 +102,8 @@ class CharTokenizer:
         for doc in documents:
             _check_text(doc, "from_documents")
             seen.update(unicodedata.normalize(normalize, doc) if normalize else doc)
+            # stop at once: the set of a million characters alone takes ~100 MB
+            _check_vocabulary_size(len(seen), unk, "the text")
         return cls(sorted(seen), unk=unk, normalize=normalize)
 
     @property

@@ -296,6 +296,14 @@ class HTransformerConfig(BlockStackConfig):
     def __post_init__(self):
         super().__post_init__()
         check_hierarchy(self.hierarchy, self.block_size)
+        if self.block_size > self.max_length:
+            # Every window is padded to a whole block: a block beyond the longest window only
+            # pads (its exact attention takes block_size^2 scores per head).
+            raise ValueError(
+                f"block_size={self.block_size:,} is more than max_length={self.max_length:,}: "
+                "every window would be padded to a block that size (one block of max_length "
+                "positions is already exact attention); use block_size up to max_length"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
@@ -322,6 +330,11 @@ class HTransformerLM(BlockStackLM):
         (rounded down to an even number, at least 2)."""
         return HTransformerConfig(**common, n_layers=n_layers,
                                   block_size=max(2, window // 4 * 2))
+
+    def longest_sequence(self, length: int) -> int:
+        """Queries, keys and values are padded to ``block_size * 2**levels`` positions."""
+        block_size = self.config.block_size
+        return block_size * 2 ** number_of_levels(length, block_size)
 
     def make_attention(self) -> HAttention:
         config = self.config

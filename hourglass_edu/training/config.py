@@ -65,34 +65,45 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the setting to change when a value makes no sense."""
+        """Raise ValueError naming the setting to change when a value makes no sense.
+
+        Types first, for every field (a value read from a checkpoint or typed in Python may be
+        anything): whole numbers are ints and not True/False (a bool is an int in Python, so
+        ``steps=True`` would run one step), real numbers finite, switches True or False.
+        """
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name), _FIELD_KINDS[field.name])
         if self.steps is None and self.minutes is None:
             raise ValueError("TrainConfig needs a budget: set steps, minutes, or both")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+        if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
         if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
             raise ValueError(f"minutes must be positive and finite, or None, got {self.minutes!r}")
         for name in ("batch_size", "block_size", "grad_accum", "eval_every", "log_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("eval_batches", "checkpoint_every"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+        if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got "
+                             f"{self.weight_decay!r}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1 (torch's "
+                             f"generators take 64 bits), got {_shown(self.seed)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -110,6 +121,55 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated like a new config)."""
         return dataclasses.replace(self, **changes)
+
+
+# What each TrainConfig field holds: "int" (a whole number), "real" (an int or a float),
+# "bool", "str", "device" (a name or a torch.device); a trailing "?" allows None.
+_FIELD_KINDS = {
+    "steps": "int?", "minutes": "real?", "batch_size": "int", "block_size": "int",
+    "grad_accum": "int", "lr": "real", "min_lr_ratio": "real", "warmup_steps": "int",
+    "weight_decay": "real", "beta1": "real", "beta2": "real", "grad_clip": "real?",
+    "precision": "str", "compile": "bool", "device": "device", "eval_every": "int",
+    "eval_batches": "int?", "log_every": "int", "checkpoint_every": "int?", "seed": "int",
+    "progress": "bool",
+}
+_KIND_WORDS = {"int": "a positive integer", "real": "a number", "bool": "True or False",
+               "str": "a string", "device": "a device name such as 'auto', 'cpu' or 'cuda'"}
+_WHOLE_WORDS = {"warmup_steps": "an integer >= 0",  # the counts that may be 0
+                "seed": "a whole number from 0 to 2**63 - 1"}
+_MAX_WHOLE = 2**63  # beyond any count or seed torch takes (and printable in a message)
+
+
+def _check_type(name: str, value: Any, kind: str) -> None:
+    """Raise ValueError unless `value` is of `kind` (see `_FIELD_KINDS`)."""
+    optional = kind.endswith("?")
+    kind = kind.rstrip("?")
+    if value is None and optional:
+        return
+    if kind == "bool":
+        fits = isinstance(value, bool)
+    elif isinstance(value, bool):
+        fits = False
+    elif kind == "int":
+        fits = isinstance(value, int) and abs(value) < _MAX_WHOLE
+    elif kind == "real":  # finite or not: the checks of each field say what it must be
+        fits = isinstance(value, float) or isinstance(value, int) and abs(value) < _MAX_WHOLE
+    elif kind == "device":
+        fits = isinstance(value, (str, torch.device))
+    else:
+        fits = isinstance(value, str)
+    if not fits:
+        words = _WHOLE_WORDS.get(name, _KIND_WORDS[kind]) if kind == "int" else _KIND_WORDS[kind]
+        raise ValueError(f"{name} must be {words}{' or None' if optional else ''}, "
+                         f"got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """`value` for a message, short (a huge int is not printed digit by digit)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _MAX_WHOLE:
+        return f"a number of {value.bit_length():,} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,11 @@ def prepare_finetuning(checkpoint, corpus, *, val_fraction: float = 0.05, seed: 
     if isinstance(corpus, (str, os.PathLike)):
         corpus = load_corpus(corpus, data_dir=data_dir)
     train_docs, val_docs = split_documents(corpus.documents, val_fraction, seed)
-    added = characters_to_add(tokenizer, train_docs)
-    model, tokenizer = extend_vocabulary(model, tokenizer, added)
+    try:  # a corpus of too many characters is refused before the model grows
+        added = characters_to_add(tokenizer, train_docs)
+        model, tokenizer = extend_vocabulary(model, tokenizer, added)
+    except ValueError as error:
+        raise ValueError(f"{corpus.label}: {error}") from None
     val_chars = CharTokenizer.from_documents(val_docs, normalize=tokenizer.normalize).chars
     dropped = [] if tokenizer.unk else sorted(set(val_chars) - set(tokenizer.chars))
     if dropped:  # characters only validation has: the model has no id for them
