@@ -128,6 +128,13 @@ torch==2.11.0+cu128
 COMMIT = "a" * 40
 
 
+def test_refresh_tool_leaves_out_editable_installs_as_it_does_url_installs():
+    pins, left_out = refresh.parse_freeze(
+        "-e git+https://github.com/x/course@abc#egg=course\n-e /src/local\n" + FREEZE, "f")
+    assert left_out == ["course", "/src/local", "google-colab"]
+    assert set(pins) == {"ipywidgets", "torch"}
+
+
 def test_refresh_tool_writes_a_freezes_pins_under_a_header_naming_the_commit(tmp_path, capsys):
     freeze, output = tmp_path / "freeze.txt", tmp_path / "colab.txt"
     freeze.write_text(FREEZE)
@@ -147,6 +154,9 @@ def test_refresh_tool_writes_a_freezes_pins_under_a_header_naming_the_commit(tmp
 @pytest.mark.parametrize("text, complaint", [
     ("ipywidgets>=7\ntorch==2.11.0\n", "line 1: 'ipywidgets>=7' is neither name==version"),
     ("numpy==2.1.3\n", "pins no torch"),
+    ("torch==2.11.0\nipywidgets==7.7.1\ntorch==2.12.0\n", "line 3: torch is pinned again"),
+    ("typing_extensions==4.1\ntorch==2.11.0\nipywidgets==7.7.1\ntyping-extensions==4.2\n",
+     "line 4: typing-extensions is pinned again (first on line 1)"),
 ])  # fmt: skip
 def test_refresh_tool_refuses_a_file_that_is_not_colabs_freeze(tmp_path, capsys, text, complaint):
     freeze, output = tmp_path / "freeze.txt", tmp_path / "colab.txt"

@@ -9,8 +9,9 @@
 Colab publishes what its runtime holds in github.com/googlecolab/backend-info: `pip-freeze.gpu.txt`
 (`pip freeze` of the GPU runtime) and `os-info-gpu.txt` (its Python). The output keeps every
 `name==version` line of the freeze, in its order, under a header that names the commit, its date
-and the Python; lines that install from a URL (Google's own builds, NVIDIA's index) are left out
-and listed in the header, since pip cannot take them as constraints and they are not on PyPI.
+and the Python; lines that install from a URL or a folder (Google's own builds, NVIDIA's index,
+`-e` installs) are left out and listed in the header, since pip cannot take them as constraints
+and they are not on PyPI. A name pinned twice is refused (pip could meet neither pin).
 
 Who reads it: the Colab-stack tier (.ci/colab-stack) uses it as pip constraints, so each package it
 installs gets Colab's version (except torch: Colab's is a CUDA build, the tier installs this
@@ -35,6 +36,7 @@ OS_INFO_FILE = "os-info-gpu.txt"
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
 URL_REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*@\s*\S+$")
+EDITABLE = re.compile(r"^-e\s+(\S+)$")  # `pip freeze` writes an editable install so
 PYTHON_LINE = re.compile(r"^Python (\d+\.\d+\.\d+)\s*$", re.MULTILINE)
 # The header lines the tests read back (parse_pins): keep their wording.
 HEADER_COMMIT = re.compile(r"^# backend-info commit: ([0-9a-f]{40}) \((\d{4}-\d{2}-\d{2})\)$")
@@ -68,14 +70,23 @@ def parse_freeze(text: str, where: str) -> tuple[dict[str, str], list[str]]:
     """`pip freeze` output -> ({name: version}, [names installed from URLs])."""
     pins: dict[str, str] = {}
     left_out: list[str] = []
+    seen: dict[str, int] = {}  # normalized name -> line
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if match := PIN.match(line):
+            name = normalize(match[1])
+            if name in seen:
+                raise PinsError(f"{where} line {number}: {match[1]} is pinned again (first on "
+                                f"line {seen[name]}): is it two freezes joined?")
+            seen[name] = number
             pins[match[1]] = match[2]
         elif match := URL_REQUIREMENT.match(line):
             left_out.append(match[1])
+        elif match := EDITABLE.match(line):
+            egg = re.search(r"#egg=([A-Za-z0-9._-]+)", match[1])
+            left_out.append(egg[1] if egg else match[1])
         else:
             raise PinsError(f"{where} line {number}: {line[:80]!r} is neither name==version nor "
                             "name @ URL; is it a `pip freeze` output?")
