@@ -33,6 +33,7 @@ __all__ = [
     "PROFILES",
     "REPOSITORY_URL",
     "colab_badge_url",
+    "colab_cell_source",
     "colab_install_command",
     "default_device",
     "default_profile",
@@ -56,6 +57,33 @@ def pip_requirement(url: str = REPOSITORY_URL, ref: str = COURSE_REF) -> str:
 def colab_install_command() -> str:
     """The line every notebook's Colab cell runs to install the library."""
     return f'%pip install -q "{pip_requirement()}"'
+
+
+def colab_cell_source() -> str:
+    """The first code cell of every notebook: on Colab, install the library and make widgets show.
+
+    The install keeps what Colab ships (pyproject.toml's lower bounds admit Colab's versions,
+    ipywidgets 7.7.1 among them; requirements/colab.txt holds them). Colab's own widget manager
+    shows ipywidgets 7 widgets; only an ipywidgets 8 that the learner installed needs Colab's
+    custom widget manager, so the cell turns that on only when the kernel's ipywidgets is 8 or
+    later. `import ipywidgets` names the version this kernel runs: one upgraded on disk after the
+    kernel imported the old one is not in use until a restart.
+    """
+    return (
+        "# On Colab: install the course library at the release this notebook was written for\n"
+        "# (keeping the versions Colab ships) and make widgets show: Colab shows its own\n"
+        "# ipywidgets 7 by itself, an ipywidgets 8 needs its custom widget manager. Elsewhere:\n"
+        "# nothing. (hourglass_edu/course.py's colab_cell_source() is this cell, with its\n"
+        "# REPOSITORY_URL and COURSE_REF; tests/test_course_cells.py keeps every notebook in\n"
+        "# step with it.)\n"
+        "import sys\n"
+        'if "google.colab" in sys.modules:\n'
+        f"    {colab_install_command()}\n"
+        "    import ipywidgets\n"
+        '    if int(ipywidgets.__version__.split(".")[0]) >= 8:\n'
+        "        from google.colab import output\n"
+        "        output.enable_custom_widget_manager()"
+    )
 
 
 def colab_badge_url(notebook: str) -> str:

@@ -6,7 +6,12 @@ Each app is one call given a model and a tokenizer, and returns the top-level wi
     attention_explorer(model, tokenizer, text)  # text box, level / block / head -> heatmap
     activation_explorer(model, tokenizer, text) # text box, level / capture point -> activations
 
-Only ipywidgets 8 core widgets are used, so the apps work in JupyterLab, Notebook 7 and Colab.
+Only core widgets are used, with the traits ipywidgets 7.7 and 8 both have, so the apps work in
+JupyterLab and Notebook 7 (ipywidgets 8) and in Colab and the classic Notebook 6 (Colab ships
+ipywidgets 7.7.1). The one trait 8 renamed, a control's hover text (7: `description_tooltip`, 8:
+`tooltip`), goes through `hover_text_trait()`: ipywidgets 7 drops an unknown keyword with only a
+DeprecationWarning, so the other major's name would just lose the text.
+
 Every control is an attribute of the returned widget (`demo.prompt`, `demo.generate_button`, ...)
 so that code and tests can drive the app exactly as a learner would (set `.value`, call
 `.click()`), and the key widgets carry CSS classes (`hg-generate`, `hg-stop`, `hg-output`, ...)
@@ -43,6 +48,20 @@ WIDGET_DPI = 80
 
 #: How often (seconds) the streaming thread sends the text to the browser.
 STREAM_REFRESH_SECONDS = 0.05
+
+#: The major version of the ipywidgets this kernel imported (7 on Colab, 8 in JupyterLab 4).
+IPYWIDGETS_MAJOR = int(widgets.__version__.split(".")[0])
+
+
+def hover_text_trait(major: int = IPYWIDGETS_MAJOR) -> str:
+    """The trait that holds a control's hover text: `tooltip` in ipywidgets 8, `description_tooltip`
+    in 7 (8 still accepts the old name, with a DeprecationWarning)."""
+    return "tooltip" if major >= 8 else "description_tooltip"
+
+
+def _hover(text: str) -> dict:
+    """Keyword arguments that give a control the hover text `text` in this ipywidgets."""
+    return {hover_text_trait(): text}
 
 
 def _classed(widget, css_class: str):
@@ -123,18 +142,18 @@ class GenerationDemo(widgets.VBox):
         )  # fmt: skip
         self.temperature = _classed(
             widgets.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="Temperature",
-                                style=style, tooltip="0 = always the most likely character"),
+                                style=style, **_hover("0 = always the most likely character")),
             "hg-temperature",
         )  # fmt: skip
         self.top_k = _classed(
             widgets.IntSlider(value=0, min=0, max=max(1, self.tokenizer.vocab_size),
                               description="Top-k", style=style,
-                              tooltip="keep the k most likely characters (0 = all)"),
+                              **_hover("keep the k most likely characters (0 = all)")),
             "hg-top-k",
         )  # fmt: skip
         self.top_p = _classed(
             widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="Top-p",
-                                style=style, tooltip="nucleus sampling (1 = off)"),
+                                style=style, **_hover("nucleus sampling (1 = off)")),
             "hg-top-p",
         )  # fmt: skip
         self.length = _classed(

@@ -13,6 +13,7 @@ import ast
 import json
 import re
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,60 @@ def test_install_cell_uses_the_course_url_and_ref(path):
     assert pip_lines == [course.colab_install_command()], (
         f"{path.name}: the Colab cell must install with exactly "
         f"{course.colab_install_command()!r} (hourglass_edu/course.py), found {pip_lines}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_cell_is_the_courses(path):
+    assert install_cell(path) == course.colab_cell_source(), (
+        f"{path.name}: the first code cell must be exactly hourglass_edu/course.py's "
+        "colab_cell_source() (copy it in, or change it there for every notebook)")
+
+
+def run_colab_cell(monkeypatch, ipywidgets_version: str | None) -> list[str]:
+    """Run the Colab cell with a stand-in google.colab and an ipywidgets of `ipywidgets_version`
+    (None: not on Colab); returns what it asked of IPython and of Colab, in order."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    asked: list[str] = []
+
+    class Output:
+        def enable_custom_widget_manager(self):
+            asked.append("enable_custom_widget_manager")
+
+    class Shell:
+        def run_line_magic(self, name, line):
+            asked.append(f"%{name} {line}")
+
+    if ipywidgets_version is None:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    else:
+        colab = types.ModuleType("google.colab")
+        colab.output = Output()
+        google = types.ModuleType("google")
+        google.colab = colab
+        monkeypatch.setitem(sys.modules, "google", google)
+        monkeypatch.setitem(sys.modules, "google.colab", colab)
+        installed = types.ModuleType("ipywidgets")
+        installed.__version__ = ipywidgets_version
+        monkeypatch.setitem(sys.modules, "ipywidgets", installed)
+    code = TransformerManager().transform_cell(course.colab_cell_source())
+    exec(compile(code, "colab cell", "exec"), {"get_ipython": Shell})
+    return asked
+
+
+@pytest.mark.parametrize("version, custom_manager", [
+    ("7.7.1", False),  # Colab's own: its widget manager shows it
+    ("8.1.5", True),   # installed by the learner: needs the custom widget manager
+])  # fmt: skip
+def test_colab_cell_turns_on_the_custom_widget_manager_only_for_ipywidgets_8(
+        monkeypatch, version, custom_manager):
+    asked = run_colab_cell(monkeypatch, version)
+    install = course.colab_install_command().removeprefix("%pip ")
+    assert asked == [f"%pip {install}"] + ["enable_custom_widget_manager"] * custom_manager
+
+
+def test_colab_cell_does_nothing_off_colab(monkeypatch):
+    assert run_colab_cell(monkeypatch, None) == []
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

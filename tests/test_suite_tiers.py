@@ -55,6 +55,19 @@ def test_plain_pytest_is_the_fast_tier_and_ci_runs_both():
         assert COMPLETE_SUITE in text, f"{document} must give the complete suite's command"
 
 
+def test_ci_ends_with_the_colab_stack_tier():
+    """.ci/run runs .ci/colab-stack, and that runs on Colab's pins what issue 34 asked of it."""
+    ci = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r"^bash \.ci/colab-stack$", ci, re.MULTILINE)
+    tier = (REPO_ROOT / ".ci" / "colab-stack").read_text(encoding="utf-8")
+    assert "--constraint \"$constraints\"" in tier and "requirements/colab.txt" in tier
+    for needed in ("tests/test_colab_stack.py", "tests/test_widgets.py",
+                   "tests/browser/test_classic_notebook.py", "07_generation",
+                   "08_inside_the_hourglass", "09_finetuning_haiku",
+                   "11_capstone_your_own_hourglass", "HOURGLASS_EDU_COLAB_STACK=1"):
+        assert needed in tier, f".ci/colab-stack no longer runs {needed}"
+
+
 class FakeItem:
     """What the tier hook reads of a collected test: its file, name and markers."""
 

@@ -1,4 +1,10 @@
-"""Widget apps driven the way a learner drives them: set `.value`, call `.click()`."""
+"""Widget apps driven the way a learner drives them: set `.value`, call `.click()`.
+
+They run twice in CI: here with ipywidgets 8, and in the Colab-stack tier (.ci/colab-stack) with
+Colab's ipywidgets 7.7.1. Both majors drop a keyword that names no trait with only traitlets'
+DeprecationWarning ("Passing unrecognized arguments ..."), so a trait of one major given to the
+other would pass silently: `pytestmark` turns that warning into a failure.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import ipywidgets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, widgets  # noqa: E402
 from hourglass_edu.generation import GenerationSettings, generate  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings(
+    "error:Passing unrecognized arguments:DeprecationWarning")
 
 TEXT = "old pond\na frog"
 
@@ -91,6 +101,18 @@ def test_controls_carry_css_classes_for_browser_tests(model, tokenizer):
     assert "hg-output" in demo.output._dom_classes
     assert "hg-prompt" in demo.prompt._dom_classes
     assert "hg-generation-demo" in demo._dom_classes
+
+
+def test_sliders_carry_their_hover_text_in_the_trait_this_ipywidgets_shows(model, tokenizer):
+    demo = widgets.generation_demo(model, tokenizer)
+    trait = widgets.hover_text_trait()
+    major = int(ipywidgets.__version__.split(".")[0])
+    assert trait == ("tooltip" if major >= 8 else "description_tooltip")
+    hover = {name: getattr(getattr(demo, name), trait)
+             for name in ("temperature", "top_k", "top_p")}
+    assert hover == {"temperature": "0 = always the most likely character",
+                     "top_k": "keep the k most likely characters (0 = all)",
+                     "top_p": "nucleus sampling (1 = off)"}
 
 
 def test_attention_explorer_follows_head_level_and_text(model, tokenizer):

@@ -201,10 +201,12 @@ class JupyterLabServer:
         )
         return env
 
-    def start(self, timeout_s: float = 90) -> None:
-        env = self._prepare_state()
-        self.port = free_port()
-        command = [
+    #: What the log and the errors call this server.
+    name = "jupyter lab"
+
+    def command(self) -> list[str]:
+        """The server's command line (self.port and self.token are set by then)."""
+        return [
             sys.executable, "-m", "jupyterlab",
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
@@ -219,6 +221,11 @@ class JupyterLabServer:
             "--LabApp.news_url=",
             "--ServerApp.terminals_enabled=False",
         ]  # fmt: skip
+
+    def start(self, timeout_s: float = 90) -> None:
+        env = self._prepare_state()
+        self.port = free_port()
+        command = self.command()
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child process keeps writing to it
         try:
             # A session of its own: stop() can signal the server and anything it forked at once.
@@ -232,7 +239,7 @@ class JupyterLabServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"jupyter lab exited with code {self.process.returncode} while starting; "
+                    f"{self.name} exited with code {self.process.returncode} while starting; "
                     f"its log ({self.log_path}):\n{self.log_tail()}"
                 )
             try:
@@ -242,7 +249,7 @@ class JupyterLabServer:
                 time.sleep(0.25)
         self.stop()
         raise RuntimeError(
-            f"jupyter lab did not answer within {timeout_s:.0f} s; its log:\n{self.log_tail()}"
+            f"{self.name} did not answer within {timeout_s:.0f} s; its log:\n{self.log_tail()}"
         )
 
     def log_tail(self, characters: int = 4000) -> str:
@@ -320,7 +327,7 @@ class JupyterLabServer:
             survivors.append(self.process.pid)
         self.process = None
         if survivors:
-            raise RuntimeError(f"processes started by jupyter lab survived SIGKILL: {survivors}")
+            raise RuntimeError(f"processes started by {self.name} survived SIGKILL: {survivors}")
 
 
 # --- the page ------------------------------------------------------------------------------------
