@@ -151,7 +151,7 @@ class LanguageModel(nn.Module):
             name = self.config_class.__name__
             raise ValueError(f"{type(self).__name__} needs a {name} (use {name}.from_dict for a "
                              "saved dict)")
-        if torch.get_default_device().type != "meta":
+        if torch.empty(0).device.type != "meta":  # (torch.get_default_device is 2.3+)
             # The one size bound of every model built, by any path, before any weight exists:
             # the same model on `meta` (no memory), its parameters and activations counted.
             from hourglass_edu.loading import check_buildable  # lazy: loading imports this

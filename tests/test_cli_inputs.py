@@ -170,7 +170,7 @@ def shipped(tmp_path: Path, monkeypatch, **damaged_card_lines) -> Path:
 @pytest.mark.parametrize("field,raw", [
     ("training_seconds", '"9809"'), ("val_bpc", "null"), ("corpus", '["haiku"]'),
     ("parameters", '"2,415,616"'), ("steps", "12.5"), ("structure", "5"), ("val_bpc", "NaN"),
-    ("training_seconds", "-60"), ("parameters", "9" * 100), ("corpus", '"ha\\niku"'),
+    ("training_seconds", "-60"), ("corpus", '"ha\\niku"'),
     ("structure", json.dumps("1@1 " * 100)), ("steps", "true"),
 ])
 def test_models_lists_every_card_and_marks_a_bad_field(field, raw, tmp_path, monkeypatch,
@@ -186,7 +186,8 @@ def test_models_lists_every_card_and_marks_a_bad_field(field, raw, tmp_path, mon
     assert all(len(line) < 300 for line in err.splitlines())
 
 
-@pytest.mark.parametrize("raw", ["12,400", "9" * 5000])  # not JSON; beyond int()'s digits
+# not JSON; beyond the strict reader's 30 digits (json_files); beyond int()'s digits
+@pytest.mark.parametrize("raw", ["12,400", "9" * 100, "9" * 5000])
 def test_models_lists_a_card_it_cannot_read_as_unknown(raw, tmp_path, monkeypatch, capsys):
     card = shipped(tmp_path, monkeypatch, steps=raw)
     code, out, err = run(capsys, "models")

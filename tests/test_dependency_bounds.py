@@ -239,6 +239,9 @@ TORCH_APIS_GUARDED = {
 #: saved_tensors_hooks in 1.10, set_float32_matmul_precision in 1.12, torch.cuda.OutOfMemoryError
 #: in 1.13, the optimizer's register_step_post_hook in 2.0).
 TORCH_APIS_IN_2_0 = {
+    "torch.int8", "torch.int16", "torch.int32", "torch.int64", "torch.uint8", "torch.strided",
+    "torch.isnan", "torch.isposinf", "torch.optim.Optimizer", "torch.cuda.get_device_properties",
+    "torch.backends.mps.is_available", "torch._C",
     "torch.Generator", "torch.Tensor", "torch.__file__", "torch.__version__",
     "torch.__version__.split", "torch.all", "torch.allclose", "torch.any", "torch.arange",
     "torch.argsort", "torch.as_tensor", "torch.autocast", "torch.autograd.grad",
