@@ -16,8 +16,10 @@ corpus is a failure (CI must never silently skip).
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,20 @@ def see_the_cpu_as_its_kernels_are_capped() -> None:
 
 def pytest_collection_modifyitems(config, items):
     mark_slow_tests(items)
+
+
+@pytest.fixture
+def shipped_copy(tmp_path) -> Path:
+    """A copy of the shipped `haiku` model folder, to damage."""
+    from hourglass_edu.pretrained import PRETRAINED_DIR
+
+    return Path(shutil.copytree(PRETRAINED_DIR / "haiku", tmp_path / "haiku"))
+
+
+@pytest.fixture
+def rewrite_config():
+    """`rewrite_config(folder, **changes)`: change fields of a model folder's config.json."""
+    def rewrite(folder: Path, **changes) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return rewrite

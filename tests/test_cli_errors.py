@@ -4,9 +4,7 @@ command line in this process (`main([...])`) unless it must mount a file system.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from hourglass_edu.cli import main
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.loading import resolve_device
 from hourglass_edu.model_folders import export_model_folder
-from hourglass_edu.pretrained import PRETRAINED_DIR
 
 TOKENIZER = CharTokenizer("abcdefgh \n")
 
@@ -45,16 +42,6 @@ def tiny_folder(folder: Path) -> Path:
 
 
 @pytest.fixture
-def shipped_copy(tmp_path) -> Path:
-    return Path(shutil.copytree(PRETRAINED_DIR / "haiku", tmp_path / "haiku"))
-
-
-def rewrite_config(folder: Path, **changes) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **changes}))
-
-
-@pytest.fixture
 def nothing_may_be_built(monkeypatch):
     """Fail the test if a model is built for real, or a weight read, before the refusal."""
     def refuse(*args, **kwargs):
@@ -67,8 +54,8 @@ def nothing_may_be_built(monkeypatch):
 # --- sized before built --------------------------------------------------------------------------
 
 
-def test_a_400_byte_config_asking_for_terabytes_is_refused_unbuilt(shipped_copy, capsys,
-                                                                   nothing_may_be_built):
+def test_a_400_byte_config_asking_for_terabytes_is_refused_unbuilt(
+        shipped_copy, capsys, nothing_may_be_built, rewrite_config):
     rewrite_config(shipped_copy, d_model=16384, d_ff=65536, structure="1000@1", n_heads=8)
     assert (shipped_copy / "config.json").stat().st_size < 500
     code, _, err = run(capsys, "sample", "--ckpt", shipped_copy, "--max-new-tokens", "3")
@@ -77,14 +64,15 @@ def test_a_400_byte_config_asking_for_terabytes_is_refused_unbuilt(shipped_copy,
 
 
 def test_a_config_that_disagrees_with_the_weights_is_refused_from_the_header(
-        shipped_copy, capsys, nothing_may_be_built):
+        shipped_copy, capsys, nothing_may_be_built, rewrite_config):
     rewrite_config(shipped_copy, d_model=1024, n_heads=8)  # 150M parameters: allowed, not built
     code, _, err = run(capsys, "evaluate", "--ckpt", shipped_copy, "--max-tokens", "100")
     assert code == 2
     one_line(err, "model.safetensors: weight", "the config needs")
 
 
-def test_a_window_too_long_to_run_is_refused(shipped_copy, capsys, nothing_may_be_built):
+def test_a_window_too_long_to_run_is_refused(shipped_copy, capsys, nothing_may_be_built,
+                                             rewrite_config):
     rewrite_config(shipped_copy, max_length=1 << 20, d_model=1024, n_heads=8)
     code, _, err = run(capsys, "sample", "--ckpt", shipped_copy)
     assert code == 2

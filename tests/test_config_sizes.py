@@ -5,9 +5,7 @@ refused in one line naming its file and field. The command line runs in this pro
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,6 @@ from hourglass_edu.data.tokenizer import MAX_VOCABULARY
 from hourglass_edu.lm import build_model_from_config
 from hourglass_edu.loading import activation_bytes, model_shapes
 from hourglass_edu.model_folders import export_model_folder, load_model_folder
-from hourglass_edu.pretrained import PRETRAINED_DIR
 from hourglass_edu.related import LongShortConfig, LongShortLM
 from hourglass_edu.training import TrainConfig, build_model
 
@@ -42,16 +39,6 @@ def one_line(err: str, *words: str) -> None:
     assert err.count("\n") == 1, err
     for word in words:
         assert word in err, err
-
-
-@pytest.fixture
-def shipped_copy(tmp_path) -> Path:
-    return Path(shutil.copytree(PRETRAINED_DIR / "haiku", tmp_path / "haiku"))
-
-
-def rewrite_config(folder: Path, **changes) -> None:
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **changes}))
 
 
 @pytest.fixture
@@ -90,7 +77,7 @@ def tiny(tmp_path) -> Path:
 
 
 def test_a_shortening_factor_beyond_max_length_is_refused_before_any_padding(
-        shipped_copy, capsys, nothing_may_be_built):
+        shipped_copy, capsys, nothing_may_be_built, rewrite_config):
     rewrite_config(shipped_copy, structure="1@1 1@1048576 1@1")  # 4.5 GB in `evaluate` before
     code, err = run(capsys, "evaluate", "--ckpt", shipped_copy, "--max-tokens", "100")
     assert code == 2
@@ -199,7 +186,7 @@ def test_a_20_gb_sparse_weights_file_is_refused_from_its_header_unhashed(
 
 
 def test_weights_of_another_size_than_the_config_are_refused_unhashed(
-        tiny, nothing_may_be_built):
+        tiny, nothing_may_be_built, rewrite_config):
     folder = tiny
     rewrite_config(folder, d_model=32)
     with pytest.raises(ValueError, match="the config needs"):
@@ -272,7 +259,7 @@ def test_a_huge_width_whose_heads_do_not_divide_it_is_refused_at_once():
 
 
 @pytest.mark.parametrize("field", ["tie_embeddings", "unsafe_disable_shift"])
-def test_a_switch_in_config_json_must_be_true_or_false(shipped_copy, capsys, field):
+def test_a_switch_in_config_json_must_be_true_or_false(shipped_copy, capsys, field, rewrite_config):
     rewrite_config(shipped_copy, **{field: "false"})  # a non-empty string is true in Python
     code, err = run(capsys, "sample", "--ckpt", shipped_copy)
     assert code == 2
