@@ -27,10 +27,11 @@ One hourglass level with shortening factor ``k`` turns a sequence of ``n`` vecto
 Shapes: full sequences ``(batch, length, d_model)``, short ones ``(batch, length / k, d_model)``.
 
 Each kind is one class, in one table per direction (``SHORTENINGS``, ``UPSAMPLINGS``: the names a
-config's ``shortening`` / ``upsampling`` take, and the command line's choices). Every class builds
-itself from a model config (``from_config``) and counts its own useful work (``flops``, the rule
-in hourglass.py's docstring); ``resampling_class`` is the one lookup, refusing a name that is not
-in the table.
+config's ``shortening`` / ``upsampling`` take, and the command line's choices); ``resampling_class``
+is the one lookup, refusing a name that is not in the table. Every class has
+``from_config(config, factor, rotary)`` (built from an `HourglassConfig`'s sizes) and
+``flops(config, length, factor)``: its forward useful work on a level of ``length`` vectors, all
+of them (hourglass.py's counting rule; ``HourglassLM.flops_per_token`` divides by the tokens).
 """
 
 from __future__ import annotations
