@@ -159,8 +159,9 @@ class HourglassConfig(ModelConfig):
     rotary_base) and these.
 
     * ``structure``: the paper's notation (see module docstring).
-    * ``shortening``: ``"avg"`` | ``"linear"`` | ``"attention"``;
-      ``upsampling``: ``"repeat"`` | ``"linear"`` | ``"attention"``.
+    * ``shortening``: a name in `resampling.SHORTENINGS` (``"avg"``, ``"linear"``,
+      ``"attention"``); ``upsampling``: one in `resampling.UPSAMPLINGS` (``"repeat"``,
+      ``"linear"``, ``"attention"``).
     * ``shift_fill``: what the ``k - 1`` shift prepends: ``"zeros"`` or ``"learned"`` vectors.
     * ``d_ff``: feed-forward width (``None`` -> ``4 * d_model``).
     * ``max_length``: longest sequence accepted (rotary positions have no hard limit; this is
