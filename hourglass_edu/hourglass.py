@@ -60,15 +60,7 @@ from torch import nn
 from hourglass_edu.attention import ATTENTION_IMPLS
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
 from hourglass_edu.lm import LanguageModel, ModelConfig, model_device, register_model
-from hourglass_edu.resampling import (
-    SHIFT_FILLS,
-    SHORTENINGS,
-    UPSAMPLINGS,
-    ShiftRight,
-    make_shortening,
-    make_upsampling,
-    pad_to_multiple,
-)
+from hourglass_edu.resampling import ShiftRight, pad_to_multiple, resampling_class
 
 __all__ = [
     "HourglassConfig",
@@ -95,6 +87,8 @@ class LevelSpec:
     factor: int | None
 
 
+SHIFT_FILLS = ("zeros", "learned")  # what the k - 1 shift prepends (`ShiftRight`)
+
 _PART = re.compile(r"^([0-9]+)@([0-9]+)$")  # ASCII digits only: int() would read "١@١" too
 _MAX_DIGITS = 9  # a layer count or factor of more digits is beyond any limit (and int() of
 # thousands of digits is refused by Python itself, with a message naming no field)
@@ -120,54 +114,42 @@ def parse_structure(structure: str) -> list[LevelSpec]:
     """Parse the paper's notation into levels, outermost first. Raises ValueError if malformed."""
     if not isinstance(structure, str) or not structure.strip():
         raise ValueError(f"structure must be a non-empty string like {_EXAMPLE}, got {structure!r}")
-    parts = structure.split()
-    layers, factors = zip(*(_read_part(part, structure) for part in parts), strict=True)
-    layers, factors = list(layers), list(factors)
-    if len(parts) % 2 == 0:
-        raise ValueError(
-            f"structure {structure!r} has {len(parts)} parts; it needs an odd number: the levels "
-            f"going in, the innermost level, the same levels coming out ({_EXAMPLE})"
-        )
+    layers, factors = (list(numbers) for numbers in zip(
+        *(_read_part(part, structure) for part in structure.split()), strict=True))
+    problem = _structure_problem(layers, factors)
+    if problem:
+        raise ValueError(f"structure {structure!r}{problem}")
+    middle = len(layers) // 2  # the innermost level: only pre blocks, no next factor
+    return [LevelSpec(pre_layers=layers[i], post_layers=layers[-1 - i] if i < middle else 0,
+                      total_factor=factors[i],
+                      factor=factors[i + 1] // factors[i] if i < middle else None)
+            for i in range(middle + 1)]
+
+
+def _structure_problem(layers: list[int], factors: list[int]) -> str | None:
+    """What is wrong with a structure's parts (the first thing found), or None."""
+    middle = len(factors) // 2
+    if len(factors) % 2 == 0:
+        return (f" has {len(factors)} parts; it needs an odd number: the levels going in, the "
+                f"innermost level, the same levels coming out ({_EXAMPLE})")
     if factors != factors[::-1]:
-        raise ValueError(
-            f"structure {structure!r} is not palindromic: factors {factors} must read the same "
-            f"backwards, because every level that shortens must upsample again ({_EXAMPLE})"
-        )
+        return (f" is not palindromic: factors {factors} must read the same backwards, because "
+                f"every level that shortens must upsample again ({_EXAMPLE})")
     if factors[0] != 1:
-        raise ValueError(
-            f"structure {structure!r} starts at factor {factors[0]}: the outermost level must be "
-            "at full resolution (factor 1), so the model predicts every token"
-        )
-    middle = len(parts) // 2
+        return (f" starts at factor {factors[0]}: the outermost level must be at full "
+                "resolution (factor 1), so the model predicts every token")
     for outer, inner in zip(factors[:middle], factors[1 : middle + 1], strict=True):
         if inner % outer != 0:
-            raise ValueError(
-                f"structure {structure!r}: factor {inner} is not a multiple of the enclosing "
-                f"factor {outer}; each level must shorten its outer neighbour by a whole number "
-                f"(try {outer * max(2, round(inner / outer))})"
-            )
+            return (f": factor {inner} is not a multiple of the enclosing factor {outer}; each "
+                    "level must shorten its outer neighbour by a whole number "
+                    f"(try {outer * max(2, round(inner / outer))})")
         if inner // outer < 2:
-            raise ValueError(
-                f"structure {structure!r}: going from factor {outer} to {inner} shortens by "
-                f"{inner // outer}; a shortening factor inside a level must be at least 2 "
-                "(merge equal neighbours into one part, e.g. '12@1' for a plain transformer)"
-            )
+            return (f": going from factor {outer} to {inner} shortens by {inner // outer}; a "
+                    "shortening factor inside a level must be at least 2 (merge equal "
+                    "neighbours into one part, e.g. '12@1' for a plain transformer)")
     if layers[middle] < 1:
-        raise ValueError(
-            f"structure {structure!r}: the innermost level has 0 layers; give it at least 1"
-        )
-    levels = []
-    for index in range(middle + 1):
-        is_innermost = index == middle
-        levels.append(
-            LevelSpec(
-                pre_layers=layers[index],
-                post_layers=0 if is_innermost else layers[len(parts) - 1 - index],
-                total_factor=factors[index],
-                factor=None if is_innermost else factors[index + 1] // factors[index],
-            )
-        )
-    return levels
+        return ": the innermost level has 0 layers; give it at least 1"
+    return None
 
 
 @dataclass
@@ -177,8 +159,9 @@ class HourglassConfig(ModelConfig):
     rotary_base) and these.
 
     * ``structure``: the paper's notation (see module docstring).
-    * ``shortening``: ``"avg"`` | ``"linear"`` | ``"attention"``;
-      ``upsampling``: ``"repeat"`` | ``"linear"`` | ``"attention"``.
+    * ``shortening``: a name in `resampling.SHORTENINGS` (``"avg"``, ``"linear"``,
+      ``"attention"``); ``upsampling``: one in `resampling.UPSAMPLINGS` (``"repeat"``,
+      ``"linear"``, ``"attention"``).
     * ``shift_fill``: what the ``k - 1`` shift prepends: ``"zeros"`` or ``"learned"`` vectors.
     * ``d_ff``: feed-forward width (``None`` -> ``4 * d_model``).
     * ``max_length``: longest sequence accepted (rotary positions have no hard limit; this is
@@ -200,8 +183,9 @@ class HourglassConfig(ModelConfig):
 
     def __post_init__(self):
         self.check_common()
-        for name, allowed in (("shortening", SHORTENINGS), ("upsampling", UPSAMPLINGS),
-                              ("shift_fill", SHIFT_FILLS), ("attention_impl", ATTENTION_IMPLS)):
+        resampling_class("shortening", self.shortening)  # the kinds: resampling.py's tables
+        resampling_class("upsampling", self.upsampling)
+        for name, allowed in (("shift_fill", SHIFT_FILLS), ("attention_impl", ATTENTION_IMPLS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}"
@@ -254,14 +238,13 @@ class HourglassLevel(nn.Module):
         if spec.factor is None:
             self.shift = self.shorten = self.inner = self.upsample = None
         else:
-            resampling_args = dict(dropout=config.dropout, rotary=rotary,
-                                   attention_impl=config.attention_impl)
-            self.shift = ShiftRight(spec.factor, config.d_model, config.shift_fill)
-            self.shorten = make_shortening(config.shortening, config.d_model, config.n_heads,
-                                           width, spec.factor, **resampling_args)
+            self.shift = ShiftRight(spec.factor, config.d_model,
+                                    learned=config.shift_fill == "learned")
+            self.shorten = resampling_class("shortening", config.shortening).from_config(
+                config, spec.factor, rotary)
             self.inner = HourglassLevel(config, index + 1, rotary)
-            self.upsample = make_upsampling(config.upsampling, config.d_model, config.n_heads,
-                                            width, spec.factor, **resampling_args)
+            self.upsample = resampling_class("upsampling", config.upsampling).from_config(
+                config, spec.factor, rotary)
 
     def forward(self, x: torch.Tensor, capture: dict | None = None) -> torch.Tensor:
         name = self.name
@@ -353,29 +336,17 @@ class HourglassLM(LanguageModel):
             raise ValueError(f"length must be a positive integer, got {length!r}")
         config = self.config
         d, d_ff = config.d_model, config.feed_forward_width
+        # each kind counts its own work; a kind not in resampling.py's tables is refused
+        shortening = resampling_class("shortening", config.shortening)
+        upsampling = resampling_class("upsampling", config.upsampling)
         per_vector_block = 2 * (4 * d * d) + 2 * (2 * d * d_ff)  # q, kv, out + feed-forward
-        lengths = self.level_lengths(length)
         flops: dict[str, float] = {}
-        for level, n in zip(self.levels, lengths, strict=True):
+        for level, n in zip(self.levels, self.level_lengths(length), strict=True):
             n_blocks = len(level.pre_blocks) + len(level.post_blocks)
             level_flops = n_blocks * (n * per_vector_block + 4 * d * n * (n + 1) / 2)
             if level.inner is not None:
-                k = level.factor
-                n_short = -(-n // k)
-                m = n_short * k
-                if config.shortening == "linear":
-                    level_flops += n_short * 2 * (k * d) * d
-                elif config.shortening == "attention":
-                    level_flops += n_short * (2 * (2 * d * d) + 2 * (2 * d * d_ff))  # q, out, ff
-                    level_flops += m * 2 * (2 * d * d)  # keys and values of the shifted sequence
-                    level_flops += 4 * d * k * n_short * (n_short + 1) / 2  # funnel pairs
-                if config.upsampling == "linear":
-                    level_flops += n_short * 2 * d * (k * d)
-                elif config.upsampling == "attention":
-                    level_flops += n * (2 * (2 * d * d) + 2 * (2 * d * d_ff))
-                    level_flops += n_short * 2 * (2 * d * d)
-                    visible = sum(j // k + 1 for j in range(n))
-                    level_flops += 4 * d * visible
+                level_flops += shortening.flops(config, n, level.factor)
+                level_flops += upsampling.flops(config, n, level.factor)
             flops[level.name] = level_flops / length
         flops["head"] = 2 * d * config.vocab_size
         flops["total"] = sum(flops.values())

@@ -136,11 +136,13 @@ class LanguageModel(nn.Module):
 
     Init (``init_weights``, called by each subclass once its body exists): GPT-2 style, weights
     ~ N(0, 0.02), biases 0, and every linear layer marked ``is_residual_output`` (the last layer
-    of a residual branch) at ``0.02 / sqrt(2 * max(1, R // 2))`` for R such layers in the model,
-    so the residual stream's variance does not grow with depth. R counts marked layers, not
+    of a residual branch, which adds to the residual stream) at ``0.02 / sqrt(2 * max(1, R // 2))``,
+    where R is the number of marked layers in the whole model, so the residual stream's variance
+    does not grow with the number of branches that add to it. R counts marked layers, not
     blocks: a block has two (attention's output projection, the feed-forward's output), so has
     each attention shortening or upsampling layer, and the simple hierarchical model's merge
-    has one. With blocks only, this is GPT-2's ``1 / sqrt(2 * number_of_blocks)``.
+    has one (an odd R rounds down). Only for a model of blocks alone is this GPT-2's
+    ``1 / sqrt(2 * number_of_blocks)``.
     """
 
     config_class: ClassVar[type] = ModelConfig
@@ -170,12 +172,13 @@ class LanguageModel(nn.Module):
 
     def init_weights(self) -> None:
         residual_outputs = [m for m in self.modules() if getattr(m, "is_residual_output", False)]
-        n_blocks = max(1, len(residual_outputs) // 2)  # attention + feed-forward per block
+        # pairs of marked layers (a block's two, an attention resampling layer's two, ...)
+        residual_pairs = max(1, len(residual_outputs) // 2)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 std = 0.02
                 if getattr(module, "is_residual_output", False):
-                    std = 0.02 / math.sqrt(2 * n_blocks)
+                    std = 0.02 / math.sqrt(2 * residual_pairs)
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -355,8 +358,9 @@ class BlockStackLM(LanguageModel):
 
 
 def model_device(model) -> torch.device:
-    """Where the model's parameters live (the CPU for anything without parameters): the one
-    way the library asks a model for its device."""
+    """Where the model's parameters live (the CPU for anything without parameters): how the
+    library asks a built model for its device (a device *name* a user gives is checked by
+    `devices.resolve_device`)."""
     parameters = model.parameters() if isinstance(model, nn.Module) else iter(())
     parameter = next(iter(parameters), None)
     return parameter.device if parameter is not None else torch.device("cpu")

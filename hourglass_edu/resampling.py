@@ -25,6 +25,13 @@ One hourglass level with shortening factor ``k`` turns a sequence of ``n`` vecto
    position queries the short sequence through a funnel mask, then a feed-forward).
 
 Shapes: full sequences ``(batch, length, d_model)``, short ones ``(batch, length / k, d_model)``.
+
+Each kind is one class, in one table per direction (``SHORTENINGS``, ``UPSAMPLINGS``: the names a
+config's ``shortening`` / ``upsampling`` take, and the command line's choices); ``resampling_class``
+is the one lookup, refusing a name that is not in the table. Every class has
+``from_config(config, factor, rotary)`` (built from an `HourglassConfig`'s sizes) and
+``flops(config, length, factor)``: its forward useful work on a level of ``length`` vectors, all
+of them (hourglass.py's counting rule; ``HourglassLM.flops_per_token`` divides by the tokens).
 """
 
 from __future__ import annotations
@@ -40,10 +47,9 @@ from hourglass_edu.attention import (
     funnel_down_mask,
     funnel_up_mask,
 )
-from hourglass_edu.blocks import FeedForward, record
+from hourglass_edu.blocks import FeedForward, RotaryEmbedding, record
 
 __all__ = [
-    "SHIFT_FILLS",
     "SHORTENINGS",
     "UPSAMPLINGS",
     "AttentionShortening",
@@ -53,15 +59,10 @@ __all__ = [
     "LinearUpsampling",
     "RepeatUpsampling",
     "ShiftRight",
-    "make_shortening",
-    "make_upsampling",
     "pad_to_multiple",
+    "resampling_class",
     "shift_right",
 ]
-
-SHORTENINGS = ("avg", "linear", "attention")
-UPSAMPLINGS = ("repeat", "linear", "attention")
-SHIFT_FILLS = ("zeros", "learned")
 
 
 def pad_to_multiple(x: torch.Tensor, factor: int, dim: int = 1) -> torch.Tensor:
@@ -90,26 +91,29 @@ def shift_right(x: torch.Tensor, amount: int, fill: torch.Tensor | None = None) 
 
 
 class ShiftRight(nn.Module):
-    """Shift right by ``factor - 1`` with zeros or with ``factor - 1`` learned vectors."""
+    """Shift right by ``factor - 1`` with zeros or (``learned``) with ``factor - 1`` learned
+    vectors, ``fill`` (None for zeros)."""
 
-    def __init__(self, factor: int, d_model: int, fill: str = "zeros"):
+    def __init__(self, factor: int, d_model: int, learned: bool = False):
         super().__init__()
-        if fill not in SHIFT_FILLS:
-            raise ValueError(f"unknown shift_fill {fill!r}: use one of {SHIFT_FILLS}")
         self.amount = factor - 1
-        self.fill_kind = fill
-        self.fill = (
-            nn.Parameter(torch.randn(self.amount, d_model) * 0.02) if fill == "learned" else None
-        )
+        self.fill = nn.Parameter(torch.randn(self.amount, d_model) * 0.02) if learned else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return shift_right(x, self.amount, self.fill)
 
 
+def _short_length(length: int, factor: int) -> int:
+    """``ceil(length / factor)``: the short vectors of a level of ``length`` vectors."""
+    return -(-length // factor)
+
+
 class _GroupwiseShortening(nn.Module):
     """A shortening that treats each group of ``factor`` on its own (avg, linear). The decoding
     methods (shared with the attention variant, so a decoder never asks which kind it has):
-    ``add_shifted`` keeps nothing, ``shorten_groups`` is ``forward`` on the complete groups."""
+    ``add_shifted`` keeps nothing, ``shorten_groups`` is ``forward`` on the complete groups.
+    ``forward`` takes the level's ``capture`` and ``name`` as every kind does, and records nothing.
+    """
 
     def add_shifted(self, cache: KeyValueCache, shifted: torch.Tensor, first_position: int):
         """Nothing to remember: a group needs only its own vectors."""
@@ -127,7 +131,17 @@ class AvgShortening(_GroupwiseShortening):
         super().__init__()
         self.factor = factor
 
-    def forward(self, shifted: torch.Tensor, **_) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, config, factor: int, rotary: RotaryEmbedding) -> AvgShortening:
+        return cls(factor)
+
+    @classmethod
+    def flops(cls, config, length: int, factor: int) -> float:
+        """No matrix product (a mean is not counted)."""
+        return 0.0
+
+    def forward(self, shifted: torch.Tensor, *, capture: dict | None = None,
+                name: str = "") -> torch.Tensor:
         return reduce(shifted, "b (short k) d -> b short d", "mean", k=self.factor)
 
 
@@ -139,7 +153,17 @@ class LinearShortening(_GroupwiseShortening):
         self.factor = factor
         self.proj = nn.Linear(factor * d_model, d_model)
 
-    def forward(self, shifted: torch.Tensor, **_) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, config, factor: int, rotary: RotaryEmbedding) -> LinearShortening:
+        return cls(config.d_model, factor)
+
+    @classmethod
+    def flops(cls, config, length: int, factor: int) -> float:
+        """One ``(k d) -> d`` projection per short vector."""
+        return _short_length(length, factor) * 2 * (factor * config.d_model) * config.d_model
+
+    def forward(self, shifted: torch.Tensor, *, capture: dict | None = None,
+                name: str = "") -> torch.Tensor:
         groups = rearrange(shifted, "b (short k) d -> b short (k d)", k=self.factor)
         return self.proj(groups)
 
@@ -162,6 +186,11 @@ class _FunnelAttentionLayer(nn.Module):
         self.attn_dropout = nn.Dropout(dropout)
         self.ff_norm = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, d_ff, dropout)
+
+    @classmethod
+    def from_config(cls, config, factor: int, rotary: RotaryEmbedding) -> _FunnelAttentionLayer:
+        return cls(config.d_model, config.n_heads, config.feed_forward_width, factor,
+                   dropout=config.dropout, rotary=rotary, attention_impl=config.attention_impl)
 
     def _keys_values(self, x: torch.Tensor, first: int, step: int):
         """Keys/values of ``x (b, n, d)`` whose positions are ``(first + arange(n)) * step``."""
@@ -187,6 +216,15 @@ class AttentionShortening(_FunnelAttentionLayer):
     The decoder uses the same two steps as ``forward``: ``add_shifted`` (keys of new shifted
     vectors) and ``shorten_groups`` (the short vectors of complete groups).
     """
+
+    @classmethod
+    def flops(cls, config, length: int, factor: int) -> float:
+        """Queries, output and feed-forward on the short vectors, keys and values on the shifted
+        sequence, and the funnel's pairs (short query ``i`` sees ``(i + 1) * k`` keys)."""
+        d, d_ff, short = config.d_model, config.feed_forward_width, _short_length(length, factor)
+        return (short * (2 * (2 * d * d) + 2 * (2 * d * d_ff))  # q, out, ff
+                + short * factor * 2 * (2 * d * d)  # keys and values of the shifted sequence
+                + 4 * d * factor * short * (short + 1) / 2)  # funnel pairs
 
     def forward(self, shifted: torch.Tensor, *, capture: dict | None = None, name: str = ""):
         keys, values = self._keys_values(shifted, first=-(self.factor - 1), step=1)
@@ -219,9 +257,11 @@ class _GroupwiseUpsampling(nn.Module):
     """An upsampling that maps each short vector to ``factor`` vectors on its own (repeat,
     linear): ``forward`` adds ``expand(short)``, cropped, to the residual. The decoding methods
     (shared with the attention variant): ``add_short`` keeps nothing, ``refine`` is the identity.
+    ``forward`` takes the level's ``capture`` and ``name`` as every kind does, and records nothing.
     """
 
-    def forward(self, short: torch.Tensor, residual: torch.Tensor, **_) -> torch.Tensor:
+    def forward(self, short: torch.Tensor, residual: torch.Tensor, *,
+                capture: dict | None = None, name: str = "") -> torch.Tensor:
         return residual + self.expand(short)[:, : residual.shape[1]]
 
     def add_short(self, cache: KeyValueCache, short: torch.Tensor, first_group: int):
@@ -239,6 +279,15 @@ class RepeatUpsampling(_GroupwiseUpsampling):
         super().__init__()
         self.factor = factor
 
+    @classmethod
+    def from_config(cls, config, factor: int, rotary: RotaryEmbedding) -> RepeatUpsampling:
+        return cls(factor)
+
+    @classmethod
+    def flops(cls, config, length: int, factor: int) -> float:
+        """No matrix product (a copy is not counted)."""
+        return 0.0
+
     def expand(self, short: torch.Tensor) -> torch.Tensor:
         """``(b, groups, d) -> (b, groups * factor, d)``: each vector ``factor`` times."""
         return repeat(short, "b short d -> b (short k) d", k=self.factor)
@@ -251,6 +300,15 @@ class LinearUpsampling(_GroupwiseUpsampling):
         super().__init__()
         self.factor = factor
         self.proj = nn.Linear(d_model, factor * d_model)
+
+    @classmethod
+    def from_config(cls, config, factor: int, rotary: RotaryEmbedding) -> LinearUpsampling:
+        return cls(config.d_model, factor)
+
+    @classmethod
+    def flops(cls, config, length: int, factor: int) -> float:
+        """One ``d -> (k d)`` projection per short vector."""
+        return _short_length(length, factor) * 2 * config.d_model * (factor * config.d_model)
 
     def expand(self, short: torch.Tensor) -> torch.Tensor:
         """``(b, groups, d) -> (b, groups * factor, d)``: one projection per short vector."""
@@ -266,6 +324,16 @@ class AttentionUpsampling(_FunnelAttentionLayer):
     The decoder uses the same steps as ``forward``: ``expand`` (the repeat), ``add_short`` (keys
     of new short vectors) and ``refine`` (the attention and feed-forward of new positions).
     """
+
+    @classmethod
+    def flops(cls, config, length: int, factor: int) -> float:
+        """Queries, output and feed-forward on every position, keys and values on the short
+        vectors, and the funnel's pairs (position ``j`` sees ``j // k + 1`` short keys)."""
+        d, d_ff, short = config.d_model, config.feed_forward_width, _short_length(length, factor)
+        visible = sum(j // factor + 1 for j in range(length))
+        return (length * (2 * (2 * d * d) + 2 * (2 * d * d_ff))  # q, out, ff
+                + short * 2 * (2 * d * d)  # keys and values of the short vectors
+                + 4 * d * visible)  # funnel pairs
 
     def forward(self, short, residual, *, capture: dict | None = None, name: str = ""):
         x = residual + self.expand(short)[:, : residual.shape[1]]
@@ -293,28 +361,20 @@ class AttentionUpsampling(_FunnelAttentionLayer):
                                               need_weights)
 
 
-def make_shortening(kind: str, d_model: int, n_heads: int, d_ff: int, factor: int,
-                    **attention_args) -> nn.Module:
-    """Build the shortening module named ``kind`` (one of ``SHORTENINGS``); ``attention_args``
-    (dropout, rotary, attention_impl) go to the attention variant."""
-    return _build("shortening", kind, {
-        "avg": lambda: AvgShortening(factor),
-        "linear": lambda: LinearShortening(d_model, factor),
-        "attention": lambda: AttentionShortening(d_model, n_heads, d_ff, factor, **attention_args),
-    })
+# One table per direction: a kind's name -> its class (the names configs and the command line take).
+SHORTENINGS: dict[str, type[nn.Module]] = {
+    "avg": AvgShortening, "linear": LinearShortening, "attention": AttentionShortening,
+}
+UPSAMPLINGS: dict[str, type[nn.Module]] = {
+    "repeat": RepeatUpsampling, "linear": LinearUpsampling, "attention": AttentionUpsampling,
+}
 
 
-def make_upsampling(kind: str, d_model: int, n_heads: int, d_ff: int, factor: int,
-                    **attention_args) -> nn.Module:
-    """Build the upsampling module named ``kind`` (one of ``UPSAMPLINGS``)."""
-    return _build("upsampling", kind, {
-        "repeat": lambda: RepeatUpsampling(factor),
-        "linear": lambda: LinearUpsampling(d_model, factor),
-        "attention": lambda: AttentionUpsampling(d_model, n_heads, d_ff, factor, **attention_args),
-    })
-
-
-def _build(what: str, kind: str, builders: dict) -> nn.Module:
-    if kind not in builders:
-        raise ValueError(f"unknown {what} {kind!r}: use one of {tuple(builders)}")
-    return builders[kind]()
+def resampling_class(option: str, kind: str) -> type[nn.Module]:
+    """The class named ``kind`` for ``option`` (``"shortening"``: `SHORTENINGS`, ``"upsampling"``:
+    `UPSAMPLINGS`); a name not in the table is refused, naming the option and the choices (the
+    one check of both options: the config, the level and the FLOP count all ask here)."""
+    table = {"shortening": SHORTENINGS, "upsampling": UPSAMPLINGS}[option]
+    if not isinstance(kind, str) or kind not in table:
+        raise ValueError(f"unknown {option} {kind!r}: use one of {', '.join(table)}")
+    return table[kind]

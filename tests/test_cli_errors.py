@@ -13,10 +13,11 @@ import torch
 
 import hourglass_edu.model_folders as model_folders
 from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.cli import main
+from hourglass_edu.cli import build_parser, main
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.loading import resolve_device
 from hourglass_edu.model_folders import export_model_folder
+from hourglass_edu.resampling import SHORTENINGS, UPSAMPLINGS
 
 TOKENIZER = CharTokenizer("abcdefgh \n")
 
@@ -162,6 +163,16 @@ def test_options_out_of_range_are_refused_naming_the_option(tmp_path, capsys):
     for argv, *words in cases:
         one_line(refusal(capsys, *argv), *words)
     assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
+
+
+def test_the_resampling_options_offer_the_kinds_of_the_library_tables(tmp_path, capsys):
+    train = ["train", "--corpus", tmp_path / "not-loaded.txt", "--out", tmp_path / "run"]
+    for option, table in (("--shortening", SHORTENINGS), ("--upsampling", UPSAMPLINGS)):
+        one_line(refusal(capsys, *train, option, "max"), f"argument {option}",
+                 "invalid choice: 'max'", *(repr(kind) for kind in table))
+        for kind in table:
+            assert build_parser().parse_args([str(arg) for arg in [*train, option, kind]])
+    assert not (tmp_path / "run").exists()
 
 
 # --- model folders that are not what they claim --------------------------------------------------

@@ -18,6 +18,8 @@ from hourglass_edu.attention import (
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock
 from hourglass_edu.hourglass import parse_structure
 from hourglass_edu.resampling import (
+    SHORTENINGS,
+    UPSAMPLINGS,
     AvgShortening,
     RepeatUpsampling,
     ShiftRight,
@@ -128,7 +130,7 @@ def test_repeat_upsampling_is_repeat_interleave_cropped_plus_residual():
 def test_pad_then_shift_puts_the_right_tokens_in_each_group(fill):
     k, n = 3, 7
     x = torch.arange(1, n + 1, dtype=torch.float32)[None, :, None].expand(1, n, 2).clone()
-    shift = ShiftRight(k, 2, fill)
+    shift = ShiftRight(k, 2, learned=fill == "learned")
     shifted = shift(pad_to_multiple(x, k))  # length 9 = 3 groups
     assert shifted.shape == (1, 9, 2)
     # position s holds original token s - (k-1) (values are token index + 1); first k-1 = fill
@@ -160,6 +162,7 @@ def test_parse_nested_structure():
     (dict(structure=""), "non-empty"),
     (dict(shortening="max"), "unknown shortening 'max': use one of avg, linear, attention"),
     (dict(upsampling="nearest"), "unknown upsampling"),
+    (dict(shortening=["avg"]), r"unknown shortening \['avg'\]"),  # a list in a saved config
     (dict(shift_fill="ones"), "unknown shift_fill"),
     (dict(attention_impl="flash"), "unknown attention_impl"),
     (dict(dropout=1.5), "dropout"),
@@ -344,6 +347,23 @@ def test_flops_of_attention_and_linear_resampling_by_hand():
         assert flops["level0"] == pytest.approx((outer_blocks + resampling) / n, rel=1e-12)
         assert flops["level1"] == pytest.approx(inner, rel=1e-12)
     assert attention_down == 56064 and linear_up == 12288  # the sums, written out once
+
+
+@pytest.mark.parametrize("option,kind", [("shortening", "max"), ("upsampling", "nearest")])
+def test_an_unknown_resampling_kind_is_refused_by_the_flop_count_never_counted_as_zero(option,
+                                                                                     kind):
+    model = tiny_model(structure="1@1 1@2 1@1")
+    setattr(model.config, option, kind)  # changed after the config checked it
+    with pytest.raises(ValueError, match=f"unknown {option} '{kind}': use one of"):
+        model.flops_per_token(8)
+
+
+def test_each_level_resamples_with_the_class_its_kind_names_in_the_table():
+    for shortening, upsampling in zip(SHORTENINGS, UPSAMPLINGS, strict=True):
+        level = tiny_model(structure="1@1 1@2 1@1", shortening=shortening,
+                           upsampling=upsampling).levels[0]
+        assert type(level.shorten) is SHORTENINGS[shortening]
+        assert type(level.upsample) is UPSAMPLINGS[upsampling]
 
 
 # --- token ids, the rotary angles, the registry, the shipped model --------------------------

@@ -5,6 +5,11 @@ Each subcommand is a pair of functions: `add_NAME(subparsers)` declares its argu
 (sample), `training` (train, finetune, demo; their run folders in `runs`), `evaluation`
 (evaluate) and `models` (models, export). Library code stays in the library modules; this package
 only parses arguments, calls them, and prints.
+
+Exit codes: 0 when the command did its work; 1 when `models` finds no shipped model or a damaged
+card; 2 for a refused option or input, a library error or an output that cannot be written (one
+line each, no traceback); 130 after Ctrl-C, and 143 after SIGTERM during training (training
+saves its checkpoint first, runs.py); 141 when the reader of the output stops reading (`| head`).
 """
 
 from __future__ import annotations

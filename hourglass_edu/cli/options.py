@@ -4,10 +4,11 @@ line, so a bad one is refused (exit 2, naming the option and the range) before a
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 
-__all__ = ["MAX_SEED", "device", "given", "non_negative_int", "positive_int", "seed",
-           "temperature"]
+__all__ = ["MAX_SEED", "TableNames", "device", "given", "non_negative_int", "positive_int",
+           "seed", "temperature"]
 
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed (runs add small offsets)
 
@@ -84,3 +85,21 @@ def given(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: name a file, folder or model")
     return text
+
+
+class TableNames:
+    """The names of a library table (``module.table``, e.g. resampling's `SHORTENINGS`) as an
+    option's ``choices``: read from the table when argparse first needs them (a value to check, a
+    help page), so the choices are the table's and building the parser imports no torch."""
+
+    def __init__(self, module: str, table: str):
+        self.module, self.table = module, table
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.table))
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hourglass_edu.cli.options import dropout_rate, given, non_negative_int, temperature
+from hourglass_edu.cli.options import (
+    TableNames,
+    dropout_rate,
+    given,
+    non_negative_int,
+    temperature,
+)
 from hourglass_edu.cli.runs import (
     add_force,
     add_run_settings,
@@ -40,8 +46,13 @@ def add_train(subparsers) -> None:
                         help='layers@shortening from outside in, e.g. "2@1 8@3 2@1"')
     parser.add_argument("--d-model", type=int, default=None, help="model width")
     parser.add_argument("--n-heads", type=int, default=None, help="attention heads")
-    parser.add_argument("--shortening", default=None, help="avg, linear or attention")
-    parser.add_argument("--upsampling", default=None, help="repeat, linear or attention")
+    # (a metavar, since argparse would otherwise read the choices as the parser is built)
+    parser.add_argument("--shortening", default=None, metavar="KIND",
+                        help="how a level shortens: %(choices)s",
+                        choices=TableNames("hourglass_edu.resampling", "SHORTENINGS"))
+    parser.add_argument("--upsampling", default=None, metavar="KIND",
+                        help="how a level upsamples: %(choices)s",
+                        choices=TableNames("hourglass_edu.resampling", "UPSAMPLINGS"))
     parser.add_argument("--dropout", type=dropout_rate, default=None,
                         help="dropout probability (default: the preset's; 0 for smoke and cpu, "
                         "0.2 for gpu): against learning a small corpus by heart over many passes")
