@@ -111,7 +111,7 @@ def default_profile(environ: Mapping[str, str] | None = None,
     if environment_switch("HOURGLASS_EDU_SMOKE", environ):
         return "smoke"
     if cuda_available is None:
-        import torch
+        import torch  # here: the module's other settings are read without torch
 
         cuda_available = torch.cuda.is_available()
     return "gpu" if cuda_available else "cpu"
@@ -143,7 +143,7 @@ def default_device(environ: Mapping[str, str] | None = None,
     HOURGLASS_EDU_DEVICE, when set, names it ("auto", "cpu", "cuda:1", ...: what
     `devices.resolve_device` accepts); otherwise "cuda" where CUDA is available, else "cpu".
     """
-    import torch
+    import torch  # here: the module's other settings are read without torch
 
     environ = os.environ if environ is None else environ
     chosen = environ.get("HOURGLASS_EDU_DEVICE", "").strip()

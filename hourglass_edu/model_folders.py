@@ -46,15 +46,15 @@ from hourglass_edu.files import (
     stale_temporaries,
 )
 from hourglass_edu.json_files import MAX_JSON_BYTES, parse_json, read_json
-from hourglass_edu.lm import LanguageModel, build_model_from_config, check_weights
+from hourglass_edu.lm import LanguageModel, check_weights
 from hourglass_edu.loading import (
     check_finite_weights,
     check_tokenizer_matches,
-    model_shapes,
     record_tokenizer,
     resolve_device,
     safetensors_shapes,
 )
+from hourglass_edu.registry import build_model_from_config, model_shapes
 
 __all__ = [
     "CONFIG_NAME",

@@ -29,7 +29,7 @@ from hourglass_edu import HourglassConfig, HourglassLM, related
 from hourglass_edu.cli import main
 from hourglass_edu.data import CharTokenizer, Corpus, prepare_data, split_documents
 from hourglass_edu.generation import encode_prompt, prompt_as_seen
-from hourglass_edu.loading import model_shapes
+from hourglass_edu.registry import model_shapes
 from hourglass_edu.training import (
     TrainConfig,
     Trainer,

@@ -18,9 +18,9 @@ from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.cli import main
 from hourglass_edu.data import CharTokenizer, prepare_data
 from hourglass_edu.data.tokenizer import MAX_VOCABULARY
-from hourglass_edu.lm import build_model_from_config
-from hourglass_edu.loading import activation_bytes, model_shapes
+from hourglass_edu.loading import activation_bytes
 from hourglass_edu.model_folders import export_model_folder, load_model_folder
+from hourglass_edu.registry import build_model_from_config, model_shapes
 from hourglass_edu.related import LongShortConfig, LongShortLM
 from hourglass_edu.training import TrainConfig, build_model
 

@@ -4,7 +4,9 @@ Each subcommand is a pair of functions: `add_NAME(subparsers)` declares its argu
 `run_NAME(args)` does the work. One module per group of subcommands: `data` (corpus), `sampling`
 (sample), `training` (train, finetune, demo; their run folders in `runs`), `evaluation`
 (evaluate) and `models` (models, export). Library code stays in the library modules; this package
-only parses arguments, calls them, and prints.
+only parses arguments, calls them, and prints. A `run_NAME` imports the library inside the
+function: the library imports torch (a second or two), and `--help`, a bad option or a Ctrl-C
+must be answered before torch loads (tests/test_cli_inputs.py).
 """
 
 from __future__ import annotations

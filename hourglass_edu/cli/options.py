@@ -69,6 +69,7 @@ def temperature(text: str) -> float:
 def device(text: str) -> str:
     """A device name `resolve_device` accepts, checked while the command line is read (before
     any corpus or model loads); kept as written, so that "auto" stays "auto"."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.devices import resolve_device
 
     try:

@@ -61,8 +61,9 @@ def _add_out_and_resume(parser, out_help: str, run: str,
 
 
 def run_train(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import prepare_data
-    from hourglass_edu.loading import model_shapes
+    from hourglass_edu.registry import model_shapes
     from hourglass_edu.training import build_model, get_preset
     from hourglass_edu.training.config import check_batch_fits
 
@@ -110,6 +111,7 @@ def add_finetune(subparsers) -> None:
 
 
 def run_finetune(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import load_corpus
     from hourglass_edu.training import TrainConfig, prepare_finetuning
     from hourglass_edu.training.config import check_batch_fits
@@ -154,6 +156,7 @@ def _check_not_the_base_run(base, out) -> None:
 
 def _check_resumes_a_finetuning_of(out: Path, base, metadata: dict) -> None:
     """--resume continues a fine-tuning run of this --from, and nothing else."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.training import CHECKPOINT_NAME, load_checkpoint
 
     if not (out / CHECKPOINT_NAME).is_file():
@@ -194,6 +197,7 @@ def add_demo(subparsers) -> None:
 
 
 def run_demo(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import prepare_data
     from hourglass_edu.generation import GenerationSettings
     from hourglass_edu.training import build_model, get_preset, resolve_device
@@ -225,6 +229,7 @@ def run_demo(args) -> int:
 
 def _print_shipped_haiku(own_bpc: float, count: int, *, temperature: float, seed: int) -> None:
     """Where longer training leads: the shipped `haiku` model, same seeds, both scores."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.pretrained import list_pretrained, load_pretrained, pretrained_card
 
     if "haiku" not in list_pretrained() or count < 1:
@@ -240,6 +245,7 @@ def _print_shipped_haiku(own_bpc: float, count: int, *, temperature: float, seed
 def _check_demo_folder(folder: Path) -> None:
     """`demo` replaces only what an earlier `demo` wrote: refuse a folder with another run's
     checkpoint (or history) before any training."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.training import CHECKPOINT_NAME, load_checkpoint
 
     checkpoint = folder / CHECKPOINT_NAME
@@ -263,6 +269,7 @@ def _check_demo_folder(folder: Path) -> None:
 
 def _print_samples(model, tokenizer, count, *, max_new_tokens=200, temperature=0.8, seed=0):
     """Print `count` documents generated from an empty prompt (the start of a document)."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.generation import generate
 
     model.eval()

@@ -48,7 +48,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
-from hourglass_edu.lm import BlockStackConfig, BlockStackLM, register_model
+from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 
 __all__ = [
     "HIERARCHIES",
@@ -312,7 +312,6 @@ class HTransformerConfig(BlockStackConfig):
         return super().from_dict(data)
 
 
-@register_model
 class HTransformerLM(BlockStackLM):
     """Character LM: ``n_layers`` pre-norm blocks with causal hierarchical attention.
 

@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from hourglass_edu.attention import MultiHeadAttention
-from hourglass_edu.lm import BlockStackConfig, BlockStackLM, register_model
+from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 from hourglass_edu.related.long_short_attention import (
     check_long_short_arguments,
     compress_segments,
@@ -28,6 +28,7 @@ from hourglass_edu.related.long_short_attention import (
     sliding_window_attention,
     window_mask,
 )
+from hourglass_edu.related.long_short_cache import LongShortCache
 
 __all__ = [
     "DualLayerNorm",
@@ -140,7 +141,6 @@ class LongShortConfig(BlockStackConfig):
         )
 
 
-@register_model
 class LongShortLM(BlockStackLM):
     """Character LM: ``n_layers`` pre-norm blocks with causal Long-Short attention.
 
@@ -154,8 +154,6 @@ class LongShortLM(BlockStackLM):
 
     def new_cache(self):
         """A window cache and a segment-summary cache per layer (`related.long_short_cache`)."""
-        from hourglass_edu.related.long_short_cache import LongShortCache
-
         return LongShortCache(self)
 
     @classmethod

@@ -20,14 +20,17 @@ not a forward pass over the whole window.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
 from hourglass_edu.lm import ModelCache
-from hourglass_edu.related.long_short import LongShortAttention
 from hourglass_edu.related.long_short_attention import compress_segments
+
+if TYPE_CHECKING:  # annotations only: long_short.py imports this module
+    from hourglass_edu.related.long_short import LongShortAttention
 
 __all__ = ["LongShortCache", "LongShortLayerCache"]
 

@@ -47,8 +47,9 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from hourglass_edu.blocks import RotaryAngles, RotaryEmbedding, TransformerBlock, record
-from hourglass_edu.lm import BlockStackConfig, LanguageModel, register_model
+from hourglass_edu.lm import BlockStackConfig, LanguageModel
 from hourglass_edu.related.long_short import LongShortAttention
+from hourglass_edu.related.simple_hierarchical_cache import SimpleHierarchicalCache
 from hourglass_edu.resampling import pad_to_multiple
 
 __all__ = [
@@ -291,7 +292,6 @@ class StreamMerge(nn.Module):
         return self.contract(self.activation(self.expand(self.norm(joined))))
 
 
-@register_model
 class SimpleHierarchicalLM(LanguageModel):
     """Character LM with parallel streams at several compressions, merged every layer.
 
@@ -308,8 +308,6 @@ class SimpleHierarchicalLM(LanguageModel):
 
     def new_cache(self):
         """Per-stream, per-subsequence caches (`related.simple_hierarchical_cache`)."""
-        from hourglass_edu.related.simple_hierarchical_cache import SimpleHierarchicalCache
-
         return SimpleHierarchicalCache(self)
 
     @classmethod

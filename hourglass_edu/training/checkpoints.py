@@ -32,15 +32,15 @@ from hourglass_edu.files import (
     quoted,
     recover_folder_replacement,
 )
-from hourglass_edu.lm import build_model_from_config, check_weights
+from hourglass_edu.lm import check_weights
 from hourglass_edu.loading import (
     check_archive_sizes,
     check_finite_weights,
-    model_shapes,
     record_tokenizer,
     resolve_device,
 )
 from hourglass_edu.model_folders import WEIGHTS_NAME, is_model_folder, load_model_folder
+from hourglass_edu.registry import build_model_from_config, model_shapes
 from hourglass_edu.training.checkpoint_checks import check_entries, check_run_record
 
 __all__ = [

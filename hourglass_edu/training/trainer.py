@@ -387,7 +387,7 @@ class Trainer:
                                         self.config.block_size), flush=True)
 
     def _progress_bar(self):
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # here: tqdm.auto imports IPython where it is installed
 
         config = self.config
         hidden = not (config.progress and self.is_main)
