@@ -41,7 +41,6 @@ __all__ = [
     "RecomputeDecoder",
     "context_limit",
     "make_decoder",
-    "model_device",
     "supports_cache",
 ]
 

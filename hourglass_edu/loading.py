@@ -22,7 +22,7 @@ Before that, `check_archive_sizes` reads a checkpoint's zip directory (what torc
 what `torch.load` would inflate is bounded by the file's own size and `MAX_ARCHIVE_BYTES`.
 
 `resolve_device` (devices.py) is the one device check of every way of loading or training a
-model; it is re-exported here, beside the other checks a loader runs.
+model; every loader imports it from there.
 
 A model and its tokenizer belong together: the ids mean the characters of one vocabulary. Every
 loader (and the trainer) records the tokenizer's `vocabulary_sha256` on the model it returns
@@ -42,7 +42,6 @@ from safetensors import safe_open
 from torch import nn
 
 from hourglass_edu.data.tokenizer import MAX_VOCABULARY
-from hourglass_edu.devices import resolve_device  # the one device check, re-exported here
 from hourglass_edu.files import quoted
 
 if TYPE_CHECKING:  # annotations only: lm.py imports this module
@@ -64,7 +63,6 @@ __all__ = [
     "check_size_field",
     "describe_number",
     "record_tokenizer",
-    "resolve_device",
     "safetensors_shapes",
 ]
 

@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from hourglass_edu.data import CharTokenizer
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.files import (
     FolderNotReplaceable,
     atomic_write,
@@ -51,7 +52,6 @@ from hourglass_edu.loading import (
     check_finite_weights,
     check_tokenizer_matches,
     record_tokenizer,
-    resolve_device,
     safetensors_shapes,
 )
 from hourglass_edu.registry import build_model_from_config, model_shapes

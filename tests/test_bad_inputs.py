@@ -38,10 +38,10 @@ from hourglass_edu.training import (
     load_model,
     prepare_finetuning,
     resolve_precision,
-    save_checkpoint,
     train,
 )
 from hourglass_edu.training import precision as precision_module
+from hourglass_edu.training.checkpoints import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()

@@ -30,11 +30,11 @@ from hourglass_edu.training import (
     learning_rate,
     load_checkpoint,
     load_model,
-    parameter_groups,
     prepare_finetuning,
-    save_checkpoint,
     train,
 )
+from hourglass_edu.training.checkpoints import save_checkpoint
+from hourglass_edu.training.optimization import parameter_groups
 
 WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
 

@@ -112,7 +112,7 @@ def _training_corpus(record: dict, source: str):
 def _check_options(args) -> None:
     """Everything that can be checked before the model and corpus load."""
     # here, not at the top: torch loads only when the command runs (cli/__init__.py)
-    from hourglass_edu.loading import resolve_device
+    from hourglass_edu.devices import resolve_device
 
     if args.max_tokens is not None and args.max_tokens < 2:
         raise ValueError(f"--max-tokens must be at least 2, got {args.max_tokens}")

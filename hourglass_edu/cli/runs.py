@@ -105,7 +105,8 @@ def check_precision(precision: str | None, device: str | None) -> None:
     if precision is None:
         return
     # here, not at the top: torch loads only when the command runs (cli/__init__.py)
-    from hourglass_edu.training.precision import resolve_device, resolve_precision
+    from hourglass_edu.devices import resolve_device
+    from hourglass_edu.training.precision import resolve_precision
 
     try:
         resolve_precision(precision, resolve_device(device or "auto"))

@@ -199,8 +199,9 @@ def add_demo(subparsers) -> None:
 def run_demo(args) -> int:
     # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import prepare_data
+    from hourglass_edu.devices import resolve_device
     from hourglass_edu.generation import GenerationSettings
-    from hourglass_edu.training import build_model, get_preset, resolve_device
+    from hourglass_edu.training import build_model, get_preset
 
     on_gpu = resolve_device(args.device or "auto").type == "cuda"
     preset = get_preset(args.preset or ("gpu" if on_gpu else "cpu"))

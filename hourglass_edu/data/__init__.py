@@ -25,14 +25,9 @@ from hourglass_edu.data.corpora import (
     prepare_data,
     split_documents,
 )
-from hourglass_edu.data.download import (
-    BASE_URL_ENV,
-    DATA_ENV,
-    DEADLINE_ENV,
-    DownloadError,
-    RemoteFile,
-    default_cache_dir,
-)
+from hourglass_edu.data.corpus_folders import default_cache_dir
+from hourglass_edu.data.download_settings import BASE_URL_ENV, DATA_ENV, DEADLINE_ENV
+from hourglass_edu.data.pinned_files import DownloadError, RemoteFile
 from hourglass_edu.data.tokenizer import EOT, NORMALIZATION_FORMS, UNK, CharTokenizer
 
 __all__ = [

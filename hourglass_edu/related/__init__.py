@@ -16,10 +16,8 @@ from hourglass_edu.related.h_transformer import (
     HTransformerLM,
     h_attention,
 )
-from hourglass_edu.related.long_short import (
-    LongShortAttention,
-    LongShortConfig,
-    LongShortLM,
+from hourglass_edu.related.long_short import LongShortAttention, LongShortConfig, LongShortLM
+from hourglass_edu.related.long_short_attention import (
     long_short_attention,
     sliding_window_attention,
 )

@@ -21,12 +21,7 @@ from hourglass_edu.attention import MultiHeadAttention
 from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 from hourglass_edu.related.long_short_attention import (
     check_long_short_arguments,
-    compress_segments,
-    finished_segments_mask,
-    local_window_scores,
     long_short_attention,
-    sliding_window_attention,
-    window_mask,
 )
 from hourglass_edu.related.long_short_cache import LongShortCache
 
@@ -35,13 +30,6 @@ __all__ = [
     "LongShortAttention",
     "LongShortConfig",
     "LongShortLM",
-    "check_long_short_arguments",
-    "compress_segments",
-    "finished_segments_mask",
-    "local_window_scores",
-    "long_short_attention",
-    "sliding_window_attention",
-    "window_mask",
 ]
 
 

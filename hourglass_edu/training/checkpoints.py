@@ -27,18 +27,14 @@ import torch
 
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.data.provenance import CORPUS_SOURCE_KEYS, corpus_source
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.files import (
     atomic_writer,
     quoted,
     recover_folder_replacement,
 )
 from hourglass_edu.lm import check_weights
-from hourglass_edu.loading import (
-    check_archive_sizes,
-    check_finite_weights,
-    record_tokenizer,
-    resolve_device,
-)
+from hourglass_edu.loading import check_archive_sizes, check_finite_weights, record_tokenizer
 from hourglass_edu.model_folders import WEIGHTS_NAME, is_model_folder, load_model_folder
 from hourglass_edu.registry import build_model_from_config, model_shapes
 from hourglass_edu.training.checkpoint_checks import check_entries, check_run_record

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.hourglass import HourglassConfig, HourglassLM
-from hourglass_edu.loading import activation_bytes_per_token, resolve_device
+from hourglass_edu.loading import activation_bytes_per_token
 
 __all__ = ["MAX_BATCH_ACTIVATIONS", "PRECISIONS", "PRESETS", "Preset", "TrainConfig",
            "build_model", "check_batch_fits", "check_sizes", "check_training_inputs",

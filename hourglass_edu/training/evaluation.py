@@ -21,9 +21,10 @@ from einops import rearrange
 from torch import nn
 
 from hourglass_edu.data import IGNORE_INDEX, iter_eval_batches, sample_batch
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.lm import model_device
 from hourglass_edu.sampling import shown_number
-from hourglass_edu.training.precision import autocast_context, resolve_device, resolve_precision
+from hourglass_edu.training.precision import autocast_context, resolve_precision
 
 __all__ = ["LN2", "History", "evaluate_bpc", "evaluate_bpc_long_context", "language_model_loss",
            "long_context_windows"]

@@ -26,7 +26,6 @@ import contextlib
 
 import torch
 
-from hourglass_edu.loading import resolve_device  # the one device check (loading.py)
 from hourglass_edu.training.config import PRECISIONS
 
 __all__ = [
@@ -36,7 +35,6 @@ __all__ = [
     "cuda_has_native_bf16",
     "fast_fp32_matmuls",
     "gradient_scaler",
-    "resolve_device",
     "resolve_precision",
     "uses_tf32",
 ]
