@@ -28,18 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-__all__ = [
-    "COURSE_REF",
-    "PROFILES",
-    "REPOSITORY_URL",
-    "colab_badge_url",
-    "colab_cell_source",
-    "colab_install_command",
-    "default_device",
-    "default_profile",
-    "environment_switch",
-    "pip_requirement",
-]
+__all__ = ["COURSE_REF", "REPOSITORY_URL", "colab_cell_source", "default_device", "default_profile"]
 
 #: The project's repository (pyproject.toml's Homepage and Repository).
 REPOSITORY_URL = "https://github.com/hourglass-edu/hourglass_edu"

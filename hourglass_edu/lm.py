@@ -30,18 +30,7 @@ from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
 from hourglass_edu.files import quoted
 from hourglass_edu.loading import check_buildable, check_size_field
 
-__all__ = [
-    "WEIGHT_DTYPES",
-    "BlockStackConfig",
-    "BlockStackLM",
-    "LanguageModel",
-    "ModelCache",
-    "ModelConfig",
-    "check_token_range",
-    "check_weights",
-    "eval_mode",
-    "model_device",
-]
+__all__ = ["BlockStackConfig", "LanguageModel", "ModelCache", "ModelConfig"]
 
 @dataclass(kw_only=True)
 class ModelConfig:

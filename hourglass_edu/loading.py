@@ -47,24 +47,7 @@ from hourglass_edu.files import quoted
 if TYPE_CHECKING:  # annotations only: lm.py imports this module
     from hourglass_edu.lm import LanguageModel
 
-__all__ = [
-    "MAX_ACTIVATION_BYTES",
-    "MAX_ARCHIVE_BYTES",
-    "MAX_PARAMETERS",
-    "SIZE_LIMITS",
-    "activation_bytes",
-    "activation_bytes_per_token",
-    "check_archive_sizes",
-    "check_buildable",
-    "check_config_fields",
-    "check_finite_weights",
-    "check_model_size",
-    "check_tokenizer_matches",
-    "check_size_field",
-    "describe_number",
-    "record_tokenizer",
-    "safetensors_shapes",
-]
+__all__ = ["MAX_ARCHIVE_BYTES", "SIZE_LIMITS", "activation_bytes"]
 
 # Bounds that no model of this course comes near (its largest preset has about 20M parameters).
 SIZE_LIMITS = {"vocab_size": MAX_VOCABULARY, "d_model": 1 << 14, "n_heads": 1 << 8, "d_ff": 1 << 16,

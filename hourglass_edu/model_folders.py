@@ -57,18 +57,12 @@ from hourglass_edu.loading import (
 from hourglass_edu.registry import build_model_from_config, model_shapes
 
 __all__ = [
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
     "check_export_folder",
     "describe_model_folder",
-    "export_destination",
     "export_model_folder",
     "is_model_folder",
-    "is_own_model_folder",
     "load_model_folder",
     "read_card",
-    "read_history",
-    "sha256_of",
 ]
 
 CONFIG_NAME, TOKENIZER_NAME = "config.json", "tokenizer.json"

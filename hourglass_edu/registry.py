@@ -20,13 +20,7 @@ from hourglass_edu.related.h_transformer import HTransformerLM
 from hourglass_edu.related.long_short import LongShortLM
 from hourglass_edu.related.simple_hierarchical import SimpleHierarchicalLM
 
-__all__ = [
-    "MODEL_CLASSES",
-    "build_model_from_config",
-    "model_class",
-    "model_classes",
-    "model_shapes",
-]
+__all__ = ["MODEL_CLASSES", "build_model_from_config", "model_class", "model_shapes"]
 
 MODEL_CLASSES: list[type[LanguageModel]] = [
     HourglassLM,

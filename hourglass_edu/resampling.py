@@ -43,18 +43,12 @@ from hourglass_edu.attention import (
 from hourglass_edu.blocks import FeedForward, record
 
 __all__ = [
-    "SHIFT_FILLS",
-    "SHORTENINGS",
-    "UPSAMPLINGS",
     "AttentionShortening",
     "AttentionUpsampling",
     "AvgShortening",
     "LinearShortening",
     "LinearUpsampling",
     "RepeatUpsampling",
-    "ShiftRight",
-    "make_shortening",
-    "make_upsampling",
     "pad_to_multiple",
     "shift_right",
 ]

@@ -328,7 +328,8 @@ def test_a_20_gb_sparse_model_card_is_refused_unread(tmp_path, monkeypatch):
 
 def test_an_h_transformer_block_beyond_max_length_is_refused_before_padding():
     # 1 << 20 asked the allocator for a terabyte of block scores in the first forward pass
-    from hourglass_edu.related import HTransformerConfig, HTransformerLM
+    from hourglass_edu.related import HTransformerLM
+    from hourglass_edu.related.h_transformer import HTransformerConfig
 
     with pytest.raises(ValueError, match="block_size=1,048,576 is more than max_length=64"):
         HTransformerConfig(vocab_size=10, d_model=16, n_heads=2, max_length=64,

@@ -18,7 +18,8 @@ from torch import nn
 
 import hourglass_edu.training.trainer as trainer_module
 from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.data import Corpus, prepare_data
+from hourglass_edu.data import prepare_data
+from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.training import (
     PRESETS,
     History,

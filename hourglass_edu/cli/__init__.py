@@ -23,7 +23,7 @@ from hourglass_edu.cli.models import add_export, add_models
 from hourglass_edu.cli.sampling import add_sample
 from hourglass_edu.cli.training import add_demo, add_finetune, add_train
 
-__all__ = ["build_parser", "main"]
+__all__ = ["main"]
 
 _SUBCOMMANDS: list = [add_corpus, add_sample, add_train, add_finetune, add_demo, add_evaluate,
                       add_models, add_export]

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["MAX_SEED", "device", "given", "non_negative_int", "positive_int", "seed",
-           "temperature"]
+__all__ = ["device", "given", "non_negative_int", "positive_int", "seed", "temperature"]
 
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed (runs add small offsets)
 

@@ -54,9 +54,7 @@ from hourglass_edu.data.download_settings import (
 from hourglass_edu.data.http_transfer import fetch_file
 from hourglass_edu.data.pinned_files import RemoteFile
 
-__all__ = [
-    "locate_files",
-]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 
 def _download(remotes: Sequence[RemoteFile], target_dir: Path, base_url: str | None,

@@ -32,7 +32,6 @@ from hourglass_edu.training import evaluate_bpc, train
 from hourglass_edu.training.precision import autocast_context, resolve_precision
 
 __all__ = [
-    "MODEL_NAMES",
     "build_comparison_models",
     "comparison_variants",
     "count_score_entries",
@@ -40,7 +39,6 @@ __all__ = [
     "measure_cost",
     "measure_scaling",
     "train_comparison",
-    "warm_up",
 ]
 
 def comparison_variants() -> dict[str, type]:

@@ -50,14 +50,7 @@ from torch import Tensor, nn
 from hourglass_edu.attention import MultiHeadAttention
 from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 
-__all__ = [
-    "HIERARCHIES",
-    "HAttention",
-    "HTransformerConfig",
-    "HTransformerLM",
-    "h_attention",
-    "number_of_levels",
-]
+__all__ = ["HTransformerLM", "h_attention", "number_of_levels"]
 
 HIERARCHIES = ("paper", "sibling")
 

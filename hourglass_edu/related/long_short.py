@@ -25,12 +25,7 @@ from hourglass_edu.related.long_short_attention import (
 )
 from hourglass_edu.related.long_short_cache import LongShortCache
 
-__all__ = [
-    "DualLayerNorm",
-    "LongShortAttention",
-    "LongShortConfig",
-    "LongShortLM",
-]
+__all__ = ["LongShortConfig", "LongShortLM"]
 
 
 class DualLayerNorm(nn.Module):

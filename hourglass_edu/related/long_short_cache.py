@@ -32,7 +32,7 @@ from hourglass_edu.related.long_short_attention import compress_segments
 if TYPE_CHECKING:  # annotations only: long_short.py imports this module
     from hourglass_edu.related.long_short import LongShortAttention
 
-__all__ = ["LongShortCache", "LongShortLayerCache"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 
 def _append(cached: Tensor | None, new: Tensor) -> Tensor:

@@ -52,14 +52,7 @@ from hourglass_edu.related.long_short import LongShortAttention
 from hourglass_edu.related.simple_hierarchical_cache import SimpleHierarchicalCache
 from hourglass_edu.resampling import pad_to_multiple
 
-__all__ = [
-    "CausalCompressor",
-    "SimpleHierarchicalConfig",
-    "SimpleHierarchicalLM",
-    "StreamBlock",
-    "StreamMerge",
-    "token_shift",
-]
+__all__ = ["SimpleHierarchicalConfig", "SimpleHierarchicalLM", "token_shift"]
 
 # The layout of the model's weights; a saved config without it is from the old strided model.
 LAYOUT_VERSION = 2

@@ -29,7 +29,7 @@ from hourglass_edu.lm import ModelCache
 if TYPE_CHECKING:  # annotations only: simple_hierarchical.py imports this module
     from hourglass_edu.related.simple_hierarchical import StreamBlock
 
-__all__ = ["SimpleHierarchicalCache", "StreamBlockCache"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 
 def _shifted(current: Tensor, previous: Tensor | None) -> Tensor:

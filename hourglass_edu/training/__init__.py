@@ -20,7 +20,6 @@ module (`from hourglass_edu.training.precision import choose_precision`).
 """
 
 from hourglass_edu.training.checkpoints import (
-    BEST_CHECKPOINT_NAME,
     CHECKPOINT_NAME,
     load_checkpoint,
     load_model,
@@ -42,15 +41,12 @@ from hourglass_edu.training.optimization import learning_rate
 from hourglass_edu.training.precision import resolve_precision
 from hourglass_edu.training.runs import train
 from hourglass_edu.training.stopping import TrainingDiverged, TrainingOutOfMemory
-from hourglass_edu.training.trainer import Trainer
 
 __all__ = [
-    "BEST_CHECKPOINT_NAME",
     "CHECKPOINT_NAME",
     "PRESETS",
     "History",
     "TrainConfig",
-    "Trainer",
     "TrainingDiverged",
     "TrainingOutOfMemory",
     "build_model",

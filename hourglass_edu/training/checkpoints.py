@@ -40,23 +40,12 @@ from hourglass_edu.registry import build_model_from_config, model_shapes
 from hourglass_edu.training.checkpoint_checks import check_entries, check_run_record
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
-    "CHECKPOINT_VERSION",
-    "BEST_CHECKPOINT_NAME",
-    "RESUMABLE_CHANGES",
-    "RESUMABLE_MODEL_CHANGES",
-    "best_checkpoint_path",
-    "config_differences",
-    "data_fingerprint",
     "load_checkpoint",
     "load_model",
     "model_checkpoint_file",
     "model_from_checkpoint",
     "model_source",
-    "resumable_differences",
-    "save_checkpoint",
-    "validate_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "hourglass_edu.checkpoint"

@@ -21,9 +21,7 @@ from hourglass_edu.devices import resolve_device
 from hourglass_edu.hourglass import HourglassConfig, HourglassLM
 from hourglass_edu.loading import activation_bytes_per_token
 
-__all__ = ["MAX_BATCH_ACTIVATIONS", "PRECISIONS", "PRESETS", "Preset", "TrainConfig",
-           "build_model", "check_batch_fits", "check_sizes", "check_training_inputs",
-           "device_memory_bytes", "get_preset"]
+__all__ = ["PRESETS", "TrainConfig", "build_model", "check_batch_fits", "get_preset"]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 

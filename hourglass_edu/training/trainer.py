@@ -77,7 +77,7 @@ from hourglass_edu.training.stopping import (
     stop_signals_finish_step,
 )
 
-__all__ = ["StepResult", "Trainer"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 # Under fp16 a gradient that is still not finite once the scaler has lowered the loss scale below
 # this (from 65536, about 26 halvings in a row) is not an overflow: the run has diverged.
