@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def synthetic_corpus():
-    from hourglass_edu.data import Corpus
+    from hourglass_edu.data.corpora import Corpus
 
     rng = random.Random(0)
     documents = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 120)))

@@ -28,13 +28,8 @@ from common import command_line, machine_line, markdown_table, publish, results_
 
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.data import prepare_data
-from hourglass_edu.training import (
-    TrainConfig,
-    evaluate_bpc,
-    resolve_device,
-    resolve_precision,
-    train,
-)
+from hourglass_edu.devices import resolve_device
+from hourglass_edu.training import TrainConfig, evaluate_bpc, resolve_precision, train
 
 STRUCTURES = {"hourglass": "2@1 8@3 2@1", "plain": "12@1"}
 
@@ -77,7 +72,8 @@ def build(structure: str, vocab_size: int, args) -> HourglassLM:
 def warm_up(model, data, args, device, precision) -> None:
     """One forward and backward pass, thrown away: kernel selection and first-call allocations
     (seconds for bf16 on a CPU) would otherwise be charged to the time budget."""
-    from hourglass_edu.training import autocast_context, language_model_loss
+    from hourglass_edu.training import language_model_loss
+    from hourglass_edu.training.precision import autocast_context
 
     model.to(device)
     tokens = data.train_ids[: args.block_size + 1].to(device)

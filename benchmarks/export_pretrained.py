@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from hourglass_edu.data import prepare_data
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.generation import generate
 from hourglass_edu.model_folders import (
     export_model_folder,
@@ -30,7 +31,7 @@ from hourglass_edu.model_folders import (
 )
 from hourglass_edu.training import evaluate_bpc, load_checkpoint, model_from_checkpoint
 from hourglass_edu.training.checkpoints import model_checkpoint_file
-from hourglass_edu.training.precision import resolve_device, resolve_precision
+from hourglass_edu.training.precision import resolve_precision
 
 SAMPLES = 5  # seeds 0-4 in the card
 SLICE_CHARACTERS = 20_000  # the tests re-measure this slice in seconds

@@ -47,12 +47,12 @@ from common import RESULTS, cpu_model, markdown_table
 
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.data import prepare_data
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.files import atomic_write
 from hourglass_edu.training import (
     TrainConfig,
     evaluate_bpc,
     language_model_loss,
-    resolve_device,
     resolve_precision,
     train,
 )

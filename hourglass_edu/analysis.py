@@ -33,10 +33,8 @@ __all__ = [
     "Inspection",
     "dependency_matrix",
     "inspect_text",
-    "model_levels",
     "pooled_spans",
     "principal_components",
-    "saved_activation_bytes",
     "token_chars",
 ]
 

@@ -37,11 +37,9 @@ from einops import rearrange
 from torch import nn
 
 __all__ = [
-    "ATTENTION_IMPLS",
     "KeyValueCache",
     "MultiHeadAttention",
     "causal_mask",
-    "check_heads",
     "explicit_attention",
     "funnel_down_mask",
     "funnel_up_mask",

@@ -36,7 +36,6 @@ from hourglass_edu.attention import KeyValueCache, MultiHeadAttention
 
 __all__ = [
     "FeedForward",
-    "RotaryAngles",
     "RotaryEmbedding",
     "TransformerBlock",
     "record",

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from hourglass_edu.capstone_stages import CheckFailed, _library_model, _run
 
-__all__ = ["LOOP_LEARNING_RATE", "LOOP_STEPS", "check_training_loop"]
+__all__ = ["check_training_loop"]
 
 LOOP_STEPS, LOOP_LEARNING_RATE = 20, 3e-3
 

@@ -19,7 +19,7 @@ import torch
 
 from hourglass_edu.hourglass import HourglassConfig, HourglassLM
 
-__all__ = ["CheckFailed", "RENAMES", "TOLERANCE", "copy_weights", "my_name"]
+__all__ = ["RENAMES", "TOLERANCE", "copy_weights", "my_name"]
 
 TOLERANCE = 1e-5
 #: A piece of a library weight name -> the same piece in the capstone's modules, in this order.

@@ -28,18 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-__all__ = [
-    "COURSE_REF",
-    "PROFILES",
-    "REPOSITORY_URL",
-    "colab_badge_url",
-    "colab_cell_source",
-    "colab_install_command",
-    "default_device",
-    "default_profile",
-    "environment_switch",
-    "pip_requirement",
-]
+__all__ = ["COURSE_REF", "REPOSITORY_URL", "colab_cell_source", "default_device", "default_profile"]
 
 #: The project's repository (pyproject.toml's Homepage and Repository).
 REPOSITORY_URL = "https://github.com/hourglass-edu/hourglass_edu"
@@ -111,7 +100,7 @@ def default_profile(environ: Mapping[str, str] | None = None,
     if environment_switch("HOURGLASS_EDU_SMOKE", environ):
         return "smoke"
     if cuda_available is None:
-        import torch
+        import torch  # here: the module's other settings are read without torch
 
         cuda_available = torch.cuda.is_available()
     return "gpu" if cuda_available else "cpu"
@@ -143,7 +132,7 @@ def default_device(environ: Mapping[str, str] | None = None,
     HOURGLASS_EDU_DEVICE, when set, names it ("auto", "cpu", "cuda:1", ...: what
     `devices.resolve_device` accepts); otherwise "cuda" where CUDA is available, else "cpu".
     """
-    import torch
+    import torch  # here: the module's other settings are read without torch
 
     environ = os.environ if environ is None else environ
     chosen = environ.get("HOURGLASS_EDU_DEVICE", "").strip()

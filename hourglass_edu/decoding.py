@@ -35,15 +35,7 @@ import torch
 
 from hourglass_edu.lm import LanguageModel, check_token_range, model_device
 
-__all__ = [
-    "CachedDecoder",
-    "Decoder",
-    "RecomputeDecoder",
-    "context_limit",
-    "make_decoder",
-    "model_device",
-    "supports_cache",
-]
+__all__ = ["CachedDecoder", "RecomputeDecoder", "make_decoder"]
 
 
 def context_limit(model) -> int | None:

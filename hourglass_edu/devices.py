@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-__all__ = ["ACCELERATORS", "resolve_device"]
+__all__ = ["resolve_device"]
 
 ACCELERATORS = ("cuda", "mps", "xpu")  # device types torch ships a backend for
 _CHOICES = ("use auto, cpu, or a GPU torch sees here: cuda or cuda:N (NVIDIA), mps (Apple), "

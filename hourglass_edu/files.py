@@ -28,10 +28,7 @@ from typing import IO
 
 from filelock import FileLock, Timeout
 
-__all__ = ["FolderNotReplaceable", "atomic_write", "atomic_writer", "atomic_write_files",
-           "describe_contents", "folder_replacement", "holding_lock_if_any",
-           "quoted", "recover_folder_replacement",
-           "remove_stale_temporaries", "stale_temporaries"]
+__all__ = ["atomic_write", "atomic_writer", "quoted", "recover_folder_replacement"]
 
 # mkstemp makes owner-only files; a finished file gets the usual permissions (0o666 minus the
 # umask), as open() would have given it. os.umask can only be read by setting it.

@@ -47,8 +47,7 @@ from hourglass_edu.sampling import (
     shown_number,
 )
 
-__all__ = ["GenerationSettings", "encode_prompt", "generate", "prompt_as_seen", "stream",
-           "thread_limit"]
+__all__ = ["GenerationSettings", "encode_prompt", "generate", "prompt_as_seen", "stream"]
 
 # ---------------------------------------------------------------------------------------------
 # Settings

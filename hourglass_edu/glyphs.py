@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["EOT_GLYPH", "FILL_GLYPH", "VISIBLE_GLYPHS", "span_label", "visible_char"]
+__all__ = ["EOT_GLYPH", "FILL_GLYPH", "span_label", "visible_char"]
 
 #: How characters that would be invisible on an axis are drawn.
 VISIBLE_GLYPHS = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}

@@ -59,7 +59,8 @@ from torch import nn
 
 from hourglass_edu.attention import ATTENTION_IMPLS
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
-from hourglass_edu.lm import LanguageModel, ModelConfig, model_device, register_model
+from hourglass_edu.hourglass_cache import HourglassCache
+from hourglass_edu.lm import LanguageModel, ModelConfig, model_device
 from hourglass_edu.resampling import ShiftRight, pad_to_multiple, resampling_class
 
 __all__ = [
@@ -268,7 +269,6 @@ class HourglassLevel(nn.Module):
         return x
 
 
-@register_model
 class HourglassLM(LanguageModel):
     """Character-level Hourglass language model: the shared `LanguageModel` (embedding, final
     norm, head, init, `run_with_cache`) around a body of recursive `HourglassLevel`s.
@@ -289,8 +289,6 @@ class HourglassLM(LanguageModel):
 
     def new_cache(self):
         """Per-level key/value caches (`hourglass_edu.hourglass_cache`)."""
-        from hourglass_edu.hourglass_cache import HourglassCache
-
         return HourglassCache(self)
 
     @classmethod

@@ -48,7 +48,7 @@ from hourglass_edu.lm import ModelCache
 if TYPE_CHECKING:
     from hourglass_edu.hourglass import HourglassLevel, HourglassLM
 
-__all__ = ["HourglassCache", "LevelCache"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 
 class LevelCache:

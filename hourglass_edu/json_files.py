@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DIGITS", "parse_json", "read_json"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 MAX_JSON_BYTES = 64 << 20  # config and tokenizer take kilobytes; a long run's history megabytes
 MAX_JSON_DIGITS = 30  # no count or size in these files needs more digits

@@ -6,9 +6,9 @@ token checks, `run_with_cache`, the parameter count and the config round trip. A
 builds its `body` (the hourglass levels, or a related design's stack of blocks).
 
 `ModelConfig` is the base of every model config (a dataclass per model): shared validation,
-`to_dict` / `from_dict`. Every model class registers itself (`register_model`, registry.py,
-re-exported here), so a checkpoint or model folder records the class it holds and
-`build_model_from_config` rebuilds any of them.
+`to_dict` / `from_dict`. Every model class is listed in registry.py (above the models), so a
+checkpoint or model folder records the class it holds and `build_model_from_config` rebuilds any
+of them.
 
 `ModelCache` is the base of what a model keeps when it is decoded one token at a time (key/value
 caches and the like); a model that has one returns it from `new_cache()`.
@@ -28,31 +28,9 @@ from torch import nn
 from hourglass_edu.attention import check_heads
 from hourglass_edu.blocks import RotaryEmbedding, TransformerBlock, record
 from hourglass_edu.files import quoted
-from hourglass_edu.registry import (  # re-exported: the models and the loader import them here
-    MODEL_MODULES,
-    build_model_from_config,
-    model_class,
-    model_classes,
-    register_model,
-)
+from hourglass_edu.loading import check_buildable, check_size_field
 
-__all__ = [
-    "MODEL_MODULES",
-    "WEIGHT_DTYPES",
-    "BlockStackConfig",
-    "BlockStackLM",
-    "LanguageModel",
-    "ModelCache",
-    "ModelConfig",
-    "build_model_from_config",
-    "check_token_range",
-    "check_weights",
-    "eval_mode",
-    "model_class",
-    "model_classes",
-    "model_device",
-    "register_model",
-]
+__all__ = ["BlockStackConfig", "LanguageModel", "ModelCache", "ModelConfig"]
 
 @dataclass(kw_only=True)
 class ModelConfig:
@@ -78,8 +56,6 @@ class ModelConfig:
         loops over them or sizes a tensor by them), real numbers are finite and not True/False,
         and every field declared ``bool`` holds True or False (``"false"`` would be true).
         """
-        from hourglass_edu.loading import check_size_field  # lazy: loading imports this module
-
         for name in (*integer_fields, *(("d_ff",) if self.d_ff is not None else ())):
             check_size_field(name, getattr(self, name))
         check_heads(self.d_model, self.n_heads)
@@ -156,8 +132,6 @@ class LanguageModel(nn.Module):
         if torch.empty(0).device.type != "meta":  # (torch.get_default_device is 2.3+)
             # The one size bound of every model built, by any path, before any weight exists:
             # the same model on `meta` (no memory), its parameters and activations counted.
-            from hourglass_edu.loading import check_buildable  # lazy: loading imports this
-
             check_buildable(type(self), config, type(self).__name__)
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)

@@ -7,10 +7,10 @@ file lives here, and every loader (checkpoints, model folders, shipped models) g
 1. `check_config_fields`: the config dict as read from the file, before any class sees it:
    every whole number within `SIZE_LIMITS` (the default limit for fields not named there), strings
    and lists short, so nothing downstream parses a million-digit number or loops a billion times.
-2. `model_shapes`: the config, then `check_buildable`: the model built on the `meta` device
-   (shapes, no memory), its parameter count and the activation size of one window of
-   `max_length` tokens (padding included) checked against `MAX_PARAMETERS` and
-   `MAX_ACTIVATION_BYTES` (no model of this course comes near). `check_buildable` is also the
+2. `model_shapes` (registry.py, above the models): the config, then `check_buildable`: the
+   model built on the `meta` device (shapes, no memory), its parameter count and the activation
+   size of one window of `max_length` tokens (padding included) checked against `MAX_PARAMETERS`
+   and `MAX_ACTIVATION_BYTES` (no model of this course comes near). `check_buildable` is also the
    one size bound of every model built by any path: `LanguageModel.__init__` runs it before
    its first weight exists, and `ModelConfig` checks each size field (`check_size_field`).
 3. `check_weights` (lm.py) against the meta model: every tensor's name, shape and dtype, read
@@ -22,7 +22,7 @@ Before that, `check_archive_sizes` reads a checkpoint's zip directory (what torc
 what `torch.load` would inflate is bounded by the file's own size and `MAX_ARCHIVE_BYTES`.
 
 `resolve_device` (devices.py) is the one device check of every way of loading or training a
-model; it is re-exported here, beside the other checks a loader runs.
+model; every loader imports it from there.
 
 A model and its tokenizer belong together: the ids mean the characters of one vocabulary. Every
 loader (and the trainer) records the tokenizer's `vocabulary_sha256` on the model it returns
@@ -35,36 +35,19 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from hourglass_edu.data.tokenizer import MAX_VOCABULARY
-from hourglass_edu.devices import resolve_device  # the one device check, re-exported here
 from hourglass_edu.files import quoted
-from hourglass_edu.lm import LanguageModel, model_class
 
-__all__ = [
-    "MAX_ACTIVATION_BYTES",
-    "MAX_ARCHIVE_BYTES",
-    "MAX_PARAMETERS",
-    "SIZE_LIMITS",
-    "activation_bytes",
-    "activation_bytes_per_token",
-    "check_archive_sizes",
-    "check_buildable",
-    "check_config_fields",
-    "check_finite_weights",
-    "check_model_size",
-    "check_tokenizer_matches",
-    "check_size_field",
-    "describe_number",
-    "model_shapes",
-    "record_tokenizer",
-    "resolve_device",
-    "safetensors_shapes",
-]
+if TYPE_CHECKING:  # annotations only: lm.py imports this module
+    from hourglass_edu.lm import LanguageModel
+
+__all__ = ["MAX_ARCHIVE_BYTES", "SIZE_LIMITS", "activation_bytes"]
 
 # Bounds that no model of this course comes near (its largest preset has about 20M parameters).
 SIZE_LIMITS = {"vocab_size": MAX_VOCABULARY, "d_model": 1 << 14, "n_heads": 1 << 8, "d_ff": 1 << 16,
@@ -138,24 +121,6 @@ def _layer_count(config) -> int:
     return sum(level.pre_layers + level.post_layers for level in levels)
 
 
-def model_shapes(class_name: str, config: dict[str, Any], where: str) -> LanguageModel:
-    """The model a saved config describes, built on the `meta` device after every check above.
-
-    Raises ValueError (naming `where`) for a config that cannot be built or would be absurdly
-    large; nothing is allocated.
-    """
-    check_config_fields(config, where)
-    try:
-        cls = model_class(class_name)
-        model_config = cls.config_class.from_dict(config)
-    except (ValueError, TypeError, KeyError) as error:
-        detail = quoted(error, 300)  # the file's own values, quoted: cut to one short line
-        if not isinstance(error, ValueError):
-            detail = f"{type(error).__name__}: {detail}"
-        raise ValueError(f"{where}: {detail}") from None
-    return check_buildable(cls, model_config, where)
-
-
 def check_buildable(cls: type[LanguageModel], model_config, where: str) -> LanguageModel:
     """The model of class `cls` that `model_config` describes, built on the `meta` device once
     its size is known to be within bounds; ValueError naming `where` otherwise. Nothing is
@@ -221,8 +186,6 @@ def safetensors_shapes(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file as meta tensors (name, shape and dtype from its header;
     no data read), for `check_weights`. A dtype no weight has (integers, bool) is refused here,
     by name, before any value is read and cast."""
-    from safetensors import safe_open
-
     try:
         with safe_open(path, framework="pt") as handle:
             header = {name: (handle.get_slice(name).get_shape(),

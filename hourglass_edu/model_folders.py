@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from hourglass_edu.data import CharTokenizer
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.files import (
     FolderNotReplaceable,
     atomic_write,
@@ -46,29 +47,22 @@ from hourglass_edu.files import (
     stale_temporaries,
 )
 from hourglass_edu.json_files import MAX_JSON_BYTES, parse_json, read_json
-from hourglass_edu.lm import LanguageModel, build_model_from_config, check_weights
+from hourglass_edu.lm import LanguageModel, check_weights
 from hourglass_edu.loading import (
     check_finite_weights,
     check_tokenizer_matches,
-    model_shapes,
     record_tokenizer,
-    resolve_device,
     safetensors_shapes,
 )
+from hourglass_edu.registry import build_model_from_config, model_shapes
 
 __all__ = [
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
     "check_export_folder",
     "describe_model_folder",
-    "export_destination",
     "export_model_folder",
     "is_model_folder",
-    "is_own_model_folder",
     "load_model_folder",
     "read_card",
-    "read_history",
-    "sha256_of",
 ]
 
 CONFIG_NAME, TOKENIZER_NAME = "config.json", "tokenizer.json"

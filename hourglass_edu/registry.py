@@ -1,60 +1,42 @@
-"""The registry of model classes: every class a checkpoint, a model folder or the comparison may
-name, filled by the model modules themselves.
+"""The list of model classes: every class a checkpoint, a model folder or the comparison may name.
 
-A model module decorates its class with `register_model`; `MODEL_MODULES` lists the modules, so
-that `model_classes()` can import them all before answering. A new design is its module plus
-one line here. The loader (`model_class`, `build_model_from_config`), the decoders, the
-comparison (related/compare.py) and the tests read `model_classes()`; lm.py re-exports these
-names.
+This module sits above the models: it imports each model class and lists it in `MODEL_CLASSES`,
+in the order the comparison shows them. A new design is its module plus one line here. The
+loaders (`model_class`, `build_model_from_config`, `model_shapes`), the comparison
+(related/compare.py) and the tests read this list.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from hourglass_edu.lm import LanguageModel
+from hourglass_edu.files import quoted
+from hourglass_edu.hourglass import HourglassLM
+from hourglass_edu.lm import LanguageModel
+from hourglass_edu.loading import check_buildable, check_config_fields
+from hourglass_edu.related.h_transformer import HTransformerLM
+from hourglass_edu.related.long_short import LongShortLM
+from hourglass_edu.related.simple_hierarchical import SimpleHierarchicalLM
 
-__all__ = [
-    "MODEL_MODULES",
-    "build_model_from_config",
-    "model_class",
-    "model_classes",
-    "register_model",
+__all__ = ["MODEL_CLASSES", "build_model_from_config", "model_class", "model_shapes"]
+
+MODEL_CLASSES: list[type[LanguageModel]] = [
+    HourglassLM,
+    LongShortLM,
+    HTransformerLM,
+    SimpleHierarchicalLM,
 ]
 
 
-# The modules that define model classes, in the order the comparison lists them; each
-# registers its classes on import (`register_model`). A new design is its module plus one line.
-MODEL_MODULES = (
-    "hourglass_edu.hourglass",
-    "hourglass_edu.related.long_short",
-    "hourglass_edu.related.h_transformer",
-    "hourglass_edu.related.simple_hierarchical",
-)
-_REGISTERED: dict[str, type[LanguageModel]] = {}
-
-
-def register_model(cls: type[LanguageModel]) -> type[LanguageModel]:
-    """Class decorator: `cls` may be named by checkpoints, model folders and the comparison."""
-    _REGISTERED[cls.__name__] = cls
-    return cls
-
-
 def model_classes() -> dict[str, type[LanguageModel]]:
-    """Every registered model class by name, in the order of `MODEL_MODULES`."""
-    for module in MODEL_MODULES:
-        importlib.import_module(module)
-    order = {module: index for index, module in enumerate(MODEL_MODULES)}
-    ranked = sorted(_REGISTERED.values(), key=lambda cls: order.get(cls.__module__, len(order)))
-    return {cls.__name__: cls for cls in ranked}
+    """Every model class by name, in the order of `MODEL_CLASSES`."""
+    return {cls.__name__: cls for cls in MODEL_CLASSES}
 
 
 def model_class(name: str) -> type[LanguageModel]:
-    """The registered model class called `name`."""
+    """The model class called `name`."""
     classes = model_classes()
     if name not in classes:
         raise ValueError(f"unknown model class {name!r}; this library has {sorted(classes)}")
@@ -74,3 +56,22 @@ def build_model_from_config(class_name: str, config: dict[str, Any],
         return cls(model_config)
     with torch.device(device):
         return cls(model_config)
+
+
+def model_shapes(class_name: str, config: dict[str, Any], where: str) -> LanguageModel:
+    """The model a saved config describes, built on the `meta` device after the loading
+    boundary's checks (loading.py: `check_config_fields`, then `check_buildable`).
+
+    Raises ValueError (naming `where`) for a config that cannot be built or would be absurdly
+    large; nothing is allocated.
+    """
+    check_config_fields(config, where)
+    try:
+        cls = model_class(class_name)
+        model_config = cls.config_class.from_dict(config)
+    except (ValueError, TypeError, KeyError) as error:
+        detail = quoted(error, 300)  # the file's own values, quoted: cut to one short line
+        if not isinstance(error, ValueError):
+            detail = f"{type(error).__name__}: {detail}"
+        raise ValueError(f"{where}: {detail}") from None
+    return check_buildable(cls, model_config, where)

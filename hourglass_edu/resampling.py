@@ -58,7 +58,6 @@ __all__ = [
     "LinearShortening",
     "LinearUpsampling",
     "RepeatUpsampling",
-    "ShiftRight",
     "pad_to_multiple",
     "resampling_class",
     "shift_right",

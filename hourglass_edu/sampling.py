@@ -21,18 +21,7 @@ import math
 
 import torch
 
-__all__ = [
-    "MAX_SEED",
-    "check_sampling_settings",
-    "check_seed",
-    "keep_top_k",
-    "keep_top_p",
-    "make_generator",
-    "next_token_probabilities",
-    "sample_token",
-    "scale_by_temperature",
-    "shown_number",
-]
+__all__ = ["MAX_SEED", "next_token_probabilities", "sample_token"]
 
 
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed (the command line's range)

@@ -34,14 +34,7 @@ from hourglass_edu.generation import GenerationSettings, stream
 from hourglass_edu.loading import check_tokenizer_matches
 from hourglass_edu.sampling import shown_number
 
-__all__ = [
-    "ActivationExplorer",
-    "AttentionExplorer",
-    "GenerationDemo",
-    "activation_explorer",
-    "attention_explorer",
-    "generation_demo",
-]
+__all__ = ["activation_explorer", "attention_explorer", "generation_demo"]
 
 #: Resolution of the explorers' pictures: sharp on a laptop, quick to redraw.
 WIDGET_DPI = 80

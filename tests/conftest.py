@@ -28,7 +28,8 @@ from hypothesis import Phase, settings
 from tiers import mark_slow_tests
 
 from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.data import Corpus, prepare_data
+from hourglass_edu.data import prepare_data
+from hourglass_edu.data.corpora import Corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

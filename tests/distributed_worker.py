@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.data import Corpus, prepare_data
+from hourglass_edu.data import prepare_data
+from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.training import TrainConfig, train
 from hourglass_edu.training.distributed import process_group
 

@@ -27,21 +27,23 @@ import torch
 
 from hourglass_edu import HourglassConfig, HourglassLM, related
 from hourglass_edu.cli import main
-from hourglass_edu.data import CharTokenizer, Corpus, prepare_data, split_documents
+from hourglass_edu.data import CharTokenizer, prepare_data, split_documents
+from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.generation import encode_prompt, prompt_as_seen
-from hourglass_edu.loading import model_shapes
+from hourglass_edu.registry import model_shapes
+from hourglass_edu.related.h_transformer import HTransformerConfig
 from hourglass_edu.training import (
     TrainConfig,
-    Trainer,
     build_model,
     load_checkpoint,
     load_model,
     prepare_finetuning,
     resolve_precision,
-    save_checkpoint,
     train,
 )
 from hourglass_edu.training import precision as precision_module
+from hourglass_edu.training.checkpoints import save_checkpoint
+from hourglass_edu.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
@@ -479,7 +481,7 @@ def test_structure_digits_must_be_ascii(tmp_path, capsys):
 
 RELATED = {  # class name -> (config class, the fields beyond the common ones)
     "LongShortLM": (related.LongShortConfig, dict(window=8, segment_size=8, rank=2)),
-    "HTransformerLM": (related.HTransformerConfig, dict(block_size=4)),
+    "HTransformerLM": (HTransformerConfig, dict(block_size=4)),
     "SimpleHierarchicalLM": (related.SimpleHierarchicalConfig,
                              dict(compressions=(1, 2, 4), windows=(8, None, None))),
 }

@@ -10,15 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hourglass_edu.data import (
-    IGNORE_INDEX,
-    UNK,
     CharTokenizer,
-    Corpus,
     iter_eval_batches,
     prepare_data,
     sample_batch,
     split_documents,
 )
+from hourglass_edu.data.batches import IGNORE_INDEX
+from hourglass_edu.data.corpora import Corpus
+from hourglass_edu.data.tokenizer import UNK
 
 DOCS = [f"document number {i}" for i in range(200)]
 

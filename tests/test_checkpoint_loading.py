@@ -19,14 +19,9 @@ import hourglass_edu.loading as loading
 import hourglass_edu.training.config as training_config
 from hourglass_edu.cli import main
 from hourglass_edu.model_folders import export_model_folder, sha256_of
-from hourglass_edu.training import (
-    TrainConfig,
-    Trainer,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-    train,
-)
+from hourglass_edu.training import TrainConfig, load_checkpoint, load_model, train
+from hourglass_edu.training.checkpoints import save_checkpoint
+from hourglass_edu.training.trainer import Trainer
 
 LONGEST_LINE = 1_000  # an error line that quotes a file stays one readable line
 

@@ -15,7 +15,7 @@ import hourglass_edu.model_folders as model_folders
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.cli import build_parser, main
 from hourglass_edu.data import CharTokenizer
-from hourglass_edu.loading import resolve_device
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.model_folders import export_model_folder
 from hourglass_edu.resampling import SHORTENINGS, UPSAMPLINGS
 

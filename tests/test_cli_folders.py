@@ -14,7 +14,8 @@ import torch
 
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.cli import main
-from hourglass_edu.data import Corpus, prepare_data
+from hourglass_edu.data import prepare_data
+from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.model_folders import export_model_folder, read_card
 from hourglass_edu.training import TrainConfig, load_checkpoint, train
 

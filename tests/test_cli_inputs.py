@@ -25,8 +25,8 @@ from hourglass_edu.data import prepare_data
 from hourglass_edu.data.provenance import corpus_sha256
 from hourglass_edu.devices import resolve_device
 from hourglass_edu.hourglass import HourglassConfig, HourglassLM
-from hourglass_edu.training import TrainConfig, load_checkpoint, save_checkpoint, train
-from hourglass_edu.training.checkpoints import model_source
+from hourglass_edu.training import TrainConfig, load_checkpoint, train
+from hourglass_edu.training.checkpoints import model_source, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # The folder holding the package under test (the checkout, unless PYTHONPATH names another copy):

@@ -9,7 +9,8 @@ import torch
 
 from hourglass_edu import cli
 from hourglass_edu.cli import sampling as cli_sampling
-from hourglass_edu.data import CharTokenizer, Corpus, prepare_data
+from hourglass_edu.data import CharTokenizer, prepare_data
+from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.generation import GenerationSettings, generate
 from hourglass_edu.training import PRESETS, build_model, load_model, train
 

@@ -18,9 +18,9 @@ from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.cli import main
 from hourglass_edu.data import CharTokenizer, prepare_data
 from hourglass_edu.data.tokenizer import MAX_VOCABULARY
-from hourglass_edu.lm import build_model_from_config
-from hourglass_edu.loading import activation_bytes, model_shapes
+from hourglass_edu.loading import activation_bytes
 from hourglass_edu.model_folders import export_model_folder, load_model_folder
+from hourglass_edu.registry import build_model_from_config, model_shapes
 from hourglass_edu.related import LongShortConfig, LongShortLM
 from hourglass_edu.training import TrainConfig, build_model
 
@@ -328,7 +328,8 @@ def test_a_20_gb_sparse_model_card_is_refused_unread(tmp_path, monkeypatch):
 
 def test_an_h_transformer_block_beyond_max_length_is_refused_before_padding():
     # 1 << 20 asked the allocator for a terabyte of block scores in the first forward pass
-    from hourglass_edu.related import HTransformerConfig, HTransformerLM
+    from hourglass_edu.related import HTransformerLM
+    from hourglass_edu.related.h_transformer import HTransformerConfig
 
     with pytest.raises(ValueError, match="block_size=1,048,576 is more than max_length=64"):
         HTransformerConfig(vocab_size=10, d_model=16, n_heads=2, max_length=64,

@@ -25,18 +25,16 @@ from pathlib import Path
 
 import pytest
 
-from hourglass_edu import data
 from hourglass_edu.data import (
     CORPORA,
-    CorpusSpec,
-    DownloadError,
-    RemoteFile,
     corpus_folders,
     deadline_watchdog,
     download_settings,
     load_corpus,
 )
 from hourglass_edu.data import download as download_module
+from hourglass_edu.data.corpora import CorpusSpec
+from hourglass_edu.data.pinned_files import DownloadError, RemoteFile
 
 POEMS = "old pond\na frog jumps in\nsplash\n\nautumn moon\n\nfirst snow\non the stone\n"
 STORY_A = "THE FIRST\n\nIt was dark.\n"
@@ -103,9 +101,9 @@ def isolated(tmp_path, monkeypatch) -> Path:
     """No env overrides, no retries (each waits a second or more; test_failed_transfer_is_retried
     covers them), and a cache directory inside tmp_path; returns that cache directory."""
     monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 0)
-    monkeypatch.delenv(data.DATA_ENV, raising=False)
-    monkeypatch.delenv(data.BASE_URL_ENV, raising=False)
-    monkeypatch.delenv(data.DEADLINE_ENV, raising=False)
+    monkeypatch.delenv(download_settings.DATA_ENV, raising=False)
+    monkeypatch.delenv(download_settings.BASE_URL_ENV, raising=False)
+    monkeypatch.delenv(download_settings.DEADLINE_ENV, raising=False)
     cache = tmp_path / "cache"
     monkeypatch.setattr(download_module, "default_cache_dir", lambda: cache)
     return cache
@@ -162,7 +160,7 @@ def test_multi_file_corpus_downloads_only_what_is_missing(mirror, isolated):
 
 def test_base_url_env_variable_selects_the_mirror(mirror, isolated, monkeypatch):
     with serve(mirror) as url:
-        monkeypatch.setenv(data.BASE_URL_ENV, url + "/")
+        monkeypatch.setenv(download_settings.BASE_URL_ENV, url + "/")
         assert len(load_corpus("tinypoems").documents) == 3
 
 
@@ -253,21 +251,21 @@ def test_env_directory_comes_before_the_cache(mirror, isolated, tmp_path, monkey
     env_dir = tmp_path / "env"
     copy_corpus(mirror, env_dir, "tinypoems")
     copy_corpus(mirror, isolated, "tinypoems")
-    monkeypatch.setenv(data.DATA_ENV, str(env_dir))
+    monkeypatch.setenv(download_settings.DATA_ENV, str(env_dir))
     assert load_corpus("tinypoems", download=False).sources == (env_dir / "tinypoems/poems.txt",)
 
 
 def test_cache_is_used_when_env_directory_lacks_the_file(mirror, isolated, tmp_path, monkeypatch):
     (tmp_path / "env").mkdir()
     copy_corpus(mirror, isolated, "tinypoems")
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "env"))
+    monkeypatch.setenv(download_settings.DATA_ENV, str(tmp_path / "env"))
     assert load_corpus("tinypoems", download=False).sources == (isolated / "tinypoems/poems.txt",)
 
 
 def test_explicit_data_dir_is_the_only_place_used(mirror, isolated, tmp_path, monkeypatch):
     env_dir = tmp_path / "env"
     copy_corpus(mirror, env_dir, "tinypoems")
-    monkeypatch.setenv(data.DATA_ENV, str(env_dir))
+    monkeypatch.setenv(download_settings.DATA_ENV, str(env_dir))
     explicit = tmp_path / "explicit"
     with serve(mirror) as url:
         corpus = load_corpus("tinypoems", data_dir=explicit, base_url=url)
@@ -277,7 +275,7 @@ def test_explicit_data_dir_is_the_only_place_used(mirror, isolated, tmp_path, mo
 
 def test_env_variable_naming_a_missing_directory_is_an_error(isolated, tmp_path, monkeypatch,
                                                             mirror):
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "nowhere"))
+    monkeypatch.setenv(download_settings.DATA_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="HOURGLASS_EDU_DATA"):
         load_corpus("tinypoems")
 
@@ -294,17 +292,18 @@ def test_a_found_file_that_differs_from_the_pinned_one_is_rejected(mirror, isola
 
 
 def test_default_cache_dir_is_data_folder_in_a_checkout():
-    assert data.default_cache_dir() == Path(corpus_folders.__file__).resolve().parents[2] / "data"
+    repository = Path(corpus_folders.__file__).resolve().parents[2]
+    assert corpus_folders.default_cache_dir() == repository / "data"
 
 
 def test_default_cache_dir_of_an_installed_package(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus_folders, "__file__",
                         str(tmp_path / "site-packages/hourglass_edu/data/corpus_folders.py"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert data.default_cache_dir() == tmp_path / "xdg" / "hourglass_edu"
+    assert corpus_folders.default_cache_dir() == tmp_path / "xdg" / "hourglass_edu"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "hourglass_edu"
+    assert corpus_folders.default_cache_dir() == tmp_path / "home" / ".cache" / "hourglass_edu"
 
 
 # --- reading local text -------------------------------------------------------------------------
@@ -387,7 +386,7 @@ def test_real_corpora_download_from_a_local_mirror(corpus_dir, isolated, tmp_pat
 
 @pytest.mark.corpus
 def test_real_corpora_from_the_env_directory(corpus_dir, isolated, monkeypatch):
-    monkeypatch.setenv(data.DATA_ENV, str(corpus_dir))
+    monkeypatch.setenv(download_settings.DATA_ENV, str(corpus_dir))
     haiku = load_corpus("haiku", download=False)
     assert haiku.documents[0] == "sun-bleached billboard\nthe gravel road ends\nat peaches"
     assert all(doc and doc == doc.strip("\n") and "\r" not in doc for doc in haiku.documents)
@@ -443,7 +442,8 @@ def test_a_silent_server_is_retried_aloud_and_given_up_in_bounded_time(mirror, i
 def test_retries_stop_at_the_deadline(mirror, isolated, monkeypatch, capsys):
     monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 5)
     monkeypatch.setattr(download_settings, "DOWNLOAD_TIMEOUT", 0.2)
-    monkeypatch.setenv(data.DEADLINE_ENV, "0.5")  # no second try (after a 1 s pause) may start
+    # no second try (after a 1 s pause) may start
+    monkeypatch.setenv(download_settings.DEADLINE_ENV, "0.5")
     with silent_server() as url, pytest.raises(DownloadError):
         load_corpus("tinypoems", base_url=url)
     assert "retrying" not in capsys.readouterr().err
@@ -521,7 +521,7 @@ def quick(monkeypatch):
 @pytest.mark.timeout(20)
 def test_a_trickling_body_is_given_up_at_the_deadline_with_a_word(mirror, isolated, quick,
                                                                     monkeypatch, capsys):
-    monkeypatch.setenv(data.DEADLINE_ENV, "0.8")
+    monkeypatch.setenv(download_settings.DEADLINE_ENV, "0.8")
     content = POEMS.encode()
 
     def two_hundred_bytes_a_second(connection, line, stopped):
@@ -535,24 +535,24 @@ def test_a_trickling_body_is_given_up_at_the_deadline_with_a_word(mirror, isolat
     assert time.monotonic() - started < 5
     message = str(caught.value)
     assert "gave up on tinypoems/poems.txt after 0.8 s" in message
-    assert f"{data.DEADLINE_ENV}=0.8" in message and "nothing was saved" in message
+    assert f"{download_settings.DEADLINE_ENV}=0.8" in message and "nothing was saved" in message
     assert "is slow" in capsys.readouterr().err  # said while it happened
     assert leftovers(isolated) == []
 
 
 def test_the_default_deadline_scales_with_the_pinned_size(monkeypatch):
-    monkeypatch.delenv(data.DEADLINE_ENV, raising=False)
+    monkeypatch.delenv(download_settings.DEADLINE_ENV, raising=False)
     small, large = remote("a.txt", b"x"), remote("b.txt", b"x" * 1_000_000)
     grace, rate = download_settings.DOWNLOAD_GRACE, download_settings.DOWNLOAD_MIN_RATE
     assert download_settings.deadline(small) == pytest.approx(grace + 1 / rate)
     assert download_settings.deadline(large) == pytest.approx(grace + 1_000_000 / rate)
-    monkeypatch.setenv(data.DEADLINE_ENV, "600")
+    monkeypatch.setenv(download_settings.DEADLINE_ENV, "600")
     assert download_settings.deadline(large) == 600
 
 
 @pytest.mark.timeout(20)
 def test_the_default_deadline_applies_without_the_variable(mirror, isolated, quick, monkeypatch):
-    monkeypatch.delenv(data.DEADLINE_ENV, raising=False)
+    monkeypatch.delenv(download_settings.DEADLINE_ENV, raising=False)
     monkeypatch.setattr(download_settings, "DOWNLOAD_GRACE", 0.5)
     monkeypatch.setattr(download_settings, "DOWNLOAD_MIN_RATE", 10**9)
     content = POEMS.encode()
@@ -568,8 +568,9 @@ def test_the_default_deadline_applies_without_the_variable(mirror, isolated, qui
 
 @pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan"])
 def test_a_bad_deadline_variable_is_refused_naming_it(mirror, isolated, monkeypatch, value):
-    monkeypatch.setenv(data.DEADLINE_ENV, value)
-    with pytest.raises(ValueError, match=f"{data.DEADLINE_ENV}='{value}' is not a number"):
+    monkeypatch.setenv(download_settings.DEADLINE_ENV, value)
+    name = download_settings.DEADLINE_ENV
+    with pytest.raises(ValueError, match=f"{name}='{value}' is not a number"):
         load_corpus("tinypoems", base_url=closed_port_url())
 
 
@@ -627,7 +628,8 @@ def test_a_killed_download_leaves_nothing_the_next_attempt_keeps(mirror, isolate
         connection.sendall(head_of(content))
         trickle(content, 0.2, connection, stopped)
 
-    script = ("import sys; from hourglass_edu.data import RemoteFile, download\n"
+    script = ("import sys; from hourglass_edu.data import download\n"
+              "from hourglass_edu.data.pinned_files import RemoteFile\n"
               f"remote = RemoteFile('tinypoems/poems.txt', {len(content)}, "
               f"{hashlib.sha256(content).hexdigest()!r}, 'x')\n"
               "download.locate_files('tinypoems', [remote], data_dir=sys.argv[1], "
@@ -699,9 +701,9 @@ def test_a_redirect_loop_is_named_and_not_retried(mirror, isolated, quick, monke
 def test_a_base_url_that_is_not_http_is_refused_at_once(mirror, isolated, monkeypatch, base,
                                                         where):
     monkeypatch.setattr(download_settings, "DOWNLOAD_RETRIES", 2)
-    named = "base_url" if where == "argument" else data.BASE_URL_ENV
+    named = "base_url" if where == "argument" else download_settings.BASE_URL_ENV
     if where == "variable":
-        monkeypatch.setenv(data.BASE_URL_ENV, base)
+        monkeypatch.setenv(download_settings.BASE_URL_ENV, base)
     started = time.monotonic()
     with pytest.raises(DownloadError) as caught:
         load_corpus("tinypoems", base_url=base if where == "argument" else None)
@@ -744,7 +746,7 @@ def test_a_corpus_path_that_is_a_directory_is_refused_not_downloaded(mirror, iso
     root = {"cache": isolated, "env": tmp_path / "env", "data_dir": tmp_path / "mine"}[where]
     (root / "tinypoems/poems.txt").mkdir(parents=True)
     if where == "env":
-        monkeypatch.setenv(data.DATA_ENV, str(root))
+        monkeypatch.setenv(download_settings.DATA_ENV, str(root))
     counting = type("Counting", (_FlakyHandler,), {"requests": []})
     for download in (True, False):
         with serve(mirror, counting) as url, \
@@ -768,10 +770,10 @@ def test_the_command_line_refuses_an_ftp_mirror_in_one_line(mirror, isolated, ca
                                                             monkeypatch):
     from hourglass_edu.cli import main
 
-    monkeypatch.setenv(data.BASE_URL_ENV, "ftp://127.0.0.1/corpora")
+    monkeypatch.setenv(download_settings.BASE_URL_ENV, "ftp://127.0.0.1/corpora")
     assert main(["corpus", "tinypoems"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and data.BASE_URL_ENV in err
+    assert err.count("\n") == 1 and download_settings.BASE_URL_ENV in err
 
 
 # --- the audit: more hostile servers and paths -----------------------------------------------
@@ -914,7 +916,7 @@ def test_a_cache_folder_that_is_not_writable_is_said_in_one_line(mirror, isolate
         load_corpus("tinypoems", base_url=closed_port_url())
     message = str(caught.value)
     assert f"cannot download into {isolated / 'tinypoems'} (Permission denied)" in message
-    assert data.DATA_ENV in message and "--data-dir" in message
+    assert download_settings.DATA_ENV in message and "--data-dir" in message
 
 
 def test_a_dangling_link_at_the_corpus_path_is_refused_and_kept(mirror, isolated):
@@ -987,7 +989,7 @@ def test_the_deadline_holds_where_sockets_cannot_be_watched(mirror, isolated, qu
                                                             monkeypatch):
     # Another urllib3, whose connection pools cannot be watched: checked between pieces instead.
     monkeypatch.setattr(deadline_watchdog.WatchedAdapter, "_watch_pools", lambda self, m: None)
-    monkeypatch.setenv(data.DEADLINE_ENV, "0.5")
+    monkeypatch.setenv(download_settings.DEADLINE_ENV, "0.5")
     content = POEMS.encode()
 
     def trickling(connection, line, stopped):

@@ -21,8 +21,9 @@ import pytest
 import torch.distributed as dist
 
 import hourglass_edu.training.trainer as trainer_module
-from hourglass_edu.training import Trainer, load_checkpoint, train
+from hourglass_edu.training import load_checkpoint, train
 from hourglass_edu.training.distributed import Ranks, per_process_batch, process_group
+from hourglass_edu.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 240  # seconds; two tiny processes need well under a minute

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hourglass_edu.lm import build_model_from_config
-from hourglass_edu.related import HTransformerConfig, HTransformerLM, h_attention
-from hourglass_edu.related.h_transformer import HAttention
+from hourglass_edu.registry import build_model_from_config
+from hourglass_edu.related import HTransformerLM, h_attention
+from hourglass_edu.related.h_transformer import HAttention, HTransformerConfig
 from hourglass_edu.related.maps import h_attention_map
 
 HIERARCHIES = ["paper", "sibling"]

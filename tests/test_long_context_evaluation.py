@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from hourglass_edu.cli import main
-from hourglass_edu.training import evaluate_bpc, evaluate_bpc_long_context, long_context_windows
+from hourglass_edu.training import evaluate_bpc, evaluate_bpc_long_context
+from hourglass_edu.training.evaluation import long_context_windows
 
 VOCAB = 11
 EOT = 0

@@ -419,7 +419,7 @@ def test_rotary_angles_are_computed_once_per_level_and_rotate_exactly_as_positio
 
 
 def test_the_registry_lists_every_model_class_for_the_loader_and_the_comparison():
-    from hourglass_edu.lm import build_model_from_config, model_class, model_classes
+    from hourglass_edu.registry import build_model_from_config, model_class, model_classes
     from hourglass_edu.related.compare import MODEL_NAMES, build_comparison_models
 
     classes = model_classes()
@@ -439,8 +439,8 @@ def test_the_registry_lists_every_model_class_for_the_loader_and_the_comparison(
 
 
 def test_every_shipped_config_still_loads_into_its_config_class():
-    from hourglass_edu.lm import model_class
     from hourglass_edu.pretrained import PRETRAINED_DIR
+    from hourglass_edu.registry import model_class
 
     folders = sorted(PRETRAINED_DIR.glob("*/config.json"))
     assert folders

@@ -92,7 +92,8 @@ def test_unknown_pretrained_name_lists_the_known_ones():
 
 
 def test_cli_export_then_sample_from_the_folder(tmp_path, capsys):
-    from hourglass_edu.data import Corpus, prepare_data
+    from hourglass_edu.data import prepare_data
+    from hourglass_edu.data.corpora import Corpus
     from hourglass_edu.training import TrainConfig, train
 
     data = prepare_data(Corpus("toy", [f"abc defg hab {i % 10}\n" * 3 for i in range(40)]),

@@ -29,11 +29,11 @@ from hourglass_edu.analysis import (  # noqa: E402
     principal_components,
     saved_activation_bytes,
 )
-from hourglass_edu.data import Corpus, prepare_data  # noqa: E402
+from hourglass_edu.data import prepare_data
+from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.generation import generate  # noqa: E402
 from hourglass_edu.model_folders import export_model_folder, load_model_folder  # noqa: E402
-from hourglass_edu.related import (  # noqa: E402
-    HTransformerConfig,
+from hourglass_edu.related import (
     HTransformerLM,
     LongShortConfig,
     LongShortLM,
@@ -41,6 +41,7 @@ from hourglass_edu.related import (  # noqa: E402
     SimpleHierarchicalLM,
 )
 from hourglass_edu.related.compare import count_score_entries  # noqa: E402
+from hourglass_edu.related.h_transformer import HTransformerConfig
 from hourglass_edu.related.maps import long_short_map, sliding_window_map  # noqa: E402
 from hourglass_edu.training import (  # noqa: E402
     TrainConfig,

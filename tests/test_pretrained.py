@@ -74,7 +74,7 @@ def test_the_equal_compute_pair_names_each_other():
 
 
 def test_device_auto_is_the_device_every_loader_picks():
-    from hourglass_edu.loading import resolve_device
+    from hourglass_edu.devices import resolve_device
 
     model, _ = load_pretrained("haiku", device="auto")  # once "auto" reached model.to("auto")
     assert next(model.parameters()).device.type == resolve_device("auto").type

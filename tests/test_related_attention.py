@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 from hourglass_edu.attention import MultiHeadAttention
 from hourglass_edu.blocks import RotaryEmbedding
 from hourglass_edu.related.h_transformer import HAttention, h_attention
-from hourglass_edu.related.long_short import (
-    LongShortAttention,
-    LongShortConfig,
+from hourglass_edu.related.long_short import LongShortAttention, LongShortConfig
+from hourglass_edu.related.long_short_attention import (
     long_short_attention,
     sliding_window_attention,
 )

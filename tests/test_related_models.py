@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.related import (
-    HTransformerConfig,
     HTransformerLM,
     LongShortConfig,
     LongShortLM,
     SimpleHierarchicalConfig,
     SimpleHierarchicalLM,
 )
+from hourglass_edu.related.h_transformer import HTransformerConfig
 
 VOCAB = 13
 TINY = dict(vocab_size=VOCAB, d_model=32, n_heads=2, n_layers=2, max_length=64)

@@ -18,7 +18,8 @@ from torch import nn
 
 import hourglass_edu.training.trainer as trainer_module
 from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.data import Corpus, prepare_data
+from hourglass_edu.data import prepare_data
+from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.training import (
     PRESETS,
     History,
@@ -30,11 +31,11 @@ from hourglass_edu.training import (
     learning_rate,
     load_checkpoint,
     load_model,
-    parameter_groups,
     prepare_finetuning,
-    save_checkpoint,
     train,
 )
+from hourglass_edu.training.checkpoints import save_checkpoint
+from hourglass_edu.training.optimization import parameter_groups
 
 WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
 

@@ -19,7 +19,6 @@ from hourglass_edu.cli import main as cli_main
 from hourglass_edu.data import prepare_data
 from hourglass_edu.training import (
     PRESETS,
-    Trainer,
     TrainingDiverged,
     TrainingOutOfMemory,
     learning_rate,
@@ -37,6 +36,7 @@ from hourglass_edu.training.precision import (
     uses_tf32,
 )
 from hourglass_edu.training.stopping import OUT_OF_MEMORY
+from hourglass_edu.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

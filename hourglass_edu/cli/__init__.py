@@ -4,7 +4,9 @@ Each subcommand is a pair of functions: `add_NAME(subparsers)` declares its argu
 `run_NAME(args)` does the work. One module per group of subcommands: `data` (corpus), `sampling`
 (sample), `training` (train, finetune, demo; their run folders in `runs`), `evaluation`
 (evaluate) and `models` (models, export). Library code stays in the library modules; this package
-only parses arguments, calls them, and prints.
+only parses arguments, calls them, and prints. A `run_NAME` imports the library inside the
+function: the library imports torch (a second or two), and `--help`, a bad option or a Ctrl-C
+must be answered before torch loads (tests/test_cli_inputs.py).
 
 Exit codes: 0 when the command did its work; 1 when `models` finds no shipped model or a damaged
 card; 2 for a refused option or input, a library error or an output that cannot be written (one
@@ -26,7 +28,7 @@ from hourglass_edu.cli.models import add_export, add_models
 from hourglass_edu.cli.sampling import add_sample
 from hourglass_edu.cli.training import add_demo, add_finetune, add_train
 
-__all__ = ["build_parser", "main"]
+__all__ = ["main"]
 
 _SUBCOMMANDS: list = [add_corpus, add_sample, add_train, add_finetune, add_demo, add_evaluate,
                       add_models, add_export]

@@ -28,6 +28,7 @@ def add_corpus(subparsers) -> None:
 
 
 def run_corpus(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import prepare_data
 
     data = prepare_data(args.name, val_fraction=args.val_fraction, seed=args.seed,

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 from hourglass_edu.cli.options import device, given, positive_int, seed
+from hourglass_edu.cli.runs import check_val_fraction
+from hourglass_edu.cli.sampling import refuse_a_missing_checkpoint
 
 __all__ = ["add_evaluate"]
 
@@ -50,6 +52,7 @@ def _model_and_record(args):
     """`(model, tokenizer, record)` of the model the command line names (a run folder means its
     best checkpoint, as for `sample`: `model_source`); `record` says what it was trained on:
     "corpus" (a name), and where recorded "corpus_path" and "corpus_sha256"."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.model_folders import is_model_folder, load_model_folder, read_card
     from hourglass_edu.pretrained import load_pretrained, pretrained_card
     from hourglass_edu.training import load_checkpoint, model_from_checkpoint
@@ -72,6 +75,7 @@ def _model_and_record(args):
 def _training_corpus(record: dict, source: str):
     """`(corpus, label)`: the corpus `record` says the model was trained on, checked against the
     recorded sha256 of its documents. Raises when it cannot be found or is another text."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import CORPORA, load_corpus
     from hourglass_edu.data.provenance import corpus_sha256
 
@@ -107,9 +111,8 @@ def _training_corpus(record: dict, source: str):
 
 def _check_options(args) -> None:
     """Everything that can be checked before the model and corpus load."""
-    from hourglass_edu.cli.runs import check_val_fraction
-    from hourglass_edu.cli.sampling import refuse_a_missing_checkpoint
-    from hourglass_edu.loading import resolve_device
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
+    from hourglass_edu.devices import resolve_device
 
     if args.max_tokens is not None and args.max_tokens < 2:
         raise ValueError(f"--max-tokens must be at least 2, got {args.max_tokens}")
@@ -123,6 +126,7 @@ def _check_options(args) -> None:
 
 
 def run_evaluate(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import prepare_data
     from hourglass_edu.training import evaluate_bpc_long_context
 

@@ -21,6 +21,7 @@ def add_models(subparsers) -> None:
 
 
 def run_models(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.pretrained import list_pretrained
 
     names = list_pretrained()
@@ -48,6 +49,7 @@ _LONGEST_TEXT = 40
 def _print_model_row(name: str) -> bool:
     """One row of the listing: what the card shows, "?" for a field it lacks and "bad" for one
     it holds wrongly (each said on stderr with the card's path). False when the card is damaged."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.model_folders import CARD_NAME
     from hourglass_edu.pretrained import pretrained_card, pretrained_folder
 
@@ -123,6 +125,7 @@ def add_export(subparsers) -> None:
 
 
 def run_export(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.model_folders import check_export_folder, export_model_folder
     from hourglass_edu.training import load_checkpoint, model_from_checkpoint
     from hourglass_edu.training.checkpoints import model_checkpoint_file
@@ -162,6 +165,7 @@ def _figures(model, checkpoint) -> dict:
 
 def _recorded_corpus_source(checkpoint: dict) -> dict:
     """The corpus path and sha256 a checkpoint recorded in training (nothing for an older one)."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data.provenance import CORPUS_SOURCE_KEYS
 
     data = checkpoint.get("data")

@@ -7,8 +7,8 @@ import argparse
 import importlib
 import math
 
-__all__ = ["MAX_SEED", "TableNames", "device", "given", "non_negative_int", "positive_int",
-           "seed", "temperature"]
+__all__ = ["TableNames", "device", "given", "non_negative_int", "positive_int", "seed",
+           "temperature"]
 
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed (runs add small offsets)
 
@@ -70,6 +70,7 @@ def temperature(text: str) -> float:
 def device(text: str) -> str:
     """A device name `resolve_device` accepts, checked while the command line is read (before
     any corpus or model loads); kept as written, so that "auto" stays "auto"."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.devices import resolve_device
 
     try:

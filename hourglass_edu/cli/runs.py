@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from hourglass_edu.cli.options import device, given, positive_int, seed
+from hourglass_edu.files import atomic_write, atomic_writer
 
 __all__ = ["add_force", "add_run_settings", "check_precision",
            "check_val_fraction",
@@ -34,6 +35,7 @@ def run_processes(device: str | None) -> Iterator[bool]:
     """The block runs on every process torchrun started, joined in one process group (or alone,
     without torchrun). Yields whether this is the main process; the others print nothing to
     stdout (their errors still reach stderr)."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.training.distributed import process_group
 
     with process_group(device or "auto") as ranks:
@@ -47,6 +49,7 @@ def run_processes(device: str | None) -> Iterator[bool]:
 def lock_run_folder(out, main: bool, force: bool = False):
     """`run_folder_lock(out)` on the main process, once `check_run_folder` has found that OUT
     may take a run (before anything is created there); the others write nothing there."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.training.run_folders import check_run_folder, run_folder_lock
 
     check_run_folder(out, force=force)
@@ -101,7 +104,9 @@ def check_precision(precision: str | None, device: str | None) -> None:
     without it, would otherwise be refused only when the trainer starts)."""
     if precision is None:
         return
-    from hourglass_edu.training.precision import resolve_device, resolve_precision
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
+    from hourglass_edu.devices import resolve_device
+    from hourglass_edu.training.precision import resolve_precision
 
     try:
         resolve_precision(precision, resolve_device(device or "auto"))
@@ -128,6 +133,7 @@ def run_training(args, model, data, config, *, resume, overwrite=False, metadata
     """Train into args.out, then write history.json / history.png and print the validation
     result. Returns (history, validation bits per character); data-parallel, only the main
     process writes and evaluates (the others return None for the bits per character)."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.training import CHECKPOINT_NAME, evaluate_bpc, train
     from hourglass_edu.training.distributed import current_ranks
 
@@ -167,16 +173,13 @@ def run_training(args, model, data, config, *, resume, overwrite=False, metadata
 
 
 def _write_history_json(out: Path, history) -> None:
-    from hourglass_edu.files import atomic_write
-
     atomic_write(out / "history.json", json.dumps(history.to_dict(), indent=1))
 
 
 def _write_history_png(out: Path, history, title: str) -> None:
     """The curves as a picture, written atomically like every other file of a run: a run stopped
     mid-write keeps the picture before, never half a PNG."""
-    from hourglass_edu import viz
-    from hourglass_edu.files import atomic_writer
+    from hourglass_edu import viz  # matplotlib
 
     with atomic_writer(out / "history.png") as handle:
         viz.plot_history(history, title=title).savefig(handle, format="png", dpi=100)
@@ -187,6 +190,7 @@ def _stop_after_interrupt(out: Path, signum: int | None, *, can_resume: bool,
     """After Ctrl-C or SIGTERM (the trainer has saved the checkpoint): write history.json from
     the saved checkpoint, say in one line where the run stands, and exit (data-parallel, the
     other processes only exit)."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.training import CHECKPOINT_NAME, History, load_checkpoint
 
     name, code = ("SIGTERM", 143) if signum == signal.SIGTERM else ("Ctrl-C", 130)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
 from hourglass_edu.cli.options import device, given, non_negative_int, seed
+from hourglass_edu.files import recover_folder_replacement
 
 __all__ = ["add_sample", "refuse_a_missing_checkpoint"]
 
@@ -49,8 +54,7 @@ def add_sample(subparsers) -> None:
 def _generation_settings(args):
     """The GenerationSettings of a `sample` command line: each of its options that sets a
     setting has the setting's name as `dest`, so the fields are picked out by name."""
-    from dataclasses import fields
-
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.generation import GenerationSettings
 
     names = [field.name for field in fields(GenerationSettings) if hasattr(args, field.name)]
@@ -58,6 +62,7 @@ def _generation_settings(args):
 
 
 def run_sample(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.generation import prompt_as_seen, stream
     from hourglass_edu.pretrained import load_pretrained
     from hourglass_edu.training import load_model
@@ -87,10 +92,7 @@ def run_sample(args) -> int:
 def refuse_a_missing_checkpoint(ckpt: str) -> None:
     """--ckpt that names nothing on disk, said before anything loads; the name of a shipped
     model there means --pretrained was meant."""
-    import warnings
-    from pathlib import Path
-
-    from hourglass_edu.files import recover_folder_replacement
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.pretrained import list_pretrained
 
     if not Path(ckpt).exists() and (recovered := recover_folder_replacement(ckpt)):

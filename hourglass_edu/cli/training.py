@@ -72,8 +72,9 @@ def _add_out_and_resume(parser, out_help: str, run: str,
 
 
 def run_train(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import prepare_data
-    from hourglass_edu.loading import model_shapes
+    from hourglass_edu.registry import model_shapes
     from hourglass_edu.training import build_model, get_preset
     from hourglass_edu.training.config import check_batch_fits
 
@@ -121,6 +122,7 @@ def add_finetune(subparsers) -> None:
 
 
 def run_finetune(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import load_corpus
     from hourglass_edu.training import TrainConfig, prepare_finetuning
     from hourglass_edu.training.config import check_batch_fits
@@ -165,6 +167,7 @@ def _check_not_the_base_run(base, out) -> None:
 
 def _check_resumes_a_finetuning_of(out: Path, base, metadata: dict) -> None:
     """--resume continues a fine-tuning run of this --from, and nothing else."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.training import CHECKPOINT_NAME, load_checkpoint
 
     if not (out / CHECKPOINT_NAME).is_file():
@@ -205,9 +208,11 @@ def add_demo(subparsers) -> None:
 
 
 def run_demo(args) -> int:
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.data import prepare_data
+    from hourglass_edu.devices import resolve_device
     from hourglass_edu.generation import GenerationSettings
-    from hourglass_edu.training import build_model, get_preset, resolve_device
+    from hourglass_edu.training import build_model, get_preset
 
     on_gpu = resolve_device(args.device or "auto").type == "cuda"
     preset = get_preset(args.preset or ("gpu" if on_gpu else "cpu"))
@@ -236,6 +241,7 @@ def run_demo(args) -> int:
 
 def _print_shipped_haiku(own_bpc: float, count: int, *, temperature: float, seed: int) -> None:
     """Where longer training leads: the shipped `haiku` model, same seeds, both scores."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.pretrained import list_pretrained, load_pretrained, pretrained_card
 
     if "haiku" not in list_pretrained() or count < 1:
@@ -251,6 +257,7 @@ def _print_shipped_haiku(own_bpc: float, count: int, *, temperature: float, seed
 def _check_demo_folder(folder: Path) -> None:
     """`demo` replaces only what an earlier `demo` wrote: refuse a folder with another run's
     checkpoint (or history) before any training."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.training import CHECKPOINT_NAME, load_checkpoint
 
     checkpoint = folder / CHECKPOINT_NAME
@@ -274,6 +281,7 @@ def _check_demo_folder(folder: Path) -> None:
 
 def _print_samples(model, tokenizer, count, *, max_new_tokens=200, temperature=0.8, seed=0):
     """Print `count` documents generated from an empty prompt (the start of a document)."""
+    # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.generation import generate
 
     model.eval()

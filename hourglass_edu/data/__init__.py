@@ -15,44 +15,16 @@ The pipeline, in the order notebook 00 builds it, one module per step:
 `from hourglass_edu.data import prepare_data, sample_batch`.
 """
 
-from hourglass_edu.data.batches import IGNORE_INDEX, iter_eval_batches, sample_batch
-from hourglass_edu.data.corpora import (
-    CORPORA,
-    Corpus,
-    CorpusSpec,
-    PreparedData,
-    load_corpus,
-    prepare_data,
-    split_documents,
-)
-from hourglass_edu.data.download import (
-    BASE_URL_ENV,
-    DATA_ENV,
-    DEADLINE_ENV,
-    DownloadError,
-    RemoteFile,
-    default_cache_dir,
-)
-from hourglass_edu.data.tokenizer import EOT, NORMALIZATION_FORMS, UNK, CharTokenizer
+from hourglass_edu.data.batches import iter_eval_batches, sample_batch
+from hourglass_edu.data.corpora import CORPORA, load_corpus, prepare_data, split_documents
+from hourglass_edu.data.tokenizer import EOT, CharTokenizer
 
 __all__ = [
     "EOT",
-    "UNK",
-    "NORMALIZATION_FORMS",
-    "IGNORE_INDEX",
     "CORPORA",
-    "DATA_ENV",
-    "BASE_URL_ENV",
-    "DEADLINE_ENV",
-    "RemoteFile",
-    "CorpusSpec",
-    "Corpus",
-    "DownloadError",
-    "default_cache_dir",
     "load_corpus",
     "split_documents",
     "CharTokenizer",
-    "PreparedData",
     "prepare_data",
     "sample_batch",
     "iter_eval_batches",

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "sample_batch", "iter_eval_batches"]
+__all__ = ["sample_batch", "iter_eval_batches"]
 
 IGNORE_INDEX = -100  # target value that losses skip (F.cross_entropy's default ignore_index)
 

@@ -21,18 +21,11 @@ from pathlib import Path
 import torch
 
 from hourglass_edu.data._manifest import FILES as _MANIFEST_ROWS
-from hourglass_edu.data.download import RemoteFile, locate_files, read_verified
+from hourglass_edu.data.download import locate_files
+from hourglass_edu.data.pinned_files import RemoteFile, read_verified
 from hourglass_edu.data.tokenizer import CharTokenizer
 
-__all__ = [
-    "CORPORA",
-    "CorpusSpec",
-    "Corpus",
-    "load_corpus",
-    "split_documents",
-    "PreparedData",
-    "prepare_data",
-]
+__all__ = ["CORPORA", "load_corpus", "split_documents", "prepare_data"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,8 +32,7 @@ from hourglass_edu.data.download_messages import duration, say
 from hourglass_edu.data.download_settings import DATA_ENV
 from hourglass_edu.data.pinned_files import DownloadError, RemoteFile
 
-__all__ = ["LOCK_NAME", "default_cache_dir", "env_data_dir", "file_is_there", "download_lock",
-           "remove_leftovers"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 LOCK_NAME = ".download.lock"
 # pooch (which downloaded the corpora before) named its temporary files so, beside the target.

@@ -46,27 +46,15 @@ from hourglass_edu.data.corpus_folders import (
 from hourglass_edu.data.deadline_watchdog import watched_session
 from hourglass_edu.data.download_messages import where_to_get_it
 from hourglass_edu.data.download_settings import (
-    BASE_URL_ENV,
-    DATA_ENV,
-    DEADLINE_ENV,
     check_base_url,
     deadline,
     deadline_override,
     download_url,
 )
 from hourglass_edu.data.http_transfer import fetch_file
-from hourglass_edu.data.pinned_files import DownloadError, RemoteFile, read_verified
+from hourglass_edu.data.pinned_files import RemoteFile
 
-__all__ = [
-    "DATA_ENV",
-    "BASE_URL_ENV",
-    "DEADLINE_ENV",
-    "RemoteFile",
-    "DownloadError",
-    "default_cache_dir",
-    "locate_files",
-    "read_verified",
-]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 
 def _download(remotes: Sequence[RemoteFile], target_dir: Path, base_url: str | None,

@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 from hourglass_edu.data import download_settings as settings
 from hourglass_edu.data.pinned_files import RemoteFile
 
-__all__ = ["TransferFailure", "say", "duration", "where_to_get_it", "host_of", "no_answer",
-           "request_failure", "status_failure", "reason"]
+__all__ = ["say", "reason"]
 
 
 class TransferFailure(Exception):

@@ -18,8 +18,7 @@ from urllib.parse import urlsplit
 
 from hourglass_edu.data.pinned_files import DownloadError, RemoteFile
 
-__all__ = ["DATA_ENV", "BASE_URL_ENV", "DEADLINE_ENV", "deadline", "deadline_override",
-           "download_url", "check_base_url", "mirror_address"]
+__all__ = ["deadline"]
 
 DATA_ENV = "HOURGLASS_EDU_DATA"
 BASE_URL_ENV = "HOURGLASS_EDU_BASE_URL"

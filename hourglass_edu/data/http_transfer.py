@@ -34,7 +34,7 @@ from hourglass_edu.data.download_messages import (
 from hourglass_edu.data.pinned_files import DownloadError, RemoteFile
 from hourglass_edu.files import atomic_writer
 
-__all__ = ["fetch_file"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 
 def _announced_size(response: requests.Response) -> int | None:

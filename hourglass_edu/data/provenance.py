@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hourglass_edu.data.corpora import CORPORA, Corpus
 
-__all__ = ["CORPUS_SOURCE_KEYS", "corpus_sha256", "corpus_source"]
+__all__ = ["CORPUS_SOURCE_KEYS", "corpus_sha256"]
 
 CORPUS_SOURCE_KEYS = ("corpus_path", "corpus_sha256")
 

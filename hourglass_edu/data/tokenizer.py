@@ -25,7 +25,7 @@ import torch
 
 from hourglass_edu.files import atomic_write
 
-__all__ = ["EOT", "UNK", "MAX_VOCABULARY", "NORMALIZATION_FORMS", "CharTokenizer"]
+__all__ = ["EOT", "CharTokenizer"]
 
 EOT = "<eot>"  # end of text: separates documents; how `decode` renders it
 UNK = "<unk>"  # unknown character, only in tokenizers built with unk=True

@@ -23,8 +23,13 @@ from hourglass_edu.model_folders import (
     read_history,
 )
 
-__all__ = ["PRETRAINED_DIR", "list_pretrained", "load_pretrained", "pretrained_card",
-           "pretrained_folder", "pretrained_history"]
+__all__ = [
+    "list_pretrained",
+    "load_pretrained",
+    "pretrained_card",
+    "pretrained_folder",
+    "pretrained_history",
+]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 

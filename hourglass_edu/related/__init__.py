@@ -10,34 +10,20 @@ Each has the same interface as ``HourglassLM`` (``model(tokens) -> logits``, a c
 ``(batch, heads, length, head_dim)`` tensors.
 """
 
-from hourglass_edu.related.h_transformer import (
-    HAttention,
-    HTransformerConfig,
-    HTransformerLM,
-    h_attention,
-)
-from hourglass_edu.related.long_short import (
-    LongShortAttention,
-    LongShortConfig,
-    LongShortLM,
-    long_short_attention,
-    sliding_window_attention,
-)
+from hourglass_edu.related.h_transformer import HTransformerLM, h_attention
+from hourglass_edu.related.long_short import LongShortConfig, LongShortLM
+from hourglass_edu.related.long_short_attention import long_short_attention
 from hourglass_edu.related.simple_hierarchical import (
     SimpleHierarchicalConfig,
     SimpleHierarchicalLM,
 )
 
 __all__ = [
-    "HAttention",
-    "HTransformerConfig",
     "HTransformerLM",
-    "LongShortAttention",
     "LongShortConfig",
     "LongShortLM",
     "SimpleHierarchicalConfig",
     "SimpleHierarchicalLM",
     "h_attention",
     "long_short_attention",
-    "sliding_window_attention",
 ]

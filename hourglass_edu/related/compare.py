@@ -25,10 +25,13 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hourglass_edu.analysis import saved_activation_bytes
-from hourglass_edu.lm import model_classes, model_device
+from hourglass_edu.devices import resolve_device
+from hourglass_edu.lm import model_device
+from hourglass_edu.registry import model_classes
+from hourglass_edu.training import evaluate_bpc, train
+from hourglass_edu.training.precision import autocast_context, resolve_precision
 
 __all__ = [
-    "MODEL_NAMES",
     "build_comparison_models",
     "comparison_variants",
     "count_score_entries",
@@ -36,7 +39,6 @@ __all__ = [
     "measure_cost",
     "measure_scaling",
     "train_comparison",
-    "warm_up",
 ]
 
 def comparison_variants() -> dict[str, type]:
@@ -97,8 +99,6 @@ def train_comparison(
     race's batch shape (`warm_up`), as `measure_cost` does before timing: a time budget then
     pays for training steps, not for first-call costs (allocation, kernel choice).
     """
-    from hourglass_edu.training import evaluate_bpc, train
-
     results = {}
     for name, model in models.items():
         warm_up(model, config)
@@ -126,8 +126,6 @@ def warm_up(model: nn.Module, config) -> None:
     """One forward and backward pass of a ``(batch_size, block_size)`` batch on the run's device
     and precision, then the gradients cleared: no update, and in eval mode (no dropout) so that
     no random number is drawn; the training that follows is the one it would have been."""
-    from hourglass_edu.training import autocast_context, resolve_device, resolve_precision
-
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     was_training = model.training
@@ -157,8 +155,6 @@ def measure_cost(
     Returns rows ``{"model", "length", "ms_per_step", "saved_mb", "peak_mb" (CUDA only, else
     None)}``; the time is the best of ``repeats`` after one warm-up step.
     """
-    from hourglass_edu.training import autocast_context, resolve_device, resolve_precision
-
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     generator = torch.Generator().manual_seed(seed)

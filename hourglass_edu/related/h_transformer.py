@@ -48,16 +48,9 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from hourglass_edu.attention import MultiHeadAttention
-from hourglass_edu.lm import BlockStackConfig, BlockStackLM, register_model
+from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 
-__all__ = [
-    "HIERARCHIES",
-    "HAttention",
-    "HTransformerConfig",
-    "HTransformerLM",
-    "h_attention",
-    "number_of_levels",
-]
+__all__ = ["HTransformerLM", "h_attention", "number_of_levels"]
 
 HIERARCHIES = ("paper", "sibling")
 
@@ -312,7 +305,6 @@ class HTransformerConfig(BlockStackConfig):
         return super().from_dict(data)
 
 
-@register_model
 class HTransformerLM(BlockStackLM):
     """Character LM: ``n_layers`` pre-norm blocks with causal hierarchical attention.
 

@@ -18,30 +18,14 @@ from einops import rearrange
 from torch import nn
 
 from hourglass_edu.attention import MultiHeadAttention
-from hourglass_edu.lm import BlockStackConfig, BlockStackLM, register_model
+from hourglass_edu.lm import BlockStackConfig, BlockStackLM
 from hourglass_edu.related.long_short_attention import (
     check_long_short_arguments,
-    compress_segments,
-    finished_segments_mask,
-    local_window_scores,
     long_short_attention,
-    sliding_window_attention,
-    window_mask,
 )
+from hourglass_edu.related.long_short_cache import LongShortCache
 
-__all__ = [
-    "DualLayerNorm",
-    "LongShortAttention",
-    "LongShortConfig",
-    "LongShortLM",
-    "check_long_short_arguments",
-    "compress_segments",
-    "finished_segments_mask",
-    "local_window_scores",
-    "long_short_attention",
-    "sliding_window_attention",
-    "window_mask",
-]
+__all__ = ["LongShortConfig", "LongShortLM"]
 
 
 class DualLayerNorm(nn.Module):
@@ -140,7 +124,6 @@ class LongShortConfig(BlockStackConfig):
         )
 
 
-@register_model
 class LongShortLM(BlockStackLM):
     """Character LM: ``n_layers`` pre-norm blocks with causal Long-Short attention.
 
@@ -154,8 +137,6 @@ class LongShortLM(BlockStackLM):
 
     def new_cache(self):
         """A window cache and a segment-summary cache per layer (`related.long_short_cache`)."""
-        from hourglass_edu.related.long_short_cache import LongShortCache
-
         return LongShortCache(self)
 
     @classmethod

@@ -37,15 +37,7 @@ from torch import Tensor
 from hourglass_edu.attention import check_heads
 from hourglass_edu.resampling import pad_to_multiple
 
-__all__ = [
-    "check_long_short_arguments",
-    "compress_segments",
-    "finished_segments_mask",
-    "local_window_scores",
-    "long_short_attention",
-    "sliding_window_attention",
-    "window_mask",
-]
+__all__ = ["compress_segments", "long_short_attention"]
 
 NormFn = Callable[[Tensor], Tensor]
 

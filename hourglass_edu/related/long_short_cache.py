@@ -20,16 +20,19 @@ not a forward pass over the whole window.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
 from hourglass_edu.lm import ModelCache
-from hourglass_edu.related.long_short import LongShortAttention
 from hourglass_edu.related.long_short_attention import compress_segments
 
-__all__ = ["LongShortCache", "LongShortLayerCache"]
+if TYPE_CHECKING:  # annotations only: long_short.py imports this module
+    from hourglass_edu.related.long_short import LongShortAttention
+
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 
 def _append(cached: Tensor | None, new: Tensor) -> Tensor:

@@ -47,18 +47,12 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from hourglass_edu.blocks import RotaryAngles, RotaryEmbedding, TransformerBlock, record
-from hourglass_edu.lm import BlockStackConfig, LanguageModel, register_model
+from hourglass_edu.lm import BlockStackConfig, LanguageModel
 from hourglass_edu.related.long_short import LongShortAttention
+from hourglass_edu.related.simple_hierarchical_cache import SimpleHierarchicalCache
 from hourglass_edu.resampling import pad_to_multiple
 
-__all__ = [
-    "CausalCompressor",
-    "SimpleHierarchicalConfig",
-    "SimpleHierarchicalLM",
-    "StreamBlock",
-    "StreamMerge",
-    "token_shift",
-]
+__all__ = ["SimpleHierarchicalConfig", "SimpleHierarchicalLM", "token_shift"]
 
 # The layout of the model's weights; a saved config without it is from the old strided model.
 LAYOUT_VERSION = 2
@@ -291,7 +285,6 @@ class StreamMerge(nn.Module):
         return self.contract(self.activation(self.expand(self.norm(joined))))
 
 
-@register_model
 class SimpleHierarchicalLM(LanguageModel):
     """Character LM with parallel streams at several compressions, merged every layer.
 
@@ -308,8 +301,6 @@ class SimpleHierarchicalLM(LanguageModel):
 
     def new_cache(self):
         """Per-stream, per-subsequence caches (`related.simple_hierarchical_cache`)."""
-        from hourglass_edu.related.simple_hierarchical_cache import SimpleHierarchicalCache
-
         return SimpleHierarchicalCache(self)
 
     @classmethod

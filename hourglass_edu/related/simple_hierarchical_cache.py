@@ -18,14 +18,18 @@ the caches it builds are by construction the ones the steps extend).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from hourglass_edu.attention import KeyValueCache, MultiHeadAttention
 from hourglass_edu.lm import ModelCache
-from hourglass_edu.related.simple_hierarchical import StreamBlock
 
-__all__ = ["SimpleHierarchicalCache", "StreamBlockCache"]
+if TYPE_CHECKING:  # annotations only: simple_hierarchical.py imports this module
+    from hourglass_edu.related.simple_hierarchical import StreamBlock
+
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 
 def _shifted(current: Tensor, previous: Tensor | None) -> Tensor:

@@ -15,22 +15,16 @@ One module per concept, in the order a run uses them:
 - `runs`: `train(model, data, config)`, one run from scratch or from its checkpoint;
 - `finetuning`: `prepare_finetuning`, `characters_to_add` and `extend_vocabulary`.
 
-`__all__` below is what a course notebook or script needs. A few lower-level names that the
-command line, benchmarks and tests import from here stay importable from here too (`name as
-name` below); everything else lives in its module (`from hourglass_edu.training.precision import
-choose_precision`).
+`__all__` below is what a course notebook or script needs; everything else is imported from its
+module (`from hourglass_edu.training.precision import choose_precision`).
 """
 
-# `name as name`: importable from here for the command line, benchmarks and tests that already
-# import it from here, but not in __all__ (its home is the module named).
 from hourglass_edu.training.checkpoints import (
-    BEST_CHECKPOINT_NAME,
     CHECKPOINT_NAME,
     load_checkpoint,
     load_model,
     model_from_checkpoint,
 )
-from hourglass_edu.training.checkpoints import save_checkpoint as save_checkpoint
 from hourglass_edu.training.config import PRESETS, TrainConfig, build_model, get_preset
 from hourglass_edu.training.evaluation import (
     History,
@@ -38,29 +32,21 @@ from hourglass_edu.training.evaluation import (
     evaluate_bpc_long_context,
     language_model_loss,
 )
-from hourglass_edu.training.evaluation import long_context_windows as long_context_windows
 from hourglass_edu.training.finetuning import (
     characters_to_add,
     extend_vocabulary,
     prepare_finetuning,
 )
 from hourglass_edu.training.optimization import learning_rate
-from hourglass_edu.training.optimization import parameter_groups as parameter_groups
-from hourglass_edu.training.precision import autocast_context as autocast_context
-from hourglass_edu.training.precision import resolve_device as resolve_device
-from hourglass_edu.training.precision import resolve_precision as resolve_precision
-from hourglass_edu.training.run_folders import run_folder_lock as run_folder_lock
+from hourglass_edu.training.precision import resolve_precision
 from hourglass_edu.training.runs import train
 from hourglass_edu.training.stopping import TrainingDiverged, TrainingOutOfMemory
-from hourglass_edu.training.trainer import Trainer
 
 __all__ = [
-    "BEST_CHECKPOINT_NAME",
     "CHECKPOINT_NAME",
     "PRESETS",
     "History",
     "TrainConfig",
-    "Trainer",
     "TrainingDiverged",
     "TrainingOutOfMemory",
     "build_model",
@@ -75,5 +61,6 @@ __all__ = [
     "load_model",
     "model_from_checkpoint",
     "prepare_finetuning",
+    "resolve_precision",
     "train",
 ]

@@ -20,9 +20,7 @@ import torch
 from hourglass_edu.files import quoted
 from hourglass_edu.training.config import TrainConfig
 
-__all__ = ["MAX_COUNT", "OPTIONAL_ENTRIES", "REQUIRED_ENTRIES", "check_entries",
-           "check_optimizer_settings", "check_optimizer_state", "check_random_states",
-           "check_run_record", "damaged_entry"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 # Each required entry and the type it must have.
 REQUIRED_ENTRIES: dict[str, type | tuple[type, ...]] = {

@@ -27,40 +27,25 @@ import torch
 
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.data.provenance import CORPUS_SOURCE_KEYS, corpus_source
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.files import (
     atomic_writer,
     quoted,
     recover_folder_replacement,
 )
-from hourglass_edu.lm import build_model_from_config, check_weights
-from hourglass_edu.loading import (
-    check_archive_sizes,
-    check_finite_weights,
-    model_shapes,
-    record_tokenizer,
-    resolve_device,
-)
+from hourglass_edu.lm import check_weights
+from hourglass_edu.loading import check_archive_sizes, check_finite_weights, record_tokenizer
 from hourglass_edu.model_folders import WEIGHTS_NAME, is_model_folder, load_model_folder
+from hourglass_edu.registry import build_model_from_config, model_shapes
 from hourglass_edu.training.checkpoint_checks import check_entries, check_run_record
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "CHECKPOINT_NAME",
-    "CHECKPOINT_VERSION",
-    "BEST_CHECKPOINT_NAME",
-    "RESUMABLE_CHANGES",
-    "RESUMABLE_MODEL_CHANGES",
-    "best_checkpoint_path",
-    "config_differences",
-    "data_fingerprint",
     "load_checkpoint",
     "load_model",
     "model_checkpoint_file",
     "model_from_checkpoint",
     "model_source",
-    "resumable_differences",
-    "save_checkpoint",
-    "validate_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "hourglass_edu.checkpoint"

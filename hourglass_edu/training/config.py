@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MAX_BATCH_ACTIVATIONS", "PRECISIONS", "PRESETS", "Preset", "TrainConfig",
-           "build_model", "check_batch_fits", "check_sizes", "check_training_inputs",
-           "device_memory_bytes", "get_preset"]
+from hourglass_edu.devices import resolve_device
+from hourglass_edu.hourglass import HourglassConfig, HourglassLM
+from hourglass_edu.loading import activation_bytes_per_token
+
+__all__ = ["PRESETS", "TrainConfig", "build_model", "check_batch_fits", "get_preset"]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -244,8 +246,6 @@ def build_model(preset: Preset | str, vocab_size: int, *, seed: int | None = Non
     `seed` makes the initial weights reproducible without touching the caller's random state
     (the build runs inside `torch.random.fork_rng`); None draws them from torch's global RNG.
     """
-    from hourglass_edu.hourglass import HourglassConfig, HourglassLM
-
     preset = get_preset(preset) if isinstance(preset, str) else preset
     fields = {**preset.model, **{k: v for k, v in overrides.items() if v is not None}}
     config = HourglassConfig(vocab_size=vocab_size, **fields)
@@ -277,8 +277,6 @@ def check_batch_fits(model, config: TrainConfig) -> None:
     it would train on, or `MAX_BATCH_ACTIVATIONS` of any device. A typo like --batch-size
     1000000, or a damaged checkpoint's recipe that `finetune` continues, would otherwise end in
     a raw allocator error after gigabytes. `model` may be on `meta`."""
-    from hourglass_edu.loading import activation_bytes_per_token, resolve_device
-
     needed = activation_bytes_per_token(model) * config.batch_size * config.block_size
     device = resolve_device(config.device)
     memory = device_memory_bytes(device)

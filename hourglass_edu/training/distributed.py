@@ -41,10 +41,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from hourglass_edu.training.precision import resolve_device
+from hourglass_edu.devices import resolve_device
 
-__all__ = ["Ranks", "check_same_settings", "current_ranks", "data_parallel_summary",
-           "launched_by_torchrun", "per_process_batch", "process_group", "rank_device"]
+__all__ = ["current_ranks", "process_group"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 

@@ -20,13 +20,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from hourglass_edu.data import IGNORE_INDEX, iter_eval_batches, sample_batch
+from hourglass_edu.data import iter_eval_batches, sample_batch
+from hourglass_edu.data.batches import IGNORE_INDEX
+from hourglass_edu.devices import resolve_device
 from hourglass_edu.lm import model_device
 from hourglass_edu.sampling import shown_number
-from hourglass_edu.training.precision import autocast_context, resolve_device, resolve_precision
+from hourglass_edu.training.precision import autocast_context, resolve_precision
 
-__all__ = ["LN2", "History", "evaluate_bpc", "evaluate_bpc_long_context", "language_model_loss",
-           "long_context_windows"]
+__all__ = ["History", "evaluate_bpc", "evaluate_bpc_long_context", "language_model_loss"]
 
 LN2 = math.log(2.0)
 
@@ -35,7 +36,7 @@ def language_model_loss(
     logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
     """Next-token cross-entropy in nats ("mean" over targets, or "sum"), computed in fp32 even
-    under autocast. Targets equal to -100 (`data.IGNORE_INDEX`) are skipped.
+    under autocast. Targets equal to -100 (`batches.IGNORE_INDEX`) are skipped.
 
     logits: (batch, length, vocab); targets: (batch, length).
     """

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hourglass_edu.data import CharTokenizer, PreparedData, load_corpus, split_documents
+from hourglass_edu.data import CharTokenizer, load_corpus, split_documents
+from hourglass_edu.data.corpora import PreparedData
 from hourglass_edu.training.checkpoints import (
     load_checkpoint,
     model_checkpoint_file,
@@ -19,7 +20,7 @@ from hourglass_edu.training.checkpoints import (
 )
 from hourglass_edu.training.evaluation import History
 
-__all__ = ["FineTuning", "characters_to_add", "extend_vocabulary", "prepare_finetuning"]
+__all__ = ["characters_to_add", "extend_vocabulary", "prepare_finetuning"]
 
 
 def characters_to_add(tokenizer, train_documents: Sequence[str]) -> list[str]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from hourglass_edu.training.config import TrainConfig
 
-__all__ = ["adamw_options", "build_optimizer", "learning_rate", "parameter_groups"]
+__all__ = ["learning_rate"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

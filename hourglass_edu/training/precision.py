@@ -26,20 +26,9 @@ import contextlib
 
 import torch
 
-from hourglass_edu.loading import resolve_device  # the one device check (loading.py)
 from hourglass_edu.training.config import PRECISIONS
 
-__all__ = [
-    "autocast_context",
-    "choose_precision",
-    "cpu_has_fast_bf16",
-    "cuda_has_native_bf16",
-    "fast_fp32_matmuls",
-    "gradient_scaler",
-    "resolve_device",
-    "resolve_precision",
-    "uses_tf32",
-]
+__all__ = ["choose_precision", "resolve_precision"]
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["RandomStates"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 
 class RandomStates:

@@ -38,8 +38,7 @@ from hourglass_edu.training.checkpoints import (
 )
 from hourglass_edu.training.evaluation import History
 
-__all__ = ["BATCH_SPLIT", "empty_log_window", "restore_run", "run_checkpoint",
-           "run_differences"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 # Train settings that may change on resume as long as their product (the windows per step) stays.
 BATCH_SPLIT = ("batch_size", "grad_accum")

@@ -19,7 +19,7 @@ from hourglass_edu.files import describe_contents, remove_stale_temporaries
 from hourglass_edu.model_folders import is_model_folder
 from hourglass_edu.training.checkpoints import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME
 
-__all__ = ["RUN_FILES", "check_run_folder", "run_folder_lock", "run_folder_state"]
+__all__ = ["check_run_folder", "run_folder_lock"]
 
 # The run folders this process holds locked (so that a nested `run_folder_lock` on the same folder,
 # e.g. the command line's around `train`'s own, does not refuse its own process).

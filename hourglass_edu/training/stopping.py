@@ -25,9 +25,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["OUT_OF_MEMORY", "StepUnderWay", "TrainingDiverged", "TrainingOutOfMemory",
-           "agree_to_stop", "divergence_message", "out_of_memory_message",
-           "save_after_interrupt", "stop_signals_finish_step"]
+__all__ = ["TrainingDiverged", "TrainingOutOfMemory"]
 
 # torch >= 2.5 names it torch.OutOfMemoryError; torch.cuda.OutOfMemoryError is the same class.
 OUT_OF_MEMORY: type[BaseException] = getattr(torch, "OutOfMemoryError",

@@ -77,7 +77,7 @@ from hourglass_edu.training.stopping import (
     stop_signals_finish_step,
 )
 
-__all__ = ["StepResult", "Trainer", "TrainingDiverged", "TrainingOutOfMemory"]
+__all__: list[str] = []  # no public names: the modules that use these import them by name
 
 # Under fp16 a gradient that is still not finite once the scaler has lowered the loss scale below
 # this (from 65536, about 26 halvings in a row) is not an overflow: the run has diverged.
@@ -387,7 +387,7 @@ class Trainer:
                                         self.config.block_size), flush=True)
 
     def _progress_bar(self):
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # here: tqdm.auto imports IPython where it is installed
 
         config = self.config
         hidden = not (config.progress and self.is_main)

@@ -22,15 +22,7 @@ from hourglass_edu.viz.style import (
     styled,
 )
 
-__all__ = ["plot_dependency", "pooling_diagram", "pooling_labels"]
-
-
-def pooling_labels(
-    chars: Sequence[str], factors: Sequence[int], shift: bool = True
-) -> list[list[str]]:
-    """Tick labels for every level: level 0 is the characters, shortened levels the pooled ones."""
-    spans = pooled_spans(len(chars), factors, shift=shift)
-    return [[span_label(chars, span) for span in level] for level in spans]
+__all__ = ["plot_dependency", "pooling_diagram"]
 
 
 @styled
