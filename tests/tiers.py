@@ -12,7 +12,7 @@ ALL_TESTS = "*"
 
 #: file -> names of its test functions (or ALL_TESTS) that are slow. These files belonged to other
 #: work when the tiers came in; move each mark into its file as `@pytest.mark.slow` when the file
-#: is next edited. tests/test_suite_tiers.py fails on a name here that no longer exists.
+#: is next edited. tests/repository/test_suite_tiers.py fails on a name here that no longer exists.
 SLOW_ELSEWHERE: dict[str, set[str] | str] = {
     "test_bad_inputs.py": ALL_TESTS,  # the command line in subprocesses, Ctrl-C, SIGTERM
     "test_cli.py": {"test_module_entry_point_help"},  # a subprocess

@@ -16,7 +16,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TESTS = REPO_ROOT / "tests"
 COMPLETE_SUITE = 'pytest -m "slow or not slow"'
 
@@ -61,7 +61,7 @@ def test_ci_ends_with_the_colab_stack_tier():
     assert re.search(r"^bash \.ci/colab-stack$", ci, re.MULTILINE)
     tier = (REPO_ROOT / ".ci" / "colab-stack").read_text(encoding="utf-8")
     assert "--constraint \"$constraints\"" in tier and "requirements/colab.txt" in tier
-    for needed in ("tests/test_colab_stack.py", "tests/test_widgets.py",
+    for needed in ("tests/repository/test_colab_stack.py", "tests/test_widgets.py",
                    "tests/browser/test_classic_notebook.py", "07_generation",
                    "08_inside_the_hourglass", "09_finetuning_haiku",
                    "11_capstone_your_own_hourglass", "HOURGLASS_EDU_COLAB_STACK=1"):
