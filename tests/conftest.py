@@ -8,7 +8,8 @@ tiers.SLOW_ELSEWHERE marks tests of files that were being rewritten when the tie
 (see CONTRIBUTING.md).
 
 Fixtures: `toy_corpus` / `toy_data` (a tiny corpus of haiku-like documents, split and tokenized),
-`make_tiny_hourglass` (a tiny random HourglassLM), and `corpus_dir` for tests that need the real
+`make_tiny_hourglass` (a tiny random HourglassLM), all three from tests/tiny.py, the one tiny
+model and toy corpus of the suite, and `corpus_dir` for tests that need the real
 corpora. `corpus_dir` finds them through HOURGLASS_EDU_DATA or at ../shared/data beside the
 repository; when neither exists it skips with a reason, except under CI=true, where a missing
 corpus is a failure (CI must never silently skip).
@@ -18,17 +19,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 from hypothesis import Phase, settings
 from tiers import mark_slow_tests
 
-from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.data import Corpus, prepare_data
+from hourglass_edu.data import Corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,45 +79,25 @@ def corpus_dir() -> Path:
     return found
 
 
-# --- tiny models and a toy corpus ---------------------------------------------------------------
-
-TOY_WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
-
-
-def toy_documents(count: int = 120, seed: int = 0, extra_words=()) -> list[str]:
-    """`count` three-line "poems" of 2-4 words a line drawn from TOY_WORDS (+ `extra_words`)."""
-    rng = random.Random(seed)
-    words = TOY_WORDS + list(extra_words)
-    return ["\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(2, 4)))
-                      for _ in range(3))
-            for _ in range(count)]
+# --- the tiny model and the toy corpus (tests/tiny.py) ------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def toy_corpus() -> Corpus:
     """120 toy poems: enough for a tiny model to learn something in a few steps, in no time."""
-    return Corpus(name="toy", documents=toy_documents())
+    return tiny.toy_corpus()
 
 
 @pytest.fixture(scope="session")
-def toy_data(toy_corpus):
+def toy_data():
     """`toy_corpus` split (10% validation, seed 0) and tokenized; `.tokenizer`, `.train_ids`..."""
-    return prepare_data(toy_corpus, val_fraction=0.1, seed=0)
-
-
-def tiny_hourglass(vocab_size: int = 11, *, seed: int = 0, **changes) -> HourglassLM:
-    """A random HourglassLM small enough for a fast test: d_model 32, 2 heads, `1@1 1@2 1@1`,
-    max_length 64, no dropout; `changes` override any HourglassConfig field."""
-    fields = dict(d_model=32, n_heads=2, structure="1@1 1@2 1@1", max_length=64, dropout=0.0)
-    fields.update(changes)
-    torch.manual_seed(seed)
-    return HourglassLM(HourglassConfig(vocab_size=vocab_size, **fields))
+    return tiny.toy_data()
 
 
 @pytest.fixture(scope="session")
 def make_tiny_hourglass():
     """The `tiny_hourglass(vocab_size=11, *, seed=0, **changes)` factory."""
-    return tiny_hourglass
+    return tiny.tiny_hourglass
 
 
 # --- the tiers ----------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_hourglass
 
 import hourglass_edu.model_folders as model_folders
-from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.cli import main
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.loading import resolve_device
@@ -35,9 +35,7 @@ def one_line(err: str, *words: str) -> None:
 
 
 def tiny_folder(folder: Path) -> Path:
-    torch.manual_seed(0)
-    model = HourglassLM(HourglassConfig(vocab_size=TOKENIZER.vocab_size, d_model=16, n_heads=2,
-                                        structure="1@1 1@2 1@1", max_length=32))
+    model = tiny_hourglass(TOKENIZER.vocab_size, d_model=16, max_length=32)
     return export_model_folder(model, TOKENIZER, folder)
 
 
