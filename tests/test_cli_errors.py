@@ -5,7 +5,6 @@ command line in this process (`main([...])`) unless it must mount a file system.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -196,21 +195,6 @@ def test_a_model_folder_where_a_training_run_is_needed_says_what_to_pass(tmp_pat
 
 
 # --- a full disk ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (needs root and mount); skipped where the platform does not allow it."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
-                            capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()})")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def fill(disk: Path, leave: int = 4096) -> None:

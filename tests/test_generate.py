@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from strategies import structures
 from tiny import tiny_hourglass
 
-from hourglass_edu import HourglassConfig, HourglassLM
+from hourglass_edu import HourglassLM
 from hourglass_edu.attention import KeyValueCache
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.decoding import CachedDecoder
@@ -208,9 +208,7 @@ def test_long_prompt_and_window_overflow_match_recompute(tokenizer):
 
 
 def test_cached_decoding_runs_on_one_thread_and_gives_the_caller_its_setting_back(monkeypatch):
-    torch.manual_seed(0)
-    model = HourglassLM(HourglassConfig(vocab_size=11, d_model=16, n_heads=2,
-                                        structure="1@1 1@2 1@1", max_length=64))
+    model = tiny_hourglass(11, d_model=16)
     tokenizer = CharTokenizer("abcdefghi\n")
     seen = []
     extend = HourglassCache.extend

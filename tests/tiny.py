@@ -12,7 +12,7 @@ import random
 
 import torch
 
-from hourglass_edu import HourglassConfig, HourglassLM
+from hourglass_edu import HourglassConfig, HourglassLM, related
 from hourglass_edu.data import Corpus, prepare_data
 from hourglass_edu.training import TrainConfig
 
@@ -48,6 +48,16 @@ def tiny_hourglass(vocab_size: int = 11, *, seed: int = 0, **changes) -> Hourgla
     fields.update(changes)
     torch.manual_seed(seed)
     return HourglassLM(HourglassConfig(vocab_size=vocab_size, **fields))
+
+
+def tiny_related(class_name: str, vocab_size: int, **fields):
+    """A related model (`LongShortLM`, `HTransformerLM`, `SimpleHierarchicalLM`) at the tiny
+    model's sizes: d_model 32, 2 heads, 2 layers, max_length 64; `fields` add or override config
+    fields. It draws from the global random state without seeding it, so that several built in a
+    row after one `torch.manual_seed` differ."""
+    sizes = dict(d_model=32, n_heads=2, n_layers=2, max_length=64)
+    model_class = getattr(related, class_name)
+    return model_class(model_class.config_class(vocab_size=vocab_size, **{**sizes, **fields}))
 
 
 def tiny_train_config(**changes) -> TrainConfig:
