@@ -3,16 +3,15 @@
 Tiers: plain `pytest` runs the fast tier (pyproject's addopts hold `-m "not slow"`);
 `pytest -m "slow or not slow"` runs the complete suite. A test is `slow` when it takes more than
 about 2 s or starts a subprocess, a notebook, torchrun, pip or a browser: mark it with
-`@pytest.mark.slow`. Every `notebook` or `browser` test is slow without saying so, and
-tiers.SLOW_ELSEWHERE marks tests of files that were being rewritten when the tiers were introduced
-(see CONTRIBUTING.md).
+`@pytest.mark.slow` in its file. Every `notebook` or `browser` test is slow without saying so
+(tests/tiers.py; see CONTRIBUTING.md).
 
 Fixtures: `toy_corpus` / `toy_data` (a tiny corpus of haiku-like documents, split and tokenized),
-`make_tiny_hourglass` (a tiny random HourglassLM), all three from tests/tiny.py, the one tiny
-model and toy corpus of the suite, and `corpus_dir` for tests that need the real
-corpora. `corpus_dir` finds them through HOURGLASS_EDU_DATA or at ../shared/data beside the
-repository; when neither exists it skips with a reason, except under CI=true, where a missing
-corpus is a failure (CI must never silently skip).
+`make_tiny_hourglass` (a tiny random HourglassLM), all three from tests/tiny.py, the one tiny model
+and toy corpus of the suite; `small_disk` (a 4 MiB tmpfs), `shipped_copy`, `rewrite_config`; and
+`corpus_dir` for tests that need the real corpora. `corpus_dir` finds them through
+HOURGLASS_EDU_DATA or at ../shared/data beside the repository; when neither exists it skips with a
+reason, except under CI=true, where a missing corpus is a failure (CI must never silently skip).
 """
 
 from __future__ import annotations

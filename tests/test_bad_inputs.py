@@ -46,6 +46,8 @@ from hourglass_edu.training import precision as precision_module
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
+pytestmark = pytest.mark.slow  # the command line in subprocesses, Ctrl-C, SIGTERM
+
 
 # ------------------------------------------------------------------------------------------
 # Helpers: the command line in a subprocess, toy corpora, tiny runs

@@ -526,6 +526,7 @@ def trained_on_a_cycle(model, ids, steps=40):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(cache_models()))
 def test_cached_and_recomputed_greedy_generation_are_identical(name):
     """Greedy, past max_length (the window slides and the cache is prefilled again)."""

@@ -165,6 +165,7 @@ def test_sampled_evaluation_is_reproducible_and_leaves_global_rng_alone(toy_data
 # Training
 
 
+@pytest.mark.slow
 def test_training_lowers_validation_bpc_and_records_history(toy_data):
     model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     before = evaluate_bpc(model, toy_data.val_ids, batch_size=4, block_size=32, max_batches=2)
