@@ -1,4 +1,4 @@
-"""Hypothesis strategies shared by the property tests: random hourglass structures.
+"""Hypothesis strategies of the property tests: random hourglass structures, random documents.
 
 Two shapes, each the one its tests were written for: `mirrored_structures` gives each level the
 same number of blocks on the way in and out (the causality tests), `structures` draws them
@@ -35,3 +35,8 @@ def mirrored_structures(draw, min_levels=1):
     coming_out = [f"{outer_layers[-1 - i]}@{factors[i]}" for i in reversed(range(n_levels - 1))]
     middle = f"{draw(st.integers(1, 2))}@{factors[-1]}"
     return " ".join([*going_in, middle, *coming_out])
+
+
+#: Up to 60 arbitrary characters; 1-8 documents of 1-30 each (the tokenizer's round trips).
+texts = st.text(min_size=0, max_size=60)
+documents = st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=8)
