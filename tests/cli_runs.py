@@ -9,7 +9,8 @@ from pathlib import Path
 from tiny import tiny_hourglass, toy_documents
 
 from hourglass_edu.cli import main
-from hourglass_edu.data import Corpus, prepare_data
+from hourglass_edu.data import prepare_data
+from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.training import TrainConfig, train
 
 

@@ -28,7 +28,7 @@ import torch
 from hypothesis import Phase, settings
 from tiers import mark_slow_tests
 
-from hourglass_edu.data import Corpus
+from hourglass_edu.data.corpora import Corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,8 @@ import random
 import torch
 
 from hourglass_edu import HourglassConfig, HourglassLM, related
-from hourglass_edu.data import Corpus, prepare_data
+from hourglass_edu.data import prepare_data
+from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.training import TrainConfig
 
 TOY_WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
