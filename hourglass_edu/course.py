@@ -2,11 +2,11 @@
 
 Where from. A Colab notebook's first code cell installs the library before anything of it can be
 imported, so each cell must spell the repository URL and the ref out literally. This module is the
-one place those two are declared (`REPOSITORY_URL`, `COURSE_REF`); `tests/test_course_cells.py`
-checks that every notebook's install cell and Colab badge use exactly them, so a new release
-changes them here and the test lists the notebooks to update. The ref pins a tag, so a notebook
-opened from its badge gets the library it was written for, not whatever the default branch holds
-that day.
+one place those two are declared (`REPOSITORY_URL`, `COURSE_REF`);
+`tests/repository/test_course_cells.py` checks that every notebook's install cell and Colab badge
+use exactly them, so a new release changes them here and the test lists the notebooks to update.
+The ref pins a tag, so a notebook opened from its badge gets the library it was written for, not
+whatever the default branch holds that day.
 
 Profiles. Every notebook's parameters cell sizes its work by one `PROFILE`:
 
@@ -63,8 +63,8 @@ def colab_cell_source() -> str:
         "# (keeping the versions Colab ships) and make widgets show: Colab shows its own\n"
         "# ipywidgets 7 by itself, an ipywidgets 8 needs its custom widget manager. Elsewhere:\n"
         "# nothing. (hourglass_edu/course.py's colab_cell_source() is this cell, with its\n"
-        "# REPOSITORY_URL and COURSE_REF; tests/test_course_cells.py keeps every notebook in\n"
-        "# step with it.)\n"
+        "# REPOSITORY_URL and COURSE_REF; tests/repository/test_course_cells.py keeps every\n"
+        "# notebook in step with it.)\n"
         "import sys\n"
         'if "google.colab" in sys.modules:\n'
         f"    {colab_install_command()}\n"

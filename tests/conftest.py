@@ -3,32 +3,31 @@
 Tiers: plain `pytest` runs the fast tier (pyproject's addopts hold `-m "not slow"`);
 `pytest -m "slow or not slow"` runs the complete suite. A test is `slow` when it takes more than
 about 2 s or starts a subprocess, a notebook, torchrun, pip or a browser: mark it with
-`@pytest.mark.slow`. Every `notebook` or `browser` test is slow without saying so, and
-tiers.SLOW_ELSEWHERE marks tests of files that were being rewritten when the tiers were introduced
-(see CONTRIBUTING.md).
+`@pytest.mark.slow` in its file. Every `notebook` or `browser` test is slow without saying so
+(tests/tiers.py; see CONTRIBUTING.md).
 
 Fixtures: `toy_corpus` / `toy_data` (a tiny corpus of haiku-like documents, split and tokenized),
-`make_tiny_hourglass` (a tiny random HourglassLM), and `corpus_dir` for tests that need the real
-corpora. `corpus_dir` finds them through HOURGLASS_EDU_DATA or at ../shared/data beside the
-repository; when neither exists it skips with a reason, except under CI=true, where a missing
-corpus is a failure (CI must never silently skip).
+`make_tiny_hourglass` (a tiny random HourglassLM), all three from tests/tiny.py, the one tiny model
+and toy corpus of the suite; `small_disk` (a 4 MiB tmpfs), `shipped_copy`, `rewrite_config`; and
+`corpus_dir` for tests that need the real corpora. `corpus_dir` finds them through
+HOURGLASS_EDU_DATA or at ../shared/data beside the repository; when neither exists it skips with a
+reason, except under CI=true, where a missing corpus is a failure (CI must never silently skip).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 from hypothesis import Phase, settings
 from tiers import mark_slow_tests
 
-from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.data import prepare_data
 from hourglass_edu.data.corpora import Corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -80,45 +79,25 @@ def corpus_dir() -> Path:
     return found
 
 
-# --- tiny models and a toy corpus ---------------------------------------------------------------
-
-TOY_WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
-
-
-def toy_documents(count: int = 120, seed: int = 0, extra_words=()) -> list[str]:
-    """`count` three-line "poems" of 2-4 words a line drawn from TOY_WORDS (+ `extra_words`)."""
-    rng = random.Random(seed)
-    words = TOY_WORDS + list(extra_words)
-    return ["\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(2, 4)))
-                      for _ in range(3))
-            for _ in range(count)]
+# --- the tiny model and the toy corpus (tests/tiny.py) ------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def toy_corpus() -> Corpus:
     """120 toy poems: enough for a tiny model to learn something in a few steps, in no time."""
-    return Corpus(name="toy", documents=toy_documents())
+    return tiny.toy_corpus()
 
 
 @pytest.fixture(scope="session")
-def toy_data(toy_corpus):
+def toy_data():
     """`toy_corpus` split (10% validation, seed 0) and tokenized; `.tokenizer`, `.train_ids`..."""
-    return prepare_data(toy_corpus, val_fraction=0.1, seed=0)
-
-
-def tiny_hourglass(vocab_size: int = 11, *, seed: int = 0, **changes) -> HourglassLM:
-    """A random HourglassLM small enough for a fast test: d_model 32, 2 heads, `1@1 1@2 1@1`,
-    max_length 64, no dropout; `changes` override any HourglassConfig field."""
-    fields = dict(d_model=32, n_heads=2, structure="1@1 1@2 1@1", max_length=64, dropout=0.0)
-    fields.update(changes)
-    torch.manual_seed(seed)
-    return HourglassLM(HourglassConfig(vocab_size=vocab_size, **fields))
+    return tiny.toy_data()
 
 
 @pytest.fixture(scope="session")
 def make_tiny_hourglass():
     """The `tiny_hourglass(vocab_size=11, *, seed=0, **changes)` factory."""
-    return tiny_hourglass
+    return tiny.tiny_hourglass
 
 
 # --- the tiers ----------------------------------------------------------------------------------
@@ -171,3 +150,18 @@ def rewrite_config():
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, **changes}))
     return rewrite
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (needs root and mount); skipped where the platform does not allow it."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+                            capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()})")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)

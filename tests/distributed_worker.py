@@ -15,33 +15,21 @@ The test runs the same `reference_config()` in one process and compares.
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
 import torch
+from tiny import tiny_hourglass, toy_data
 
-from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.data import prepare_data
-from hourglass_edu.data.corpora import Corpus
+from hourglass_edu import HourglassLM
 from hourglass_edu.training import TrainConfig, train
 from hourglass_edu.training.distributed import process_group
 
-WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
-
-
-def toy_data():
-    rng = random.Random(0)
-    documents = ["\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 4)))
-                           for _ in range(3)) for _ in range(120)]
-    return prepare_data(Corpus("toy", documents), val_fraction=0.1, seed=0)
-
 
 def tiny_model(vocab_size: int) -> HourglassLM:
+    """The shared tiny model, built without touching this process's random state."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return HourglassLM(HourglassConfig(vocab_size=vocab_size, d_model=32, n_heads=2,
-                                           structure="1@1 1@2 1@1", max_length=64))
+        return tiny_hourglass(vocab_size)
 
 
 def reference_config(**changes) -> TrainConfig:

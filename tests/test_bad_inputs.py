@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import random
 import signal
 import subprocess
 import sys
@@ -24,14 +23,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny import TOY_WORDS, tiny_hourglass, tiny_related, tiny_train_config, toy_documents
 
-from hourglass_edu import HourglassConfig, HourglassLM, related
+from hourglass_edu import HourglassConfig
 from hourglass_edu.cli import main
 from hourglass_edu.data import CharTokenizer, prepare_data, split_documents
 from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.generation import encode_prompt, prompt_as_seen
 from hourglass_edu.registry import model_shapes
-from hourglass_edu.related.h_transformer import HTransformerConfig
 from hourglass_edu.training import (
     TrainConfig,
     build_model,
@@ -46,8 +45,9 @@ from hourglass_edu.training.checkpoints import save_checkpoint
 from hourglass_edu.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
 CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.slow  # the command line in subprocesses, Ctrl-C, SIGTERM
 
 
 # ------------------------------------------------------------------------------------------
@@ -107,31 +107,14 @@ def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 2
         time.sleep(0.2)
 
 
-def toy_documents(count: int, seed: int = 0, extra: str = "") -> list[str]:
-    rng = random.Random(seed)
-    return ["\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 4)))
-                      for _ in range(3)) + extra for _ in range(count)]
-
-
 def write_corpus(path: Path, documents: list[str]) -> Path:
     path.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
     return path
 
 
 def small_config(**changes) -> TrainConfig:
-    values = dict(steps=2, batch_size=4, block_size=32, lr=3e-3, warmup_steps=1, eval_every=50,
-                  eval_batches=1, log_every=1, precision="fp32", progress=False, device="cpu")
-    return TrainConfig(**{**values, **changes})
-
-
-def small_hourglass(vocab_size: int, **changes) -> HourglassLM:
-    fields = dict(d_model=32, n_heads=2, structure="1@1 1@2 1@1", max_length=64)
-    return HourglassLM(HourglassConfig(vocab_size=vocab_size, **{**fields, **changes}))
-
-
-@pytest.fixture(scope="module")
-def toy_data():
-    return prepare_data(Corpus("toy", toy_documents(120)), val_fraction=0.1)
+    return tiny_train_config(**{"steps": 2, "warmup_steps": 1, "eval_every": 50,
+                                "eval_batches": 1, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +126,7 @@ def corpus_file(tmp_path_factory) -> Path:
 def tiny_checkpoint(toy_data, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
-    train(small_hourglass(toy_data.tokenizer.vocab_size), toy_data, small_config(),
+    train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, small_config(),
           checkpoint_path=path)
     return path
 
@@ -195,7 +178,7 @@ def test_the_same_seed_gives_the_same_weights_another_seed_changes_them(corpus_f
 @pytest.mark.slow
 def test_demo_replaces_only_its_own_earlier_runs(toy_data, corpus_dir, tmp_path):
     out = tmp_path / "mine"
-    train(small_hourglass(toy_data.tokenizer.vocab_size), toy_data, small_config(),
+    train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, small_config(),
           checkpoint_path=out / "checkpoint.pt")
     before = (out / "checkpoint.pt").read_bytes()
     demo = ["demo", "--preset", "smoke", "--steps", "2", "--samples", "1", "--no-progress",
@@ -204,7 +187,7 @@ def test_demo_replaces_only_its_own_earlier_runs(toy_data, corpus_dir, tmp_path)
     assert (out / "checkpoint.pt").read_bytes() == before  # the run is untouched
 
     earlier_demo = tmp_path / "demo"
-    train(small_hourglass(toy_data.tokenizer.vocab_size), toy_data, small_config(),
+    train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, small_config(),
           checkpoint_path=earlier_demo / "checkpoint.pt", metadata={"written_by": "demo"})
     result = cli(*demo, "--out", earlier_demo)
     assert result.returncode == 0, result.stderr
@@ -245,19 +228,17 @@ def test_ctrl_c_saves_history_and_resume_may_change_only_budget_and_lr(corpus_fi
 def test_an_interrupted_run_logs_the_same_means_as_an_uninterrupted_one(toy_data, tmp_path):
     config = small_config(steps=8, log_every=4, eval_every=100)
     vocab = toy_data.tokenizer.vocab_size
-    torch.manual_seed(1)
-    straight = train(small_hourglass(vocab), toy_data, config).records
+    straight = train(tiny_hourglass(vocab, seed=1), toy_data, config).records
 
     def stop_at_step_3(trainer):  # mid-window: steps 1-3 of the 4 the first record averages
         trainer.stop_requested = trainer.step == 3
 
     path = tmp_path / "checkpoint.pt"
-    torch.manual_seed(1)
     with pytest.raises(KeyboardInterrupt):
-        train(small_hourglass(vocab), toy_data, config, checkpoint_path=path,
+        train(tiny_hourglass(vocab, seed=1), toy_data, config, checkpoint_path=path,
               callbacks=[stop_at_step_3])
     assert load_checkpoint(path)["log_window"]["steps"] == 3
-    resumed = train(small_hourglass(vocab), toy_data, config, checkpoint_path=path,
+    resumed = train(tiny_hourglass(vocab), toy_data, config, checkpoint_path=path,
                     resume=True).records
     drop_clock = [{k: v for k, v in r.items() if k != "elapsed"} for r in straight]
     assert [{k: v for k, v in r.items() if k != "elapsed"} for r in resumed] == drop_clock
@@ -318,7 +299,7 @@ def test_an_out_that_cannot_be_a_run_folder_is_refused_before_any_work(tmp_path,
 
 def crafted(toy_data, tmp_path, name: str, change) -> Path:
     """A real checkpoint's dict, changed by `change(checkpoint)`, saved as NAME."""
-    checkpoint = Trainer(small_hourglass(toy_data.tokenizer.vocab_size), toy_data,
+    checkpoint = Trainer(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data,
                          small_config()).checkpoint()
     change(checkpoint)
     return save_checkpoint(tmp_path / name, checkpoint)
@@ -345,7 +326,7 @@ def test_crafted_checkpoints_are_refused_with_a_reason(toy_data, tmp_path, capsy
             load_checkpoint(path)
         assert message in str(raised.value), (index, str(raised.value))
     with pytest.raises(ValueError, match="layers in all"):  # each part within the limit
-        crafted_config = {**small_hourglass(5).config.to_dict(), "structure": "600@1 600@2 600@1"}
+        crafted_config = {**tiny_hourglass(5).config.to_dict(), "structure": "600@1 600@2 600@1"}
         model_shapes("HourglassLM", crafted_config, "crafted")
     result = run_main(capsys, "sample", "--ckpt", tmp_path / "crafted0.pt", "--max-new-tokens", "3")
     refused(result, "'version' must be a positive integer")
@@ -438,11 +419,11 @@ def test_a_one_document_corpus_gets_advice_that_works(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def unk_checkpoint(tmp_path_factory) -> Path:
     """A model whose tokenizer has <unk> and normalizes to NFC, trained a step."""
-    documents = toy_documents(60, extra=" café")
+    documents = toy_documents(60, suffix=" café")
     tokenizer = CharTokenizer.from_documents(documents, unk=True, normalize="NFC")
     data = prepare_data(Corpus("cafe", documents), val_fraction=0.1, tokenizer=tokenizer)
     path = tmp_path_factory.mktemp("unk") / "checkpoint.pt"
-    train(small_hourglass(tokenizer.vocab_size), data, small_config(steps=1),
+    train(tiny_hourglass(tokenizer.vocab_size), data, small_config(steps=1),
           checkpoint_path=path)
     return path
 
@@ -479,19 +460,11 @@ def test_structure_digits_must_be_ascii(tmp_path, capsys):
 # Every model class trains, samples and fine-tunes
 
 
-RELATED = {  # class name -> (config class, the fields beyond the common ones)
-    "LongShortLM": (related.LongShortConfig, dict(window=8, segment_size=8, rank=2)),
-    "HTransformerLM": (HTransformerConfig, dict(block_size=4)),
-    "SimpleHierarchicalLM": (related.SimpleHierarchicalConfig,
-                             dict(compressions=(1, 2, 4), windows=(8, None, None))),
+RELATED = {  # class name -> the fields beyond the common ones
+    "LongShortLM": dict(window=8, segment_size=8, rank=2),
+    "HTransformerLM": dict(block_size=4),
+    "SimpleHierarchicalLM": dict(compressions=(1, 2, 4), windows=(8, None, None)),
 }
-
-
-def small_related(class_name: str, vocab_size: int):
-    config_class, fields = RELATED[class_name]
-    config = config_class(vocab_size=vocab_size, d_model=32, n_heads=2, n_layers=2,
-                          max_length=64, **fields)
-    return getattr(related, class_name)(config)
 
 
 @pytest.mark.parametrize("class_name", sorted(RELATED))
@@ -499,14 +472,14 @@ def small_related(class_name: str, vocab_size: int):
 def test_every_model_class_samples_and_finetunes(class_name, toy_data, tmp_path):
     base = tmp_path / "base"
     torch.manual_seed(0)
-    train(small_related(class_name, toy_data.tokenizer.vocab_size), toy_data, small_config(),
-          checkpoint_path=base / "checkpoint.pt")
+    model = tiny_related(class_name, toy_data.tokenizer.vocab_size, **RELATED[class_name])
+    train(model, toy_data, small_config(), checkpoint_path=base / "checkpoint.pt")
     model, _ = load_model(base)
     assert type(model).__name__ == class_name == load_checkpoint(base)["model_class"]
     result = cli("sample", "--ckpt", base, "--prompt", "the", "--max-new-tokens", "10",
                  "--seed", "0")
     assert result.returncode == 0 and result.stdout.startswith("the"), result.stderr
-    new_corpus = write_corpus(tmp_path / "new.txt", toy_documents(80, seed=3, extra=" Zen!"))
+    new_corpus = write_corpus(tmp_path / "new.txt", toy_documents(80, seed=3, suffix=" Zen!"))
     result = cli("finetune", "--from", base, "--corpus", new_corpus, "--out", tmp_path / "ft",
                  "--steps", "2", "--no-progress")
     assert result.returncode == 0, result.stderr
@@ -519,15 +492,15 @@ def test_every_model_class_samples_and_finetunes(class_name, toy_data, tmp_path)
 
 
 def test_finetuning_adds_only_the_training_characters(tmp_path):
-    base_docs = toy_documents(60, extra=" café")  # composed é
+    base_docs = toy_documents(60, suffix=" café")  # composed é
     tokenizer = CharTokenizer.from_documents(base_docs, normalize="NFC")
     base_data = prepare_data(Corpus("base", base_docs), val_fraction=0.1, tokenizer=tokenizer)
     base = tmp_path / "base.pt"
-    train(small_hourglass(tokenizer.vocab_size), base_data, small_config(steps=1),
+    train(tiny_hourglass(tokenizer.vocab_size), base_data, small_config(steps=1),
           checkpoint_path=base)
 
-    new_docs = toy_documents(60, seed=5, extra=unicodedata.normalize("NFD", " café!"))
-    candidates = (f"{first} ø {second}" for first in WORDS for second in WORDS)
+    new_docs = toy_documents(60, seed=5, suffix=unicodedata.normalize("NFD", " café!"))
+    candidates = (f"{first} ø {second}" for first in TOY_WORDS for second in TOY_WORDS)
     only_in_val = next(doc for doc in candidates  # a document the split puts in validation
                        if doc in split_documents(new_docs + [doc], 0.1)[1])
     setup = prepare_finetuning(base, Corpus("new", new_docs + [only_in_val]), val_fraction=0.1)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny import tiny_train_config
 
 import hourglass_edu.loading as loading
 import hourglass_edu.training.config as training_config
@@ -27,9 +28,9 @@ LONGEST_LINE = 1_000  # an error line that quotes a file stays one readable line
 
 
 def small_config(**changes) -> TrainConfig:
-    values = dict(steps=1, batch_size=2, block_size=16, lr=3e-3, warmup_steps=1, eval_every=50,
-                  eval_batches=1, log_every=1, precision="fp32", progress=False, device="cpu")
-    return TrainConfig(**{**values, **changes})
+    values = dict(steps=1, batch_size=2, block_size=16, warmup_steps=1, eval_every=50,
+                  eval_batches=1)
+    return tiny_train_config(**{**values, **changes})
 
 
 @pytest.fixture(scope="module")

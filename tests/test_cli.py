@@ -35,6 +35,7 @@ def test_every_subcommand_has_help(name, capsys):
     assert len(out.splitlines()) > 3  # a description and arguments, not just a usage line
 
 
+@pytest.mark.slow  # a subprocess
 def test_module_entry_point_help():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT),
                                                         os.environ.get("PYTHONPATH", "")])}

@@ -5,14 +5,13 @@ command line in this process (`main([...])`) unless it must mount a file system.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_hourglass
 
 import hourglass_edu.model_folders as model_folders
-from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.cli import build_parser, main
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.devices import resolve_device
@@ -36,9 +35,7 @@ def one_line(err: str, *words: str) -> None:
 
 
 def tiny_folder(folder: Path) -> Path:
-    torch.manual_seed(0)
-    model = HourglassLM(HourglassConfig(vocab_size=TOKENIZER.vocab_size, d_model=16, n_heads=2,
-                                        structure="1@1 1@2 1@1", max_length=32))
+    model = tiny_hourglass(TOKENIZER.vocab_size, d_model=16, max_length=32)
     return export_model_folder(model, TOKENIZER, folder)
 
 
@@ -209,21 +206,6 @@ def test_a_model_folder_where_a_training_run_is_needed_says_what_to_pass(tmp_pat
 
 
 # --- a full disk ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (needs root and mount); skipped where the platform does not allow it."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
-                            capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()})")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def fill(disk: Path, leave: int = 4096) -> None:

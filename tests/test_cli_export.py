@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli_errors import small_disk  # noqa: F401  (a fixture: a 4 MiB tmpfs mount point)
-from test_cli_folders import contents, documents, run, tiny_run
+from cli_runs import contents, documents, run, tiny_run
+from tiny import tiny_hourglass
 
 import hourglass_edu.files as files_module
-from hourglass_edu import HourglassConfig, HourglassLM, load_model
+from hourglass_edu import load_model
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.model_folders import check_export_folder, export_model_folder, read_card
 from hourglass_edu.training import load_checkpoint
@@ -38,8 +38,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 def another_models_folder(folder: Path) -> Path:
     """A model folder of another structure (a plain 2@1), with the figures an export records."""
-    model = HourglassLM(HourglassConfig(vocab_size=5, d_model=16, n_heads=2, structure="2@1",
-                                        max_length=32))
+    model = tiny_hourglass(5, d_model=16, structure="2@1", max_length=32)
     return export_model_folder(model, CharTokenizer("abcd"), folder,
                                card={"corpus": "toy", "steps": 7, "val_bpc": 3.21})
 
@@ -217,7 +216,7 @@ def test_export_into_an_empty_mount_point_writes_in_place_and_leaves_no_hidden_f
 
 @pytest.mark.slow  # mounts a tmpfs (a subprocess; skipped where mounting is not allowed)
 def test_export_into_a_real_mount_point_twice_leaves_no_hidden_folder(
-        runs, tmp_path, capsys, small_disk):  # noqa: F811  (the fixture imported above)
+        runs, tmp_path, capsys, small_disk):
     for source in (runs["a"], runs["a2"]):
         code, out, err = export(capsys, source, small_disk)
         assert code == 0, err

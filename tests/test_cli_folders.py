@@ -6,37 +6,14 @@ from __future__ import annotations
 
 import errno
 import json
-import random
 from pathlib import Path
 
 import pytest
-import torch
+from cli_runs import contents, documents, run, tiny_run
+from tiny import tiny_hourglass
 
-from hourglass_edu import HourglassConfig, HourglassLM
-from hourglass_edu.cli import main
-from hourglass_edu.data import prepare_data
-from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.model_folders import export_model_folder, read_card
-from hourglass_edu.training import TrainConfig, load_checkpoint, train
-
-WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
-
-
-def documents(count: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) for _ in range(count)]
-
-
-def tiny_run(folder: Path, seed: int = 0, structure: str = "1@1 1@2 1@1", **metadata) -> Path:
-    """A two-step run of a tiny hourglass, written to FOLDER/checkpoint.pt."""
-    data = prepare_data(Corpus("toy", documents(60, seed)), val_fraction=0.1)
-    torch.manual_seed(seed)
-    model = HourglassLM(HourglassConfig(vocab_size=data.tokenizer.vocab_size, d_model=16,
-                                        n_heads=2, structure=structure, max_length=32))
-    config = TrainConfig(steps=2, batch_size=2, block_size=16, warmup_steps=1, eval_every=50,
-                         eval_batches=1, precision="fp32", progress=False, device="cpu")
-    train(model, data, config, checkpoint_path=folder / "checkpoint.pt", metadata=metadata)
-    return folder
+from hourglass_edu.training import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +26,6 @@ def corpus_file(tmp_path) -> Path:
     path = tmp_path / "toy.txt"
     path.write_text("\n\n".join(documents(80, seed=3)) + "\n", encoding="utf-8")
     return path
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(arg) for arg in argv])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, captured.err
-
-
-def contents(folder: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -84,8 +50,7 @@ def test_export_refuses_a_folder_of_the_users_own_files_and_force_keeps_the_othe
 
 def test_export_over_one_of_our_model_folders_replaces_it_whole(run_folder, tmp_path, capsys):
     folder = tmp_path / "model"
-    model = HourglassLM(HourglassConfig(vocab_size=5, d_model=16, n_heads=2,
-                                        structure="1@1 1@2 1@1", max_length=32))
+    model = tiny_hourglass(5, d_model=16, max_length=32)
     from hourglass_edu.data import CharTokenizer
 
     export_model_folder(model, CharTokenizer("abcd"), folder, history={"records": []})

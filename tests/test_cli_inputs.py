@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_hourglass
 
 import hourglass_edu.data
 import hourglass_edu.pretrained as pretrained
@@ -24,7 +25,6 @@ from hourglass_edu.cli import main
 from hourglass_edu.data import prepare_data
 from hourglass_edu.data.provenance import corpus_sha256
 from hourglass_edu.devices import resolve_device
-from hourglass_edu.hourglass import HourglassConfig, HourglassLM
 from hourglass_edu.training import TrainConfig, load_checkpoint, train
 from hourglass_edu.training.checkpoints import model_source, save_checkpoint
 
@@ -275,9 +275,7 @@ def write_poems(path: Path, seed: int = 0) -> Path:
 
 def trained_run(corpus: Path, out: Path) -> Path:
     data = prepare_data(corpus, val_fraction=0.1)
-    torch.manual_seed(0)
-    model = HourglassLM(HourglassConfig(vocab_size=data.tokenizer.vocab_size, d_model=16,
-                                        n_heads=2, structure="1@1 1@2 1@1", max_length=32))
+    model = tiny_hourglass(data.tokenizer.vocab_size, d_model=16, max_length=32)
     config = TrainConfig(steps=1, batch_size=2, block_size=16, warmup_steps=0, eval_every=50,
                          eval_batches=1, precision="fp32", progress=False, device="cpu")
     train(model, data, config, checkpoint_path=out / "checkpoint.pt")
@@ -372,8 +370,7 @@ def test_resuming_does_not_compare_where_the_corpus_lies(tmp_path):
     data = prepare_data(small, val_fraction=0.1)
     checkpoint_data = {**data_fingerprint(data), "corpus_path": "/elsewhere/small.txt"}
     old = {key: value for key, value in checkpoint_data.items() if not key.startswith("corpus_")}
-    model = HourglassLM(HourglassConfig(vocab_size=data.tokenizer.vocab_size, d_model=16,
-                                        n_heads=2, structure="1@1 1@2 1@1", max_length=32))
+    model = tiny_hourglass(data.tokenizer.vocab_size, d_model=16, max_length=32)
     config = TrainConfig(steps=1)
     for saved in (checkpoint_data, old):
         checkpoint = {"model_config": model.config.to_dict(), "train_config": config.to_dict(),

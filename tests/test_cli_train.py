@@ -9,7 +9,7 @@ import pytest
 from hourglass_edu.cli import main
 from hourglass_edu.training import load_checkpoint
 
-pytestmark = pytest.mark.corpus
+pytestmark = [pytest.mark.slow, pytest.mark.corpus]  # trains on the real corpora
 
 
 

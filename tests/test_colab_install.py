@@ -162,7 +162,7 @@ def test_colab_style_install_ships_the_models_and_runs_notebook_07(tmp_path):
     assert report["pip_lines"] == [course.colab_install_command().removeprefix("%pip ")], (
         "the Colab cell must run the course's install command")
     # This venv has no Colab pins, so pip picks the newest ipywidgets; on Colab's own 7.7.1 the
-    # cell leaves the custom manager off (tests/test_course_cells.py, .ci/colab-stack).
+    # cell leaves the custom manager off (tests/repository/test_course_cells.py, .ci/colab-stack).
     needs_custom_manager = int(report["ipywidgets"].split(".")[0]) >= 8
     assert report["widget_manager"] == needs_custom_manager, (
         f"with ipywidgets {report['ipywidgets']} the Colab cell must "

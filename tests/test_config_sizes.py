@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_hourglass
 from torch import nn
 
 import hourglass_edu.loading as loading
@@ -61,9 +62,7 @@ def nothing_may_be_built(monkeypatch):
 
 
 def tiny_folder(folder: Path) -> Path:
-    torch.manual_seed(0)
-    model = HourglassLM(HourglassConfig(vocab_size=TOKENIZER.vocab_size, d_model=16, n_heads=2,
-                                        structure="1@1 1@2 1@1", max_length=32))
+    model = tiny_hourglass(TOKENIZER.vocab_size, d_model=16, max_length=32)
     return export_model_folder(model, TOKENIZER, folder)
 
 
@@ -344,8 +343,7 @@ def test_finetuning_on_a_corpus_of_too_many_characters_names_it_before_the_model
         tmp_path, monkeypatch):
     from hourglass_edu.training import finetuning, prepare_finetuning
 
-    base = HourglassLM(HourglassConfig(vocab_size=TOKENIZER.vocab_size, d_model=16, n_heads=2,
-                                       structure="1@1 1@2 1@1", max_length=32))
+    base = tiny_hourglass(TOKENIZER.vocab_size, d_model=16, max_length=32)
     monkeypatch.setattr(finetuning, "extend_vocabulary",
                         lambda *args: pytest.fail("the model grew before the refusal"))
     checkpoint = {"model_class": "HourglassLM", "model_config": base.config.to_dict(),

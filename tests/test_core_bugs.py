@@ -12,15 +12,14 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_train_config
 
 from hourglass_edu.blocks import RotaryEmbedding, rotary_inverse_frequencies
 from hourglass_edu.training import TrainConfig, train
 
 
 def tiny_run(steps: int = 3) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=4, block_size=32, lr=3e-3, warmup_steps=1,
-                       eval_every=steps, eval_batches=1, log_every=1, precision="fp32",
-                       progress=False, device="cpu")
+    return tiny_train_config(steps=steps, warmup_steps=1, eval_every=steps, eval_batches=1)
 
 
 # --- bits per character: nats over ln 2 -----------------------------------------------------------

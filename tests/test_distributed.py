@@ -28,7 +28,7 @@ from hourglass_edu.training.trainer import Trainer
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 240  # seconds; two tiny processes need well under a minute
 
-pytestmark = pytest.mark.timeout(2 * LAUNCH_TIMEOUT)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * LAUNCH_TIMEOUT)]  # torchrun
 
 
 def _load_worker():

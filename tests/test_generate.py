@@ -16,8 +16,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import structures
+from tiny import tiny_hourglass
 
-from hourglass_edu import HourglassConfig, HourglassLM
+from hourglass_edu import HourglassLM
 from hourglass_edu.attention import KeyValueCache
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.decoding import CachedDecoder
@@ -32,28 +34,14 @@ COMBOS = list(itertools.product(("avg", "linear", "attention"), ("repeat", "line
 
 
 
-@st.composite
-def structures(draw):
-    """Random structures: 1-3 levels, relative factors 2-5, 0-2 blocks around each level."""
-    n_levels = draw(st.integers(1, 3))
-    factors = [1]
-    for _ in range(n_levels - 1):
-        factors.append(factors[-1] * draw(st.integers(2, 5)))
-    going_in = [f"{draw(st.integers(0, 2))}@{f}" for f in factors[:-1]]
-    coming_out = [f"{draw(st.integers(0, 2))}@{f}" for f in reversed(factors[:-1])]
-    return " ".join([*going_in, f"{draw(st.integers(1, 2))}@{factors[-1]}", *coming_out])
-
-
 def build(structure, shortening="avg", upsampling="repeat", shift_fill="zeros", seed=0,
           max_length=96, **overrides) -> HourglassLM:
     """A tiny model with weights pushed far from init, so every part shows in the logits."""
-    torch.manual_seed(seed)
-    config = HourglassConfig(
-        vocab_size=len(VOCAB_CHARS) + 1, d_model=16, n_heads=2, structure=structure,
+    model = tiny_hourglass(
+        len(VOCAB_CHARS) + 1, seed=seed, d_model=16, structure=structure,
         shortening=shortening, upsampling=upsampling, shift_fill=shift_fill, d_ff=32,
         max_length=max_length, **overrides,
-    )
-    model = HourglassLM(config).eval()
+    ).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.3)
@@ -220,9 +208,7 @@ def test_long_prompt_and_window_overflow_match_recompute(tokenizer):
 
 
 def test_cached_decoding_runs_on_one_thread_and_gives_the_caller_its_setting_back(monkeypatch):
-    torch.manual_seed(0)
-    model = HourglassLM(HourglassConfig(vocab_size=11, d_model=16, n_heads=2,
-                                        structure="1@1 1@2 1@1", max_length=64))
+    model = tiny_hourglass(11, d_model=16)
     tokenizer = CharTokenizer("abcdefghi\n")
     seen = []
     extend = HourglassCache.extend

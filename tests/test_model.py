@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_hourglass
 
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.attention import (
@@ -32,8 +33,9 @@ TINY = dict(vocab_size=11, d_model=16, n_heads=2, d_ff=32, max_length=64)
 
 
 def tiny_model(seed=0, **overrides) -> HourglassLM:
-    torch.manual_seed(seed)
-    return HourglassLM(HourglassConfig(**{**TINY, **overrides})).eval()
+    """The shared tiny model at TINY's sizes, with the library's default structure."""
+    fields = {**TINY, "structure": HourglassConfig.structure, **overrides}
+    return tiny_hourglass(seed=seed, **fields).eval()
 
 
 def tokens(batch=2, length=23, seed=1):

@@ -11,10 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-from test_train import tiny_config  # noqa: E402
+from tiny import tiny_hourglass, tiny_train_config  # noqa: E402
 
-from hourglass_edu import HourglassConfig, HourglassLM, generate, widgets  # noqa: E402
+from hourglass_edu import generate, widgets  # noqa: E402
 from hourglass_edu.data import CharTokenizer  # noqa: E402
 from hourglass_edu.generation import stream  # noqa: E402
 from hourglass_edu.model_folders import export_model_folder, load_model_folder  # noqa: E402
@@ -31,9 +30,7 @@ NOT_OURS = "not the one this model was loaded or trained with"
 
 
 def tiny(vocab_size=OWN.vocab_size, seed=0):
-    torch.manual_seed(seed)
-    return HourglassLM(HourglassConfig(vocab_size=vocab_size, d_model=16, n_heads=2,
-                                       structure="1@1 1@2 1@1", max_length=32)).eval()
+    return tiny_hourglass(vocab_size, seed=seed, d_model=16, max_length=32).eval()
 
 
 @pytest.fixture
@@ -105,7 +102,7 @@ def test_shipped_models_load_unchanged_and_pair_by_vocabulary():
 
 def test_training_and_its_checkpoint_pair_the_model_with_the_datas_tokenizer(toy_data, tmp_path):
     model = tiny(vocab_size=toy_data.tokenizer.vocab_size)
-    train(model, toy_data, tiny_config(steps=1, eval_every=1, eval_batches=1),
+    train(model, toy_data, tiny_train_config(steps=1, eval_every=1, eval_batches=1),
           checkpoint_path=tmp_path / "run" / "checkpoint.pt")
     assert model.vocabulary_sha256 == toy_data.tokenizer.vocabulary_sha256
     loaded, tokenizer = model_from_checkpoint(load_checkpoint(tmp_path / "run" / "checkpoint.pt"))

@@ -15,8 +15,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hourglass_edu import HourglassConfig, HourglassLM
+from strategies import mirrored_structures
+from tiny import tiny_hourglass
 
 VOCAB = 7
 TOLERANCE = 1e-5
@@ -24,26 +24,10 @@ COMBOS = list(itertools.product(("avg", "linear", "attention"), ("repeat", "line
                                 ("zeros", "learned")))
 
 
-@st.composite
-def structures(draw, min_levels=1):
-    """Random structure strings: 1-3 levels, relative factors 2-5, 0-1 blocks around each."""
-    n_levels = draw(st.integers(min_levels, 3))
-    factors = [1]
-    for _ in range(n_levels - 1):
-        factors.append(factors[-1] * draw(st.integers(2, 5)))
-    outer_layers = [draw(st.integers(0, 1)) for _ in range(2 * (n_levels - 1))]
-    going_in = [f"{outer_layers[i]}@{factors[i]}" for i in range(n_levels - 1)]
-    coming_out = [f"{outer_layers[-1 - i]}@{factors[i]}" for i in reversed(range(n_levels - 1))]
-    middle = f"{draw(st.integers(1, 2))}@{factors[-1]}"
-    return " ".join([*going_in, middle, *coming_out])
-
-
 def build(structure, shortening, upsampling, shift_fill, seed, **overrides):
-    torch.manual_seed(seed)
-    config = HourglassConfig(vocab_size=VOCAB, d_model=16, n_heads=2, structure=structure,
-                             shortening=shortening, upsampling=upsampling, shift_fill=shift_fill,
-                             d_ff=32, max_length=128, **overrides)
-    return HourglassLM(config).eval()
+    return tiny_hourglass(VOCAB, seed=seed, d_model=16, structure=structure,
+                          shortening=shortening, upsampling=upsampling, shift_fill=shift_fill,
+                          d_ff=32, max_length=128, **overrides).eval()
 
 
 
@@ -73,7 +57,7 @@ def causality_errors(model, tokens, check_prefixes=True) -> tuple[float, float]:
 
 @pytest.mark.parametrize("shortening,upsampling,shift_fill", COMBOS)
 @settings(max_examples=6)
-@given(structure=structures(), length=st.integers(1, 70), seed=st.integers(0, 2**16))
+@given(structure=mirrored_structures(), length=st.integers(1, 70), seed=st.integers(0, 2**16))
 def test_hourglass_is_causal(shortening, upsampling, shift_fill, structure, length, seed):
     # 18 combinations x 6 examples = 108 random models per run
     model = build(structure, shortening, upsampling, shift_fill, seed)
@@ -84,8 +68,8 @@ def test_hourglass_is_causal(shortening, upsampling, shift_fill, structure, leng
 
 
 @settings(max_examples=20)
-@given(structure=structures(min_levels=2), length=st.integers(2, 70), seed=st.integers(0, 2**16),
-       combo=st.sampled_from(COMBOS))
+@given(structure=mirrored_structures(min_levels=2), length=st.integers(2, 70),
+       seed=st.integers(0, 2**16), combo=st.sampled_from(COMBOS))
 def test_without_shift_the_check_finds_the_leak(structure, length, seed, combo):
     # With >= 2 levels and >= 2 tokens, position 0 reads a group holding token 1: a leak exists.
     model = build(structure, *combo, seed, unsafe_disable_shift=True)

@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
+from tiny import tiny_hourglass
 
-from hourglass_edu import HourglassConfig, HourglassLM, load_model
+from hourglass_edu import load_model
 from hourglass_edu.cli import main
 from hourglass_edu.data import CharTokenizer
 from hourglass_edu.model_folders import (
@@ -23,9 +24,8 @@ TOKENIZER = CharTokenizer("abcdefgh \n")
 
 
 def tiny(structure="1@1 1@2 1@1"):
-    torch.manual_seed(0)
-    return HourglassLM(HourglassConfig(vocab_size=TOKENIZER.vocab_size, d_model=16, n_heads=2,
-                                       structure=structure, max_length=32)).eval()
+    return tiny_hourglass(TOKENIZER.vocab_size, d_model=16, structure=structure,
+                          max_length=32).eval()
 
 
 def test_float32_round_trip_is_exact_and_the_card_holds_the_sha256(tmp_path):
@@ -98,8 +98,7 @@ def test_cli_export_then_sample_from_the_folder(tmp_path, capsys):
 
     data = prepare_data(Corpus("toy", [f"abc defg hab {i % 10}\n" * 3 for i in range(40)]),
                         val_fraction=0.1)
-    model = HourglassLM(HourglassConfig(vocab_size=data.tokenizer.vocab_size, d_model=16,
-                                        n_heads=2, structure="1@1 1@2 1@1", max_length=32))
+    model = tiny_hourglass(data.tokenizer.vocab_size, d_model=16, max_length=32)
     train(model, data, TrainConfig(steps=2, batch_size=2, block_size=16, progress=False,
                                    device="cpu", precision="fp32"),
           checkpoint_path=tmp_path / "run" / "checkpoint.pt")

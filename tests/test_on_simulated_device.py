@@ -10,7 +10,6 @@ the CPU's, so results are also compared with the same computation on the CPU.
 from __future__ import annotations
 
 import io
-import random
 
 import matplotlib
 
@@ -21,16 +20,15 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import simulated_device  # noqa: E402
 import torch  # noqa: E402
+from tiny import tiny_hourglass, toy_data  # noqa: E402
 
-from hourglass_edu import HourglassConfig, HourglassLM, viz, widgets  # noqa: E402
+from hourglass_edu import HourglassLM, viz, widgets  # noqa: E402
 from hourglass_edu.analysis import (  # noqa: E402
     dependency_matrix,
     inspect_text,
     principal_components,
     saved_activation_bytes,
 )
-from hourglass_edu.data import prepare_data
-from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.generation import generate  # noqa: E402
 from hourglass_edu.model_folders import export_model_folder, load_model_folder  # noqa: E402
 from hourglass_edu.related import (
@@ -57,20 +55,15 @@ SIM = simulated_device.DEVICE  # "sim:0"; torch knows it once `install()` has ru
 def sim_device():
     """Register "sim" when these tests run, not when pytest collects the file."""
     simulated_device.install()
-WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
-
-
 @pytest.fixture(scope="module")
 def data():
-    rng = random.Random(0)
-    documents = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) for _ in range(80)]
-    return prepare_data(Corpus(name="toy", documents=documents), val_fraction=0.1, seed=0)
+    """80 one-line toy documents of 3-8 words."""
+    return toy_data(count=80, lines=1, words_per_line=(3, 8))
 
 
-def tiny_hourglass(vocab_size: int, seed: int = 0) -> HourglassLM:
-    torch.manual_seed(seed)
-    return HourglassLM(HourglassConfig(vocab_size=vocab_size, d_model=32, n_heads=2,
-                                       structure="1@1 1@3 1@1", max_length=64))
+def tiny_by_three(vocab_size: int, seed: int = 0) -> HourglassLM:
+    """The shared tiny model, shortened by 3 (a factor that does not divide the test lengths)."""
+    return tiny_hourglass(vocab_size, seed=seed, structure="1@1 1@3 1@1")
 
 
 def on_sim(module: torch.nn.Module) -> bool:
@@ -157,11 +150,11 @@ def test_adamw_foreach_and_fused_train_on_sim_like_on_the_cpu():
 
 
 def test_a_state_dict_saves_through_the_cpu_and_loads_back_onto_sim():
-    model = tiny_hourglass(12).to(SIM)
+    model = tiny_by_three(12).to(SIM)
     buffer = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
     buffer.seek(0)
-    restored = tiny_hourglass(12, seed=1).to(SIM)
+    restored = tiny_by_three(12, seed=1).to(SIM)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
     assert on_sim(restored)
     for name, value in model.state_dict().items():
@@ -178,7 +171,7 @@ def test_training_on_sim_matches_the_cpu_and_its_checkpoint_loads(data, tmp_path
                     eval_batches=2, log_every=1, precision="fp32", progress=False)
     histories, models = [], []
     for device in ("cpu", "sim"):
-        model = tiny_hourglass(data.tokenizer.vocab_size)
+        model = tiny_by_three(data.tokenizer.vocab_size)
         histories.append(train(model, data, TrainConfig(**settings, device=device)))
         models.append(model)
     assert on_sim(models[1])
@@ -190,7 +183,7 @@ def test_training_on_sim_matches_the_cpu_and_its_checkpoint_loads(data, tmp_path
 
 
 def test_a_checkpoint_and_a_model_folder_written_from_sim_load_back_onto_sim(data, tmp_path):
-    model = tiny_hourglass(data.tokenizer.vocab_size)
+    model = tiny_by_three(data.tokenizer.vocab_size)
     train(model, data, TrainConfig(steps=1, batch_size=2, block_size=16, eval_every=1,
                                    eval_batches=1, precision="fp32", progress=False,
                                    device="sim"), checkpoint_path=tmp_path / "run.pt")
@@ -208,7 +201,7 @@ def related_models(vocab_size: int) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     tiny = dict(vocab_size=vocab_size, d_model=32, n_heads=2, n_layers=2, max_length=64)
     return {
-        "hourglass": tiny_hourglass(vocab_size),
+        "hourglass": tiny_by_three(vocab_size),
         "long_short": LongShortLM(LongShortConfig(**tiny, window=5, segment_size=4, rank=2)),
         "h_transformer": HTransformerLM(HTransformerConfig(**tiny, block_size=4)),
         "simple_hierarchical": SimpleHierarchicalLM(SimpleHierarchicalConfig(
@@ -245,7 +238,7 @@ def test_attention_scores_are_counted_on_sim_as_on_the_cpu(data):
 
 
 def test_run_with_cache_and_analysis_on_sim(data):
-    model = tiny_hourglass(data.tokenizer.vocab_size).to(SIM).eval()
+    model = tiny_by_three(data.tokenizer.vocab_size).to(SIM).eval()
     tokens = torch.tensor(data.tokenizer.encode("the old pond a frog"), device=SIM)
     logits, cache = model.run_with_cache(tokens[None])
     assert logits.device.type == "sim"
@@ -263,7 +256,7 @@ def test_run_with_cache_and_analysis_on_sim(data):
 
 @pytest.mark.slow
 def test_every_figure_draws_from_sim_results(data):
-    model = tiny_hourglass(data.tokenizer.vocab_size).to(SIM).eval()
+    model = tiny_by_three(data.tokenizer.vocab_size).to(SIM).eval()
     look = inspect_text(model, data.tokenizer, "the old pond a frog")
     tokens = torch.tensor(data.tokenizer.encode("the old pond"), device=SIM)
     matrix = dependency_matrix(model, tokens)
@@ -286,7 +279,7 @@ def test_every_figure_draws_from_sim_results(data):
 
 @pytest.mark.slow
 def test_every_widget_works_on_sim(data):
-    model = tiny_hourglass(data.tokenizer.vocab_size).to(SIM)
+    model = tiny_by_three(data.tokenizer.vocab_size).to(SIM)
     demo = widgets.generation_demo(model, data.tokenizer, prompt="the old")
     demo.length.value = 8
     demo.seed.value = 1

@@ -13,8 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_hourglass
 
-from hourglass_edu import HourglassConfig, HourglassLM
+from hourglass_edu import HourglassLM
 from hourglass_edu.training import build_model, get_preset
 
 VOCAB = 200  # more than either corpus's tokenizer, so the head is not underestimated
@@ -57,10 +58,7 @@ def test_gpu_preset_at_full_batch_fits_a_t4_in_fp16_on_meta():
 
 
 def tiny_model(seed=0, **changes) -> HourglassLM:
-    torch.manual_seed(seed)
-    fields = dict(vocab_size=20, d_model=32, n_heads=2, structure="1@1 1@2 1@1", max_length=32)
-    fields.update(changes)
-    return HourglassLM(HourglassConfig(**fields))
+    return tiny_hourglass(20, seed=seed, **{"max_length": 32, **changes})
 
 
 def loss_and_gradients(model, tokens, dtype=None):

@@ -42,6 +42,7 @@ def test_each_model_loads_intact_and_its_card_is_complete(name):
     assert next(model.parameters()).dtype.is_floating_point and not model.training
 
 
+@pytest.mark.slow
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", SHIPPED)
 def test_validation_slice_scores_what_the_card_says(name, corpus_dir):
@@ -57,6 +58,7 @@ def test_validation_slice_scores_what_the_card_says(name, corpus_dir):
     assert slice_bpc == pytest.approx(card["slice_bpc"], abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", POEM_MODELS)
 def test_poem_models_end_their_poems_by_themselves(name):
     model, tokenizer = load_pretrained(name)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import tiny_related
 
 from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.related import (
@@ -28,22 +29,16 @@ def tiny_models():
     torch.manual_seed(0)
     hierarchical = dict(compressions=(1, 2, 4), windows=(4, None, 3))
     return {
-        "long_short": LongShortLM(LongShortConfig(**TINY, window=5, segment_size=4, rank=2)),
-        "long_short_window_only": LongShortLM(
-            LongShortConfig(**TINY, window=3, segment_size=None, rank=None)
-        ),
-        "h_transformer": HTransformerLM(HTransformerConfig(**TINY, block_size=4)),
-        "simple_hierarchical": SimpleHierarchicalLM(
-            SimpleHierarchicalConfig(**TINY, **hierarchical)
-        ),
-        "simple_hierarchical_strided": SimpleHierarchicalLM(
-            SimpleHierarchicalConfig(**TINY, **hierarchical, strides=(1, 2, 4))
-        ),
-        "simple_hierarchical_mixed": SimpleHierarchicalLM(
-            SimpleHierarchicalConfig(
-                **TINY, **hierarchical, strides=(1, 1, 2), stream_widths=(32, 48, 64),
-                token_shift=False,
-            )
+        "long_short": tiny_related("LongShortLM", VOCAB, window=5, segment_size=4, rank=2),
+        "long_short_window_only": tiny_related("LongShortLM", VOCAB, window=3,
+                                               segment_size=None, rank=None),
+        "h_transformer": tiny_related("HTransformerLM", VOCAB, block_size=4),
+        "simple_hierarchical": tiny_related("SimpleHierarchicalLM", VOCAB, **hierarchical),
+        "simple_hierarchical_strided": tiny_related("SimpleHierarchicalLM", VOCAB, **hierarchical,
+                                                    strides=(1, 2, 4)),
+        "simple_hierarchical_mixed": tiny_related(
+            "SimpleHierarchicalLM", VOCAB, **hierarchical, strides=(1, 1, 2),
+            stream_widths=(32, 48, 64), token_shift=False,
         ),
     }
 
@@ -531,6 +526,7 @@ def trained_on_a_cycle(model, ids, steps=40):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(cache_models()))
 def test_cached_and_recomputed_greedy_generation_are_identical(name):
     """Greedy, past max_length (the window slides and the cache is prefilled again)."""

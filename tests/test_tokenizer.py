@@ -9,12 +9,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import documents, texts
 
 from hourglass_edu.data import EOT, CharTokenizer
 from hourglass_edu.data.tokenizer import UNK
-
-texts = st.text(min_size=0, max_size=60)
-documents = st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=8)
 
 
 @given(documents)

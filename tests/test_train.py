@@ -14,12 +14,11 @@ import signal
 
 import pytest
 import torch
+from tiny import losses, tiny_hourglass, tiny_train_config, toy_corpus
 from torch import nn
 
 import hourglass_edu.training.trainer as trainer_module
-from hourglass_edu import HourglassConfig, HourglassLM
 from hourglass_edu.data import prepare_data
-from hourglass_edu.data.corpora import Corpus
 from hourglass_edu.training import (
     PRESETS,
     History,
@@ -36,44 +35,6 @@ from hourglass_edu.training import (
 )
 from hourglass_edu.training.checkpoints import save_checkpoint
 from hourglass_edu.training.optimization import parameter_groups
-
-WORDS = "the old pond a frog jumps in sound of water moon over mountain quiet night".split()
-
-
-def toy_corpus(name="toy", n_docs=120, seed=0, extra_words=()) -> Corpus:
-    rng = random.Random(seed)
-    words = WORDS + list(extra_words)
-    documents = [
-        "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(2, 4))) for _ in range(3))
-        for _ in range(n_docs)
-    ]
-    return Corpus(name=name, documents=documents)
-
-
-
-
-@pytest.fixture(scope="module")
-def toy_data():
-    return prepare_data(toy_corpus(), val_fraction=0.1, seed=0)
-
-
-def tiny_model(vocab_size, dropout=0.0, seed=0, **changes):
-    torch.manual_seed(seed)
-    fields = dict(d_model=32, n_heads=2, structure="1@1 1@2 1@1", max_length=64, dropout=dropout)
-    fields.update(changes)
-    return HourglassLM(HourglassConfig(vocab_size=vocab_size, **fields))
-
-
-def tiny_config(**changes) -> TrainConfig:
-    values = dict(steps=8, batch_size=4, block_size=32, lr=3e-3, warmup_steps=2, eval_every=4,
-                  eval_batches=2, log_every=1, precision="fp32", progress=False, device="cpu")
-    values.update(changes)
-    return TrainConfig(**values)
-
-
-def losses(history: History) -> list[float]:
-    return [record["train_loss"] for record in history.records]
-
 
 # ------------------------------------------------------------------------------------------
 # Configuration, schedule, optimizer groups
@@ -95,32 +56,32 @@ def losses(history: History) -> list[float]:
 )
 def test_bad_train_config_says_what_to_change(changes, word):
     with pytest.raises(ValueError, match=word):
-        tiny_config(**changes)
+        tiny_train_config(**changes)
 
 
 def test_train_config_round_trips_and_rejects_unknown_fields():
-    config = tiny_config(grad_clip=None, minutes=1.5)
+    config = tiny_train_config(grad_clip=None, minutes=1.5)
     assert TrainConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({**config.to_dict(), "learning_rate": 1.0})
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine_to_the_floor():
-    config = tiny_config(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    config = tiny_train_config(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
     assert learning_rate(config, 0, 0.0) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5 * (1 + 1)))
     assert learning_rate(config, 50, 0.0) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down
     assert learning_rate(config, 100, 0.0) == pytest.approx(0.1)
     rates = [learning_rate(config, step, 0.0) for step in range(10, 100)]
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))  # decays monotonically
     # A time budget drives the cosine by the clock.
-    timed = tiny_config(steps=None, minutes=2.0, warmup_steps=0, lr=1.0, min_lr_ratio=0.0)
+    timed = tiny_train_config(steps=None, minutes=2.0, warmup_steps=0, lr=1.0, min_lr_ratio=0.0)
     assert learning_rate(timed, 5, 60.0) == pytest.approx(0.5)
     assert learning_rate(timed, 5, 120.0) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_weight_decay_only_on_linear_weight_matrices(tie):
-    model = tiny_model(20, shortening="attention", upsampling="linear", shift_fill="learned",
+    model = tiny_hourglass(20, shortening="attention", upsampling="linear", shift_fill="learned",
                        tie_embeddings=tie)
     decay, no_decay = parameter_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -174,7 +135,7 @@ def test_bits_per_character_of_a_uniform_model_is_log2_vocab(toy_data):
 
 
 def test_whole_split_bpc_scores_every_target_once(toy_data):
-    model = tiny_model(toy_data.tokenizer.vocab_size)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     ids = toy_data.val_ids[:203]
     with torch.no_grad():  # reference: one pass over the whole stream, context capped at 64
         total = 0.0
@@ -191,7 +152,7 @@ def test_whole_split_bpc_scores_every_target_once(toy_data):
 
 
 def test_sampled_evaluation_is_reproducible_and_leaves_global_rng_alone(toy_data):
-    model = tiny_model(toy_data.tokenizer.vocab_size, dropout=0.5).train()
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.5).train()
     state = torch.get_rng_state()
     first = evaluate_bpc(model, toy_data.val_ids, batch_size=4, block_size=32, max_batches=3)
     assert torch.equal(torch.get_rng_state(), state)  # dropout is off, no global draws
@@ -204,10 +165,11 @@ def test_sampled_evaluation_is_reproducible_and_leaves_global_rng_alone(toy_data
 # Training
 
 
+@pytest.mark.slow
 def test_training_lowers_validation_bpc_and_records_history(toy_data):
-    model = tiny_model(toy_data.tokenizer.vocab_size)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     before = evaluate_bpc(model, toy_data.val_ids, batch_size=4, block_size=32, max_batches=2)
-    history = train(model, toy_data, tiny_config(steps=40, eval_every=20, log_every=5))
+    history = train(model, toy_data, tiny_train_config(steps=40, eval_every=20, log_every=5))
     assert [r["step"] for r in history.records] == list(range(5, 41, 5))
     assert history.records[-1]["tokens"] == 40 * 4 * 32
     assert history.column("val_bpc") == [history.records[3]["val_bpc"], history.last_val_bpc]
@@ -229,9 +191,10 @@ def test_gradient_accumulation_equals_one_big_batch(toy_data, monkeypatch):
     monkeypatch.setattr(trainer_module, "sample_batch", counted)
     results = []
     for batch_size, accumulate in ((8, 1), (4, 2), (2, 4)):
-        model = tiny_model(toy_data.tokenizer.vocab_size)
-        train(model, toy_data, tiny_config(steps=1, batch_size=batch_size, grad_accum=accumulate,
-                                           warmup_steps=0, eval_every=100))
+        model = tiny_hourglass(toy_data.tokenizer.vocab_size)
+        train(model, toy_data, tiny_train_config(steps=1, batch_size=batch_size,
+                                                 grad_accum=accumulate, warmup_steps=0,
+                                                 eval_every=100))
         results.append(model.state_dict())
     assert draws == [8, 8, 8]  # one draw of the whole step, however it is split
     for other in results[1:]:
@@ -241,14 +204,14 @@ def test_gradient_accumulation_equals_one_big_batch(toy_data, monkeypatch):
 
 
 def test_block_size_longer_than_the_model_is_refused(toy_data):
-    model = tiny_model(toy_data.tokenizer.vocab_size)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     with pytest.raises(ValueError, match="max_length"):
-        train(model, toy_data, tiny_config(block_size=128))
+        train(model, toy_data, tiny_train_config(block_size=128))
 
 
 def test_time_budget_stops_training(toy_data):
-    model = tiny_model(toy_data.tokenizer.vocab_size)
-    history = train(model, toy_data, tiny_config(steps=None, minutes=0.02, eval_every=10_000))
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
+    history = train(model, toy_data, tiny_train_config(steps=None, minutes=0.02, eval_every=10_000))
     assert 0 < history.records[-1]["step"] and history.records[-1]["elapsed"] >= 1.2
     assert history.records[-1]["val_bpc"] is not None  # the last step always evaluates
 
@@ -258,7 +221,7 @@ def test_time_budget_stops_training(toy_data):
 
 
 def run_straight(data, config):
-    model = tiny_model(data.tokenizer.vocab_size, dropout=0.1)
+    model = tiny_hourglass(data.tokenizer.vocab_size, dropout=0.1)
     return train(model, data, config), model
 
 
@@ -269,7 +232,7 @@ def test_resume_is_exact(toy_data, tmp_path, precision):
     Dropout is on, so the global RNG must be restored too. This holds bit for bit on CPU in fp32
     and under bf16 autocast (CPU kernels are deterministic for a fixed thread count).
     """
-    config = tiny_config(steps=8, precision=precision)
+    config = tiny_train_config(steps=8, precision=precision)
     straight, straight_model = run_straight(toy_data, config)
 
     path = tmp_path / "run" / "checkpoint.pt"
@@ -278,14 +241,14 @@ def test_resume_is_exact(toy_data, tmp_path, precision):
         if trainer.step == 4:
             raise KeyboardInterrupt
 
-    first = tiny_model(toy_data.tokenizer.vocab_size, dropout=0.1)
+    first = tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.1)
     with pytest.raises(KeyboardInterrupt):
         train(first, toy_data, config, checkpoint_path=path, callbacks=[stop_at_four])
     assert load_checkpoint(path)["step"] == 4
 
     torch.manual_seed(12345)  # disturb the global RNG: resume must restore it
     random.seed(99)
-    resumed_model = tiny_model(toy_data.tokenizer.vocab_size, dropout=0.1, seed=7)
+    resumed_model = tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.1, seed=7)
     resumed = train(resumed_model, toy_data, config, checkpoint_path=path, resume=True)
     assert losses(resumed) == losses(straight)
     assert resumed.column("val_bpc") == straight.column("val_bpc")
@@ -295,8 +258,8 @@ def test_resume_is_exact(toy_data, tmp_path, precision):
 
 def test_checkpoint_holds_the_whole_run_and_rebuilds_the_model(toy_data, tmp_path):
     path = tmp_path / "checkpoint.pt"
-    model = tiny_model(toy_data.tokenizer.vocab_size)
-    train(model, toy_data, tiny_config(steps=4), checkpoint_path=path)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
+    train(model, toy_data, tiny_train_config(steps=4), checkpoint_path=path)
     checkpoint = load_checkpoint(tmp_path)  # a directory means DIR/checkpoint.pt
     assert checkpoint["step"] == 4 and checkpoint["train_config"]["steps"] == 4
     assert checkpoint["data"]["corpus"] == "toy"
@@ -312,22 +275,22 @@ def test_checkpoint_holds_the_whole_run_and_rebuilds_the_model(toy_data, tmp_pat
 
 def test_fresh_run_does_not_overwrite_and_resume_needs_a_checkpoint(toy_data, tmp_path):
     path = tmp_path / "checkpoint.pt"
-    model = tiny_model(toy_data.tokenizer.vocab_size)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        train(model, toy_data, tiny_config(), checkpoint_path=path, resume=True)
-    train(model, toy_data, tiny_config(steps=2), checkpoint_path=path)
+        train(model, toy_data, tiny_train_config(), checkpoint_path=path, resume=True)
+    train(model, toy_data, tiny_train_config(steps=2), checkpoint_path=path)
     with pytest.raises(ValueError, match="already holds a checkpoint"):
-        train(model, toy_data, tiny_config(steps=2), checkpoint_path=path)
-    train(model, toy_data, tiny_config(steps=2), checkpoint_path=path, overwrite=True)
+        train(model, toy_data, tiny_train_config(steps=2), checkpoint_path=path)
+    train(model, toy_data, tiny_train_config(steps=2), checkpoint_path=path, overwrite=True)
 
 
 def test_resume_with_a_different_configuration_lists_the_differences(toy_data, tmp_path):
     path = tmp_path / "checkpoint.pt"
-    train(tiny_model(toy_data.tokenizer.vocab_size), toy_data, tiny_config(steps=2),
+    train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, tiny_train_config(steps=2),
           checkpoint_path=path)
-    other = tiny_model(toy_data.tokenizer.vocab_size, d_model=48)
+    other = tiny_hourglass(toy_data.tokenizer.vocab_size, d_model=48)
     with pytest.raises(ValueError) as error:
-        train(other, toy_data, tiny_config(steps=2, weight_decay=0.5, progress=True),
+        train(other, toy_data, tiny_train_config(steps=2, weight_decay=0.5, progress=True),
               checkpoint_path=path, resume=True)
     message = str(error.value)
     assert "refusing to resume" in message
@@ -336,15 +299,15 @@ def test_resume_with_a_different_configuration_lists_the_differences(toy_data, t
     assert "progress" not in message  # display settings may change
     other_data = prepare_data(toy_corpus(seed=1), val_fraction=0.1)
     with pytest.raises(ValueError, match="data.train_tokens"):
-        train(tiny_model(other_data.tokenizer.vocab_size), other_data, tiny_config(steps=2),
-              checkpoint_path=path, resume=True)
+        train(tiny_hourglass(other_data.tokenizer.vocab_size), other_data,
+              tiny_train_config(steps=2), checkpoint_path=path, resume=True)
 
 
 def test_resume_accepts_a_new_budget_and_learning_rate_and_says_so(toy_data, tmp_path, capsys):
     path = tmp_path / "checkpoint.pt"
-    model = tiny_model(toy_data.tokenizer.vocab_size)
-    train(model, toy_data, tiny_config(steps=2), checkpoint_path=path)
-    history = train(model, toy_data, tiny_config(steps=4, lr=1e-3), checkpoint_path=path,
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
+    train(model, toy_data, tiny_train_config(steps=2), checkpoint_path=path)
+    history = train(model, toy_data, tiny_train_config(steps=4, lr=1e-3), checkpoint_path=path,
                     resume=True)
     assert history.records[-1]["step"] == 4
     printed = capsys.readouterr().out
@@ -357,10 +320,10 @@ def test_resume_may_add_dropout_and_the_continued_run_trains_with_it(toy_data, t
     """A run that learns its corpus by heart continues with dropout: no weights change shape."""
     path = tmp_path / "checkpoint.pt"
     vocab = toy_data.tokenizer.vocab_size
-    train(tiny_model(vocab), toy_data, tiny_config(steps=2), checkpoint_path=path)
+    train(tiny_hourglass(vocab), toy_data, tiny_train_config(steps=2), checkpoint_path=path)
     weights = load_checkpoint(path)["model"]
-    continued = tiny_model(vocab, dropout=0.3)
-    train(continued, toy_data, tiny_config(steps=4), checkpoint_path=path, resume=True)
+    continued = tiny_hourglass(vocab, dropout=0.3)
+    train(continued, toy_data, tiny_train_config(steps=4), checkpoint_path=path, resume=True)
     assert "dropout: checkpoint 0.0, now 0.3" in capsys.readouterr().out
     saved = load_checkpoint(path)
     assert saved["step"] == 4 and saved["model_config"]["dropout"] == 0.3
@@ -369,7 +332,7 @@ def test_resume_may_add_dropout_and_the_continued_run_trains_with_it(toy_data, t
     tokens = toy_data.val_ids[None, :32]
     assert not torch.equal(continued(tokens), continued(tokens))  # dropout acts in training
     with pytest.raises(ValueError, match="model.d_model"):  # other model settings still refused
-        train(tiny_model(vocab, dropout=0.3, d_model=48), toy_data, tiny_config(steps=6),
+        train(tiny_hourglass(vocab, dropout=0.3, d_model=48), toy_data, tiny_train_config(steps=6),
               checkpoint_path=path, resume=True)
 
 
@@ -426,7 +389,7 @@ def test_unreadable_foreign_and_unsafe_files_give_clear_errors(tmp_path):
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(toy_data, tmp_path):
     path = tmp_path / "checkpoint.pt"
-    model = tiny_model(toy_data.tokenizer.vocab_size)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     calls = {"n": 0}
 
     def poison(module, inputs, output):  # the 5th forward pass (step 5) returns NaN logits
@@ -434,7 +397,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(toy_da
         return output * float("nan") if calls["n"] == 5 else output
 
     model.register_forward_hook(poison)
-    config = tiny_config(steps=10, checkpoint_every=2, eval_every=100)
+    config = tiny_train_config(steps=10, checkpoint_every=2, eval_every=100)
     with pytest.raises(TrainingDiverged, match=r"step 5: the loss became nan") as error:
         train(model, toy_data, config, checkpoint_path=path)
     assert "step 4" in str(error.value) and "lower learning rate" in str(error.value)
@@ -445,8 +408,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(toy_da
 
 
 def test_huge_learning_rate_divergence_is_caught(toy_data):
-    model = tiny_model(toy_data.tokenizer.vocab_size)
-    config = tiny_config(steps=30, lr=1e12, warmup_steps=0, grad_clip=None, eval_every=1000)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
+    config = tiny_train_config(steps=30, lr=1e12, warmup_steps=0, grad_clip=None, eval_every=1000)
     with pytest.raises(TrainingDiverged, match="the loss became|gradient norm"):
         train(model, toy_data, config)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -464,7 +427,7 @@ def terminal_ctrl_c():
 def test_interrupt_between_steps_saves_that_step_and_resumes_exactly(
     toy_data, tmp_path, terminal_ctrl_c
 ):
-    config = tiny_config(steps=6, eval_every=100)
+    config = tiny_train_config(steps=6, eval_every=100)
     straight, _ = run_straight(toy_data, config)
     path = tmp_path / "checkpoint.pt"
 
@@ -473,20 +436,20 @@ def test_interrupt_between_steps_saves_that_step_and_resumes_exactly(
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_model(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
+        train(tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
               checkpoint_path=path, callbacks=[press_ctrl_c])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     assert load_checkpoint(path)["step"] == 3
-    resumed = train(tiny_model(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
+    resumed = train(tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
                     checkpoint_path=path, resume=True)
     assert losses(resumed) == losses(straight)
 
 
 def test_interrupt_inside_a_step_saves_the_previous_step(toy_data, tmp_path):
-    config = tiny_config(steps=6, eval_every=100)
+    config = tiny_train_config(steps=6, eval_every=100)
     straight, _ = run_straight(toy_data, config)
     path = tmp_path / "checkpoint.pt"
-    model = tiny_model(toy_data.tokenizer.vocab_size, dropout=0.1)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.1)
     calls = {"n": 0}
 
     def interrupt_forward(module, inputs, output):  # during step 4's forward pass
@@ -498,7 +461,7 @@ def test_interrupt_inside_a_step_saves_the_previous_step(toy_data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(model, toy_data, config, checkpoint_path=path)
     assert load_checkpoint(path)["step"] == 3
-    resumed = train(tiny_model(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
+    resumed = train(tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
                     checkpoint_path=path, resume=True)
     assert losses(resumed) == losses(straight)
 
@@ -508,7 +471,7 @@ def test_interrupt_inside_a_step_saves_the_previous_step(toy_data, tmp_path):
 
 
 def test_extending_the_vocabulary_keeps_what_the_model_knew(toy_data):
-    model = tiny_model(toy_data.tokenizer.vocab_size).eval()
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size).eval()
     tokenizer = toy_data.tokenizer
     grown, grown_tokenizer = extend_vocabulary(model, tokenizer, ["é", "!", "a"])  # "a" is known
     assert grown_tokenizer.chars == tokenizer.chars + ("é", "!")
@@ -528,15 +491,15 @@ def test_extending_the_vocabulary_keeps_what_the_model_knew(toy_data):
 
 def test_finetuning_adds_missing_characters_and_trains(toy_data, tmp_path):
     base_path = tmp_path / "base.pt"
-    train(tiny_model(toy_data.tokenizer.vocab_size), toy_data, tiny_config(steps=4),
+    train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, tiny_train_config(steps=4),
           checkpoint_path=base_path)
-    haiku_like = toy_corpus("haiku_like", extra_words=["café!", "Zen"])
+    haiku_like = toy_corpus(name="haiku_like", extra_words=["café!", "Zen"])
     setup = prepare_finetuning(base_path, haiku_like, val_fraction=0.1)
     assert setup.added_chars == sorted("!Zcé")  # "c" is new too: no toy word has it
     assert setup.data.tokenizer.chars[-4:] == tuple(sorted("!Zcé"))
     assert setup.metadata["finetuned_from"]["step"] == 4
     out = tmp_path / "finetuned.pt"
-    history = train(setup.model, setup.data, tiny_config(steps=4), checkpoint_path=out,
+    history = train(setup.model, setup.data, tiny_train_config(steps=4), checkpoint_path=out,
                     metadata=setup.metadata)
     assert history.last_val_bpc is not None
     checkpoint = load_checkpoint(out)
@@ -549,11 +512,11 @@ def test_finetuning_adds_missing_characters_and_trains(toy_data, tmp_path):
 
 
 def test_training_with_dropout_never_touches_the_global_rng(toy_data):
-    model = tiny_model(toy_data.tokenizer.vocab_size, dropout=0.3)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.3)
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
-    train(model, toy_data, tiny_config(steps=3))
+    train(model, toy_data, tiny_train_config(steps=3))
     assert torch.equal(torch.rand(3), expected_next)  # as if training had not happened
 
 

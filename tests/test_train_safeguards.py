@@ -2,7 +2,7 @@
 memory, another split of the step's windows on resume, the best checkpoint, the precision and
 CUDA speed choices (as pure functions: no GPU here), and the gpu preset's number of passes.
 
-The toy corpus, tiny model and tiny config are test_train.py's.
+The toy corpus, tiny model and tiny config are tests/tiny.py's.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import math
 
 import pytest
 import torch
-from test_train import losses, tiny_config, tiny_model, toy_corpus
+from tiny import losses, tiny_hourglass, tiny_train_config, toy_corpus
 
 import hourglass_edu.training.evaluation as evaluation_module
 import hourglass_edu.training.trainer as trainer_module
 from hourglass_edu.cli import main as cli_main
-from hourglass_edu.data import prepare_data
 from hourglass_edu.training import (
     PRESETS,
     TrainingDiverged,
@@ -39,11 +38,6 @@ from hourglass_edu.training.stopping import OUT_OF_MEMORY
 from hourglass_edu.training.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
-def toy_data():
-    return prepare_data(toy_corpus(), val_fraction=0.1, seed=0)
-
-
 def gradient_norm(model) -> float:
     return math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()
                          if p.grad is not None))
@@ -56,8 +50,8 @@ def gradient_norm(model) -> float:
 def test_gradient_clipping_clips_the_norm_the_optimizer_sees(toy_data):
     norms = {}
     for clip in (None, 0.05):
-        trainer = Trainer(tiny_model(toy_data.tokenizer.vocab_size), toy_data,
-                          tiny_config(steps=1, grad_clip=clip, eval_every=100))
+        trainer = Trainer(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data,
+                          tiny_train_config(steps=1, grad_clip=clip, eval_every=100))
         step = trainer.optimizer.step
 
         def record_then_step(*args, trainer=trainer, step=step, clip=clip, **kwargs):
@@ -89,8 +83,8 @@ def forced_fp16(monkeypatch):
 
 
 def test_fp16_steps_the_scaler_skips_are_not_counted_and_are_reported(toy_data, forced_fp16):
-    config = tiny_config(steps=5, eval_every=100)
-    trainer = Trainer(tiny_model(toy_data.tokenizer.vocab_size), toy_data, config)
+    config = tiny_train_config(steps=5, eval_every=100)
+    trainer = Trainer(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, config)
     assert trainer.precision == "fp16" and trainer.scaler.is_enabled()
     def snapshot(trainer):  # after every call of the step: its counts and a copy of the weights
         weights = [p.detach().clone() for p in trainer.model.parameters()]
@@ -120,8 +114,8 @@ def test_fp16_steps_the_scaler_skips_are_not_counted_and_are_reported(toy_data, 
 
 @pytest.mark.slow
 def test_fp16_run_with_skipped_steps_resumes_exactly(toy_data, tmp_path, forced_fp16):
-    config = tiny_config(steps=6, eval_every=100)
-    straight = train(tiny_model(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config)
+    config = tiny_train_config(steps=6, eval_every=100)
+    straight = train(tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config)
     path = tmp_path / "checkpoint.pt"
 
     def stop_at_three(trainer):
@@ -129,10 +123,10 @@ def test_fp16_run_with_skipped_steps_resumes_exactly(toy_data, tmp_path, forced_
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_model(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
+        train(tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
               checkpoint_path=path, callbacks=[stop_at_three])
     assert load_checkpoint(path)["skipped_steps"] > 0
-    resumed = train(tiny_model(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
+    resumed = train(tiny_hourglass(toy_data.tokenizer.vocab_size, dropout=0.1), toy_data, config,
                     checkpoint_path=path, resume=True)
     assert losses(resumed) == losses(straight)
     assert resumed.records[-1]["skipped_steps"] == straight.records[-1]["skipped_steps"]
@@ -143,10 +137,10 @@ def test_fp16_gradient_that_never_becomes_finite_is_a_divergence(toy_data, force
     # A scale already near the floor, so the test need not wait for ~34 halvings.
     monkeypatch.setattr(trainer_module, "gradient_scaler",
                         lambda *_: torch.amp.GradScaler("cpu", init_scale=2.0**-8))
-    model = tiny_model(toy_data.tokenizer.vocab_size)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     model.embedding.weight.register_hook(lambda grad: grad * float("inf"))
     with pytest.raises(TrainingDiverged, match="loss scale down to"):
-        train(model, toy_data, tiny_config(steps=3, eval_every=100))
+        train(model, toy_data, tiny_train_config(steps=3, eval_every=100))
 
 
 # ------------------------------------------------------------------------------------------
@@ -165,9 +159,10 @@ def run_out_of_memory_at_forward(model, call: int):
 
 
 def test_out_of_memory_is_one_line_that_keeps_the_global_batch(toy_data, tmp_path):
-    model = tiny_model(toy_data.tokenizer.vocab_size)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     run_out_of_memory_at_forward(model, call=3)
-    config = tiny_config(steps=5, batch_size=4, grad_accum=2, checkpoint_every=1, eval_every=100)
+    config = tiny_train_config(steps=5, batch_size=4, grad_accum=2, checkpoint_every=1,
+                               eval_every=100)
     with pytest.raises(TrainingOutOfMemory) as error:
         train(model, toy_data, config, checkpoint_path=tmp_path / "checkpoint.pt")
     message = str(error.value)
@@ -204,8 +199,8 @@ def test_resume_may_split_the_same_windows_into_more_micro_batches(toy_data, tmp
     """The step draws batch_size x grad_accum windows at once: 4 x 2 and 2 x 4 are the same
     windows, so the resumed run follows the straight one up to float rounding (no dropout:
     dropout's draws follow the micro-batches' shapes)."""
-    config = tiny_config(steps=8, batch_size=4, grad_accum=2, eval_every=100)
-    straight = train(tiny_model(toy_data.tokenizer.vocab_size), toy_data, config)
+    config = tiny_train_config(steps=8, batch_size=4, grad_accum=2, eval_every=100)
+    straight = train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, config)
     path = tmp_path / "checkpoint.pt"
 
     def stop_at_four(trainer):
@@ -213,13 +208,13 @@ def test_resume_may_split_the_same_windows_into_more_micro_batches(toy_data, tmp
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_model(toy_data.tokenizer.vocab_size), toy_data, config, checkpoint_path=path,
+        train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, config, checkpoint_path=path,
               callbacks=[stop_at_four])
     with pytest.raises(ValueError, match="train.grad_accum: checkpoint 2, now 4"):
-        train(tiny_model(toy_data.tokenizer.vocab_size), toy_data, config.replace(grad_accum=4),
+        train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, config.replace(grad_accum=4),
               checkpoint_path=path, resume=True)  # 16 windows a step: another run
     split = config.replace(batch_size=2, grad_accum=4)
-    resumed = train(tiny_model(toy_data.tokenizer.vocab_size), toy_data, split,
+    resumed = train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, split,
                     checkpoint_path=path, resume=True)
     assert "resuming with a changed setting: grad_accum" in capsys.readouterr().out
     assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
@@ -236,8 +231,8 @@ def test_best_validation_is_kept_beside_the_last_and_models_load_it(toy_data, tm
     scores = iter([3.0, 2.0, 2.5, 2.7])  # validation at steps 2, 4, 6, 8: best at step 4
     monkeypatch.setattr(Trainer, "evaluate", lambda self: next(scores))
     run = tmp_path / "run"
-    train(tiny_model(toy_data.tokenizer.vocab_size), toy_data,
-          tiny_config(steps=8, eval_every=2), checkpoint_path=run / "checkpoint.pt")
+    train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data,
+          tiny_train_config(steps=8, eval_every=2), checkpoint_path=run / "checkpoint.pt")
     assert best_checkpoint_path(run / "checkpoint.pt") == run / "best.pt"
     best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "checkpoint.pt")
     assert (best["step"], last["step"]) == (4, 8)
@@ -254,12 +249,12 @@ def test_best_validation_is_kept_beside_the_last_and_models_load_it(toy_data, tm
 
 def test_fresh_run_never_inherits_an_earlier_runs_best(toy_data, tmp_path):
     run = tmp_path / "run"
-    config = tiny_config(steps=2, eval_every=100)
-    train(tiny_model(toy_data.tokenizer.vocab_size), toy_data, config,
+    config = tiny_train_config(steps=2, eval_every=100)
+    train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, config,
           checkpoint_path=run / "checkpoint.pt")
     (run / "checkpoint.pt").unlink()
     with pytest.raises(ValueError, match="best.pt already holds a checkpoint"):
-        train(tiny_model(toy_data.tokenizer.vocab_size), toy_data, config,
+        train(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, config,
               checkpoint_path=run / "checkpoint.pt")
     calls = {"n": 0}
 
@@ -267,7 +262,7 @@ def test_fresh_run_never_inherits_an_earlier_runs_best(toy_data, tmp_path):
         calls["n"] += 1
         raise KeyboardInterrupt
 
-    model = tiny_model(toy_data.tokenizer.vocab_size)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     model.register_forward_hook(interrupt_first_step)
     with pytest.raises(KeyboardInterrupt):  # overwrite, stopped before any evaluation
         train(model, toy_data, config, checkpoint_path=run / "checkpoint.pt", overwrite=True)
@@ -323,7 +318,7 @@ def test_tf32_and_fused_adamw_only_on_cuda(toy_data):
     assert torch.get_float32_matmul_precision() == before
     with fast_fp32_matmuls(torch.device("cpu")):
         assert torch.get_float32_matmul_precision() == before
-    trainer = Trainer(tiny_model(toy_data.tokenizer.vocab_size), toy_data, tiny_config())
+    trainer = Trainer(tiny_hourglass(toy_data.tokenizer.vocab_size), toy_data, tiny_train_config())
     assert not trainer.optimizer.defaults.get("fused")
 
 
@@ -341,12 +336,12 @@ def test_gpu_preset_makes_about_twenty_passes_over_the_course_corpora():
 
 
 def test_train_says_what_to_pass_before_touching_the_run_folder(toy_data, tmp_path):
-    model = tiny_model(toy_data.tokenizer.vocab_size)
+    model = tiny_hourglass(toy_data.tokenizer.vocab_size)
     run = tmp_path / "run"
     for args, message in (
         ((model, "haiku", None), r"data must be a PreparedData such as "
                                  r"prepare_data\('haiku'\), got str"),
-        ((model, None, tiny_config()), "data must be a PreparedData"),
+        ((model, None, tiny_train_config()), "data must be a PreparedData"),
         (("model", toy_data, None), "model must be a torch module"),
         ((model, toy_data, {"steps": 3}), r"config must be a TrainConfig .*TrainConfig\(\*\*"),
     ):
@@ -357,4 +352,4 @@ def test_train_says_what_to_pass_before_touching_the_run_folder(toy_data, tmp_pa
     assert not run.exists()
     bad_split = type(toy_data)(**{**vars(toy_data), "val_ids": toy_data.val_ids.float()})
     with pytest.raises(ValueError, match="data.val_ids must be a 1-D tensor of token ids"):
-        train(model, bad_split, tiny_config())
+        train(model, bad_split, tiny_train_config())

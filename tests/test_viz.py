@@ -12,8 +12,9 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from tiny import tiny_hourglass  # noqa: E402
 
-from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, analysis, viz  # noqa: E402
+from hourglass_edu import CharTokenizer, analysis, viz  # noqa: E402
 from hourglass_edu.hourglass import without_shift  # noqa: E402
 from hourglass_edu.training import History  # noqa: E402
 
@@ -27,12 +28,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    config = HourglassConfig(
-        vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, structure="1@1 1@3 1@6 1@3 1@1",
-        max_length=96, attention_impl="explicit",
-    )  # fmt: skip
-    return HourglassLM(config)
+    return tiny_hourglass(tokenizer.vocab_size, structure="1@1 1@3 1@6 1@3 1@1", max_length=96,
+                          attention_impl="explicit")
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 
 import ipywidgets  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
+from tiny import tiny_hourglass  # noqa: E402
 
-from hourglass_edu import CharTokenizer, HourglassConfig, HourglassLM, widgets  # noqa: E402
+from hourglass_edu import CharTokenizer, widgets  # noqa: E402
 from hourglass_edu.generation import GenerationSettings, generate  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
@@ -34,12 +34,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    config = HourglassConfig(
-        vocab_size=tokenizer.vocab_size, d_model=32, n_heads=2, structure="1@1 1@3 1@1",
-        max_length=64, attention_impl="explicit",
-    )  # fmt: skip
-    return HourglassLM(config)
+    return tiny_hourglass(tokenizer.vocab_size, structure="1@1 1@3 1@1", attention_impl="explicit")
 
 
 def wait_until(condition, timeout=20.0):

@@ -15,8 +15,8 @@ and they are not on PyPI. A name pinned twice is refused (pip could meet neither
 
 Who reads it: the Colab-stack tier (.ci/colab-stack) uses it as pip constraints, so each package it
 installs gets Colab's version (except torch: Colab's is a CUDA build, the tier installs this
-machine's CPU torch), and tests/test_dependency_bounds.py checks that pyproject.toml's lower bounds
-admit every pinned version.
+machine's CPU torch), and tests/repository/test_dependency_bounds.py checks that pyproject.toml's
+lower bounds admit every pinned version.
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ def render(colab: ColabPins) -> str:
         "# Written by tools/refresh_colab_pins.py: run it to refresh this file, never edit it.",
         "# The Colab-stack tier (.ci/colab-stack) installs with this file as pip constraints,",
         "# with this machine's CPU torch in place of Colab's CUDA build;",
-        "# tests/test_dependency_bounds.py checks pyproject.toml's lower bounds against it.",
+        "# tests/repository/test_dependency_bounds.py checks pyproject.toml's lower bounds",
+        "# against it.",
     ]
     return "\n".join(header + [f"{name}=={version}" for name, version in colab.pins.items()]) + "\n"
 

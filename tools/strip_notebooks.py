@@ -30,7 +30,7 @@ cleaning twice changes nothing:
 
 The file is written as nbformat writes it (one-space indent, sorted keys, UTF-8, final newline);
 `--check` compares the exact text, so a notebook saved in any other layout is reported too.
-`tests/test_notebook_hygiene.py` runs the check on every committed notebook.
+`tests/repository/test_notebook_hygiene.py` runs the check on every committed notebook.
 """
 
 from __future__ import annotations

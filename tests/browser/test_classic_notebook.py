@@ -22,7 +22,7 @@ import shutil
 import pytest
 from classic_notebook_harness import ClassicNotebookPage, ClassicNotebookServer
 from jupyterlab_harness import REPO_ROOT, attach_page
-from test_browser_course import (
+from widget_checks import (
     assert_clean,
     check_generation_streams_and_stops,
     check_head_changes_the_picture,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
     "strip_notebooks", REPO_ROOT / "tools" / "strip_notebooks.py")
 strip_notebooks = importlib.util.module_from_spec(_spec)

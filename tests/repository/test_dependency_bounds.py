@@ -6,8 +6,8 @@ github.com/googlecolab/backend-info by tools/refresh_colab_pins.py, which names 
 notebook's first cell runs `%pip install "hourglass_edu @ git+..."` inside a running Colab
 kernel; a bound that Colab's version misses makes pip upgrade that package under the kernel (it
 did: `ipywidgets>=8` replaced Colab's 7.7.1). The tests below check every requirement against
-the file; the Colab-stack tier (.ci/colab-stack, tests/test_colab_stack.py) checks the same
-install with pip's resolver in a virtualenv that holds the pins.
+the file; the Colab-stack tier (.ci/colab-stack, tests/repository/test_colab_stack.py) checks
+the same install with pip's resolver in a virtualenv that holds the pins.
 
 torch. No torch older than the one installed can be tried here (PyPI's Linux torch wheels are
 CUDA builds of several GB), so the bound rests on a table: every `torch.*` name the code uses
@@ -20,13 +20,13 @@ used, `untyped_storage` and the optimizer's `register_step_post_hook`, came in 2
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
+from colab_pins import colab, refresh
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -35,20 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _refresh_tool():
-    """tools/refresh_colab_pins.py (not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "refresh_colab_pins", REPO_ROOT / "tools" / "refresh_colab_pins.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("refresh_colab_pins", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-refresh = _refresh_tool()
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def pyproject() -> dict:
@@ -57,10 +44,6 @@ def pyproject() -> dict:
 
 def project_requirements() -> list[Requirement]:
     return [Requirement(text) for text in pyproject()["project"]["dependencies"]]
-
-
-def colab():
-    return refresh.parse_pins(refresh.OUTPUT.read_text(encoding="utf-8"))
 
 
 #: Requirements that Colab's runtime lacks, so that the install cell adds them (none today).

@@ -27,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 GIT_URL = re.compile(r"git\+[^\s\"'@]+(?:@[^\s\"']+)?")
 BADGE_URL = re.compile(r"https://colab\.research\.google\.com/github/[^\s)\"]+")

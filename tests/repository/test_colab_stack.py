@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import test_dependency_bounds as bounds
+from colab_pins import colab as read_colab_pins
+from colab_pins import refresh
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IN_THE_TIER = os.environ.get("HOURGLASS_EDU_COLAB_STACK") == "1"
 #: Colab's torch is a CUDA build (2.11.0+cu128 in requirements/colab.txt); the tier runs this
 #: machine's CPU torch instead, the one .ci/run installs.
@@ -41,13 +42,13 @@ pytestmark = [
 
 def installed() -> dict[str, str]:
     """{normalized name: version} of every distribution in this virtualenv."""
-    return {bounds.refresh.normalize(d.metadata["Name"]): d.version
+    return {refresh.normalize(d.metadata["Name"]): d.version
             for d in importlib.metadata.distributions()}  # fmt: skip
 
 
 def test_the_tier_runs_colabs_versions_of_everything_colab_has():
-    colab = bounds.colab()
-    pins = {bounds.refresh.normalize(name): version for name, version in colab.pins.items()}
+    colab = read_colab_pins()
+    pins = {refresh.normalize(name): version for name, version in colab.pins.items()}
     here = installed()
     assert here.get("ipywidgets") == pins["ipywidgets"], "the tier must run Colab's ipywidgets"
     assert here["torch"].split("+")[0] == TIER_TORCH
@@ -73,7 +74,7 @@ def test_installing_the_course_on_colabs_pins_upgrades_nothing(tmp_path):
         f"pip's dry run failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     report = json.loads(report_path.read_text(encoding="utf-8"))
     here = installed()
-    would_install = {bounds.refresh.normalize(item["metadata"]["name"]): item["metadata"]["version"]
+    would_install = {refresh.normalize(item["metadata"]["name"]): item["metadata"]["version"]
                      for item in report["install"]}  # fmt: skip
     assert "hourglass-edu" in would_install, "the dry run did not install the course itself"
     del would_install["hourglass-edu"]

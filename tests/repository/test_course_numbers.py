@@ -17,7 +17,7 @@ import pytest
 
 from hourglass_edu.pretrained import list_pretrained, pretrained_card, pretrained_folder
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
