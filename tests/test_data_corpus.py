@@ -707,7 +707,7 @@ def test_a_base_url_that_is_not_http_is_refused_at_once(mirror, isolated, monkey
     started = time.monotonic()
     with pytest.raises(DownloadError) as caught:
         load_corpus("tinypoems", base_url=base if where == "argument" else None)
-    assert time.monotonic() - started < 1  # no retries, no pauses
+    assert time.monotonic() - started < 2.5  # no retries: their pauses alone take 3 s
     assert str(caught.value).startswith(f"{named}={base!r}: a mirror must be an http:// or "
                                         "https:// address")
     assert not isolated.exists()
@@ -999,4 +999,4 @@ def test_the_deadline_holds_where_sockets_cannot_be_watched(mirror, isolated, qu
     started = time.monotonic()
     with raw_server(trickling) as (url, _), pytest.raises(DownloadError, match="gave up"):
         load_corpus("tinypoems", base_url=url)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 3  # the whole trickle takes 3.75 s
