@@ -44,8 +44,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *,
 
     Returns the `History`. Raises `TrainingDiverged` if the loss stops being finite and
     `TrainingOutOfMemory` (saying which settings fit) if a step does not fit in memory. After
-    Ctrl-C or SIGTERM it saves the checkpoint and raises KeyboardInterrupt, whose `stop_signal`
-    is the signal's number (None when the interrupt came from elsewhere).
+    Ctrl-C or SIGTERM it saves the checkpoint and raises `stopping.RunInterrupted` (a
+    KeyboardInterrupt), whose `stop_signal` is the signal's number (None when no signal asked).
 
     Data-parallel (called inside `distributed.process_group()` on every process torchrun
     started): `config.batch_size` is the global batch, split evenly across the processes; only

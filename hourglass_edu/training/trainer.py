@@ -59,22 +59,18 @@ from hourglass_edu.training.precision import (
     resolve_precision,
 )
 from hourglass_edu.training.randomness import RandomStates
-from hourglass_edu.training.resuming import (
-    empty_log_window,
-    restore_run,
-    run_checkpoint,
-    run_differences,
-)
+from hourglass_edu.training.resuming import restore_run, run_checkpoint, run_differences
+from hourglass_edu.training.run_state import RunState, empty_log_window
 from hourglass_edu.training.stopping import (
     OUT_OF_MEMORY,
+    RunInterrupted,
     StepUnderWay,
+    StopRequests,
     TrainingDiverged,
     TrainingOutOfMemory,
-    agree_to_stop,
     divergence_message,
     out_of_memory_message,
     save_after_interrupt,
-    stop_signals_finish_step,
 )
 
 __all__ = ["StepResult", "Trainer", "TrainingDiverged", "TrainingOutOfMemory"]
@@ -95,12 +91,14 @@ class StepResult:
 
 
 class Trainer:
-    """Owns the state of one run: model, optimizer, schedule position, history, random states.
+    """Runs one run: model, optimizer, scaler and random states, and the `RunState` (`state`:
+    step, tokens, clock, history, ...) that checkpoints save and resuming loads.
 
     `train(...)` is the usual entry point; use a Trainer directly to step through a run or inspect
     its optimizer. `callbacks` are called as `callback(trainer)` after every step (under fp16 a
     skipped one too: `trainer.skipped_steps` counts those); one may set
-    `trainer.stop_requested = True` to stop the run as Ctrl-C would.
+    `trainer.stop_requested = True` (or call `trainer.stops.request()`) to stop the run as Ctrl-C
+    would.
     Inside a process group (`distributed.process_group()`, torchrun) it trains data-parallel:
     `ranks` says where this process stands and `data_parallel` is the DDP wrapper (else None).
     """
@@ -133,14 +131,9 @@ class Trainer:
         self.scaler = gradient_scaler(self.precision, self.device)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.callbacks = list(callbacks)
-        self.metadata = dict(metadata or {})
-        self.history = History()
-        self.step, self.tokens_seen, self.elapsed, self.skipped_steps = 0, 0, 0.0, 0
-        self.log_window = empty_log_window()
-        self.last_checkpoint_step: int | None = None
+        self.state = RunState(metadata=dict(metadata or {}))
         self.resumed_changes: list[str] = []  # budget / lr / batch split changes resume accepted
-        self.stop_requested = False
-        self.stop_signal: int | None = None
+        self.stops = StopRequests()
         self.random = RandomStates(config.seed, self.device,
                                    rank=self.ranks.rank if self.ranks is not None else 0)
         self.under_way = StepUnderWay()
@@ -152,6 +145,23 @@ class Trainer:
                 "model": model_config.to_dict() if model_config is not None else {},
                 "train": self.config.to_dict(), "tokenizer": self.tokenizer.to_dict(),
                 "data": data_fingerprint(self.data)}
+
+    # The run's state, read where callbacks and callers look for it (`state` owns it).
+    step = property(lambda self: self.state.step, doc="optimizer steps taken")
+    tokens_seen = property(lambda self: self.state.tokens_seen, doc="tokens trained on")
+    elapsed = property(lambda self: self.state.elapsed, doc="seconds of training")
+    skipped_steps = property(lambda self: self.state.skipped_steps,
+                             doc="fp16 updates the scaler skipped")
+    history = property(lambda self: self.state.history, doc="the run's `History`")
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the run stops after this step (set it True to stop as Ctrl-C would)."""
+        return self.stops.requested
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        self.stops.request() if value else self.stops.withdraw()
 
     @property
     def tokens_per_step(self) -> int:
@@ -171,7 +181,7 @@ class Trainer:
             raise ValueError("no checkpoint path: pass one to save() or to the Trainer")
         if self.is_main:
             save_checkpoint(path, self.checkpoint(rng_state))
-        self.last_checkpoint_step = self.step
+        self.state.last_checkpoint_step = self.state.step
         return path
 
     def differences(self, checkpoint: dict[str, Any]) -> list[str]:
@@ -212,10 +222,9 @@ class Trainer:
             self.scaler.update()
             self.random.commit_dropout()
             if overflowed:
-                self.skipped_steps += 1
+                self.state.skipped_steps += 1
             else:
-                self.step += 1
-                self.tokens_seen += self.tokens_per_step
+                self.state.count_step(self.tokens_per_step)
         return StepResult(loss=loss_value, lr=lr, skipped=overflowed)
 
     @property
@@ -256,9 +265,9 @@ class Trainer:
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         if math.isfinite(loss) and scale is not None and scale >= MIN_LOSS_SCALE:
             return True
-        kept = (f"the last good checkpoint ({self.checkpoint_path}, step "
-                f"{self.last_checkpoint_step}) is kept unchanged"
-                if self.last_checkpoint_step is not None else "no checkpoint had been written yet")
+        saved = self.state.last_checkpoint_step
+        kept = (f"the last good checkpoint ({self.checkpoint_path}, step {saved}) is kept "
+                "unchanged" if saved is not None else "no checkpoint had been written yet")
         raise TrainingDiverged(divergence_message(
             self.step + 1, loss, norm, lr, kept,
             loss_scale=scale if math.isfinite(loss) else None))
@@ -282,22 +291,23 @@ class Trainer:
         self._announce_data_parallel()
         bar = self._progress_bar()
         try:
-            with stop_signals_finish_step(self), fast_fp32_matmuls(self.device):
+            with self.stops.signals_finish_step(announce=self.is_main), \
+                    fast_fp32_matmuls(self.device):
                 while not self.finished():
                     self._step_that_fits(bar)
                     for callback in self.callbacks:
                         callback(self)
-                    stop, self.stop_signal = agree_to_stop(self.ranks, self.stop_requested,
-                                                           self.stop_signal)
-                    if stop:
-                        self.stop_requested = True
-                        raise KeyboardInterrupt
-                if self.checkpoint_path is not None and self.last_checkpoint_step != self.step:
+                    if self.stops.agree(self.ranks):
+                        raise self.stops.interrupted()
+                if (self.checkpoint_path is not None
+                        and self.state.last_checkpoint_step != self.step):
                     self.save()
         except KeyboardInterrupt as interrupt:
-            interrupt.stop_signal = self.stop_signal  # so a caller can tell SIGTERM from Ctrl-C
             save_after_interrupt(self)
-            raise
+            if isinstance(interrupt, RunInterrupted):
+                raise
+            # From elsewhere (a notebook's interrupt, another handler): say which signal asked.
+            raise self.stops.interrupted().with_traceback(interrupt.__traceback__) from None
         finally:
             bar.close()
         return self.history
@@ -309,9 +319,9 @@ class Trainer:
             self._timed_step(bar)
             return
         except OUT_OF_MEMORY as error:
-            kept = (f"The last checkpoint ({self.checkpoint_path}, step "
-                    f"{self.last_checkpoint_step}) is kept"
-                    if self.last_checkpoint_step is not None else "No checkpoint was written yet")
+            saved = self.state.last_checkpoint_step
+            kept = (f"The last checkpoint ({self.checkpoint_path}, step {saved}) is kept"
+                    if saved is not None else "No checkpoint was written yet")
             message = out_of_memory_message(
                 error, config=self.config, precision=self.precision, device=self.device,
                 processes=self.ranks.world_size if self.ranks is not None else 1, kept=kept)
@@ -331,8 +341,8 @@ class Trainer:
             # One clock for all processes (the slowest one's), so a time budget ends for all of
             # them at the same step and the learning rate follows the same schedule.
             seconds = self.ranks.max(self.elapsed + seconds) - self.elapsed
-        self.elapsed += seconds
-        window = self.log_window
+        self.state.elapsed += seconds
+        window = self.state.log_window
         window["seconds"] += seconds
         if not result.skipped:  # a skipped update is no step: nothing to count or average
             window["loss"] += result.loss
@@ -349,7 +359,7 @@ class Trainer:
             self._record(result.lr, evaluate, bar)
 
     def _record(self, lr: float, evaluate: bool, bar) -> None:
-        window = self.log_window
+        window = self.state.log_window
         mean_loss = window["loss"] / window["steps"]
         best_so_far = self.history.best_val_bpc
         val_bpc = self.evaluate() if evaluate and self.is_main else None
@@ -363,7 +373,7 @@ class Trainer:
         if self.skipped_steps:
             postfix["skipped"] = str(self.skipped_steps)
         bar.set_postfix(postfix, refresh=False)
-        self.log_window = empty_log_window()
+        self.state.log_window = empty_log_window()
         if self._should_checkpoint(evaluate):
             self.save()
         if val_bpc is not None and (best_so_far is None or val_bpc < best_so_far):
