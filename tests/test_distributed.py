@@ -143,7 +143,7 @@ def test_accumulation_all_reduces_only_on_the_last_micro_batch(tmp_path):
                     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(
                         lambda future: future.value()[0])
 
-                trainer.data_parallel.register_comm_hook(None, counting_all_reduce)
+                trainer.parallel.ddp.register_comm_hook(None, counting_all_reduce)
                 trainer.run()
                 counts.append(len(calls))
             assert counts[0] == counts[1] > 0, counts

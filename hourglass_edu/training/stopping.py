@@ -101,13 +101,12 @@ class StopRequests:
         """The exception a stopped run raises."""
         return RunInterrupted(self.signal)
 
-    def agree(self, ranks) -> bool:
-        """Whether to stop now. Alone: what this process was asked. Data-parallel: the largest
-        stop reason of all processes (0 = go on), so a Ctrl-C or SIGTERM that reached any
-        process stops them all after the same step (each then knows the signal)."""
-        if ranks is None:
-            return self.requested
-        agreed = ranks.any((self.signal or CALLBACK_STOP) if self.requested else 0)
+    def agree(self, parallel) -> bool:
+        """Whether to stop now: the largest stop reason of all processes (0 = go on; alone, this
+        process's), so a Ctrl-C or SIGTERM that reached any process of a data-parallel run
+        (`distributed.DataParallel`) stops them all after the same step, each knowing the
+        signal."""
+        agreed = parallel.any((self.signal or CALLBACK_STOP) if self.requested else 0)
         if agreed:
             self.request(agreed if self.signal is None and agreed > CALLBACK_STOP else None)
         return bool(agreed)

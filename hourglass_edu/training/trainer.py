@@ -23,7 +23,6 @@ how such a run relates to a one-process run).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -34,7 +33,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from hourglass_edu.data import sample_batch
 from hourglass_edu.training.checkpoints import (
@@ -43,13 +41,7 @@ from hourglass_edu.training.checkpoints import (
     save_checkpoint,
 )
 from hourglass_edu.training.config import TrainConfig, check_sizes, check_training_inputs
-from hourglass_edu.training.distributed import (
-    check_same_settings,
-    current_ranks,
-    data_parallel_summary,
-    per_process_batch,
-    rank_device,
-)
+from hourglass_edu.training.distributed import DataParallel, current_ranks
 from hourglass_edu.training.evaluation import LN2, History, evaluate_bpc, language_model_loss
 from hourglass_edu.training.optimization import build_optimizer, learning_rate
 from hourglass_edu.training.precision import (
@@ -100,7 +92,8 @@ class Trainer:
     `trainer.stop_requested = True` (or call `trainer.stops.request()`) to stop the run as Ctrl-C
     would.
     Inside a process group (`distributed.process_group()`, torchrun) it trains data-parallel:
-    `ranks` says where this process stands and `data_parallel` is the DDP wrapper (else None).
+    `parallel` (a `distributed.DataParallel`) says where this process stands, and holds the DDP
+    wrapper (`parallel.ddp`, else None).
     """
 
     def __init__(self, model: nn.Module, data, config: TrainConfig | None = None, *,
@@ -111,21 +104,16 @@ class Trainer:
         self.config = config = config if config is not None else TrainConfig()
         config.validate()
         self.data, self.tokenizer = data, data.tokenizer
-        self.ranks = current_ranks()
-        self.is_main = self.ranks is None or self.ranks.is_main
+        self.parallel = DataParallel(current_ranks())
+        self.is_main = self.parallel.is_main
         # Before anything else can fail on one process only: all agree, or all refuse together.
-        check_same_settings(self._settings(model), self.ranks)
-        self.windows_per_process = per_process_batch(config.batch_size, self.ranks)
-        self.device = rank_device(config.device, self.ranks)
+        self.parallel.check_same_settings(self._settings(model))
+        self.parallel.windows_per_process(config.batch_size)  # refused here if it cannot split
+        self.device = self.parallel.device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.model = model.to(self.device)
         check_sizes(self.model, data, config)
-        self.data_parallel: DistributedDataParallel | None = None
-        if self.ranks is not None:
-            # Copies process 0's weights to the others, and averages gradients from then on.
-            self.data_parallel = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        forward = self.data_parallel if self.data_parallel is not None else self.model
+        forward = self.parallel.wrap(self.model, self.device)
         self.forward = torch.compile(forward) if config.compile else forward
         self.optimizer = build_optimizer(self.model, config, self.device.type)
         self.scaler = gradient_scaler(self.precision, self.device)
@@ -134,8 +122,7 @@ class Trainer:
         self.state = RunState(metadata=dict(metadata or {}))
         self.resumed_changes: list[str] = []  # budget / lr / batch split changes resume accepted
         self.stops = StopRequests()
-        self.random = RandomStates(config.seed, self.device,
-                                   rank=self.ranks.rank if self.ranks is not None else 0)
+        self.random = RandomStates(config.seed, self.device, rank=self.parallel.rank)
         self.under_way = StepUnderWay()
 
     def _settings(self, model: nn.Module) -> dict[str, Any]:
@@ -204,14 +191,13 @@ class Trainer:
         loss = torch.zeros((), device=self.device)
         with self.random.dropout():
             for index, (inputs, targets) in enumerate(micro_batches):
-                with self._gradient_sync(last_micro_batch=index == len(micro_batches) - 1):
+                with self.parallel.gradient_sync(index == len(micro_batches) - 1):
                     with autocast_context(self.precision, self.device):
                         logits = self.forward(inputs)
                     micro_loss = language_model_loss(logits, targets) / len(micro_batches)
                     self.scaler.scale(micro_loss).backward()
                 loss += micro_loss.detach()
-        if self.ranks is not None:
-            self.ranks.mean_(loss)  # the global batch's loss: a NaN anywhere stops every process
+        self.parallel.mean_(loss)  # the global batch's loss: a NaN anywhere stops every process
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self._max_norm)
         # One host-device sync per step: both numbers are checked before the update is applied.
@@ -244,18 +230,9 @@ class Trainer:
         config = self.config
         inputs, targets = sample_batch(self.data.train_ids, config.batch_size * config.grad_accum,
                                        config.block_size, self.random.batches)
-        own = self.ranks.rank * self.windows_per_process if self.ranks is not None else 0
-        rows = [slice(start + own, start + own + self.windows_per_process)
-                for start in range(0, len(inputs), config.batch_size)]
         return [(inputs[row].to(self.device, non_blocking=True),
-                 targets[row].to(self.device, non_blocking=True)) for row in rows]
-
-    def _gradient_sync(self, last_micro_batch: bool):
-        """Data-parallel gradient accumulation: the all-reduce only runs after the last
-        micro-batch's backward pass (DDP's `no_sync` keeps the others local)."""
-        if self.data_parallel is None or last_micro_batch:
-            return contextlib.nullcontext()
-        return self.data_parallel.no_sync()
+                 targets[row].to(self.device, non_blocking=True))
+                for row in self.parallel.own_rows(len(inputs), config.batch_size)]
 
     def _gradient_overflowed(self, loss: float, norm: float, lr: float) -> bool:
         """True when the fp16 scaler will skip this update (an overflowed gradient); raises
@@ -297,7 +274,7 @@ class Trainer:
                     self._step_that_fits(bar)
                     for callback in self.callbacks:
                         callback(self)
-                    if self.stops.agree(self.ranks):
+                    if self.stops.agree(self.parallel):
                         raise self.stops.interrupted()
                 if (self.checkpoint_path is not None
                         and self.state.last_checkpoint_step != self.step):
@@ -324,7 +301,7 @@ class Trainer:
                     if saved is not None else "No checkpoint was written yet")
             message = out_of_memory_message(
                 error, config=self.config, precision=self.precision, device=self.device,
-                processes=self.ranks.world_size if self.ranks is not None else 1, kept=kept)
+                processes=self.parallel.processes, kept=kept)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         raise TrainingOutOfMemory(message)
@@ -337,10 +314,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        if self.ranks is not None:
-            # One clock for all processes (the slowest one's), so a time budget ends for all of
-            # them at the same step and the learning rate follows the same schedule.
-            seconds = self.ranks.max(self.elapsed + seconds) - self.elapsed
+        seconds = self.parallel.slowest(self.elapsed, seconds)  # one clock for all processes
         self.state.elapsed += seconds
         window = self.state.log_window
         window["seconds"] += seconds
@@ -392,9 +366,10 @@ class Trainer:
         return self.step % self.config.checkpoint_every == 0
 
     def _announce_data_parallel(self) -> None:
-        if self.ranks is not None and self.is_main:
-            print(data_parallel_summary(self.ranks, self.device, self.config.batch_size,
-                                        self.config.block_size), flush=True)
+        summary = self.parallel.summary(self.device, self.config.batch_size,
+                                        self.config.block_size)
+        if summary is not None and self.is_main:
+            print(summary, flush=True)
 
     def _progress_bar(self):
         from tqdm.auto import tqdm
