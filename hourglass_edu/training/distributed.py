@@ -111,18 +111,18 @@ def rank_device(device: str | torch.device, ranks: Ranks | None) -> torch.device
     if requested not in ("auto", "cuda", "cpu"):
         raise ValueError(
             f"device {requested!r} names one device, but each of the {ranks.world_size} "
-            "processes takes its own (cuda:LOCAL_RANK): pass --device cuda, auto or cpu, and "
+            "processes takes its own (cuda:LOCAL_RANK): pass `device` cuda, auto or cpu, and "
             "choose the GPUs with CUDA_VISIBLE_DEVICES"
         )
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use --device cpu")
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use `device` cpu")
     if ranks.local_rank >= torch.cuda.device_count():
         raise ValueError(
             f"process {ranks.rank} needs GPU {ranks.local_rank}, but torch sees "
             f"{torch.cuda.device_count()}: start at most that many processes per machine "
-            "(--nproc_per_node)"
+            "(torchrun's --nproc_per_node)"
         )
     return torch.device("cuda", ranks.local_rank)
 
@@ -167,15 +167,16 @@ def per_process_batch(batch_size: int, ranks: Ranks | None) -> int:
     processes = ranks.world_size
     if batch_size < processes:
         raise ValueError(
-            f"--batch-size {batch_size} (the global batch, in windows) is smaller than the "
-            f"{processes} processes (--nproc_per_node): each process needs at least one window. "
-            f"Raise --batch-size to a multiple of {processes}, or start fewer processes"
+            f"`batch_size` {batch_size} (the global batch, in windows) is smaller than the "
+            f"{processes} processes (torchrun's --nproc_per_node): each process needs at least "
+            f"one window. Raise `batch_size` to a multiple of {processes}, or start fewer "
+            "processes"
         )
     if batch_size % processes:
         lower = batch_size - batch_size % processes
         upper = lower + processes
         raise ValueError(
-            f"--batch-size {batch_size} is the global batch and must split evenly across the "
+            f"`batch_size` {batch_size} is the global batch and must split evenly across the "
             f"{processes} processes: use {lower} or {upper}, or another number of processes"
         )
     return batch_size // processes

@@ -36,7 +36,7 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"the run folder {folder} is a file: choose another --out")
+        raise ValueError(f"the run folder {folder} is a file: choose another `folder`")
     key = folder.resolve()
     if key in _HELD_FOLDERS:
         yield folder
@@ -48,14 +48,14 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     except Timeout:
         if not (folder / ".lock").exists():  # so no one holds it: the folder is not writable
             raise ValueError(f"cannot write into the run folder {folder}: choose another "
-                             "--out") from None
+                             "`folder`") from None
         raise ValueError(
             f"another run is training into {folder} right now: wait for it to finish and continue "
-            "it with --resume, or choose another --out"
+            "it with `resume`, or choose another `folder`"
         ) from None
     except OSError as error:
         raise ValueError(f"cannot write into the run folder {folder} ({error.strerror or error}): "
-                         "choose another --out") from None
+                         "choose another `folder`") from None
     _HELD_FOLDERS.add(key)
     try:
         _report_stale_temporaries(folder)
@@ -98,16 +98,16 @@ def check_run_folder(folder: str | os.PathLike, *, force: bool = False) -> None:
     of this library (whether to resume or replace it is the trainer's rule); with `force` any
     folder (the run's files replace those of the same names, the others stay)."""
     if not os.fspath(folder).strip():  # Path("") would be the current folder
-        raise ValueError("--out is empty: name the run folder (e.g. runs/NAME)")
+        raise ValueError("`folder` is empty: name the run folder (e.g. runs/NAME)")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"the run folder {folder} is a file: choose another --out")
+        raise ValueError(f"the run folder {folder} is a file: choose another `folder`")
     if force or run_folder_state(folder) != "other":
         return
     kind = "a model folder" if is_model_folder(folder) else "files that are not a run of ours"
     if (folder / "history.json").exists() and not (folder / CHECKPOINT_NAME).exists():
         kind = "a history.json without a checkpoint (not a run of hourglass_edu)"
     raise ValueError(f"{folder} holds {kind} ({describe_contents(folder)}); a run writes only "
-                     "into an empty folder or one of its own runs: choose another --out, or "
-                     "pass --force to write into it (checkpoint.pt, history.json and "
+                     "into an empty folder or one of its own runs: choose another `folder`, or "
+                     "pass `force` to write into it (checkpoint.pt, history.json and "
                      "history.png there are replaced, other files left alone)")

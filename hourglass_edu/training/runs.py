@@ -82,8 +82,8 @@ def _start_fresh(checkpoint_path: Path, *, overwrite: bool, main: bool) -> None:
     found = [path for path in (checkpoint_path, best) if path.exists()]
     if found and not overwrite:
         raise ValueError(
-            f"{found[0]} already holds a checkpoint: resume it (resume=True / --resume) "
-            "or choose another path (overwrite=True replaces it)"
+            f"{found[0]} already holds a checkpoint: resume it (`resume`) "
+            "or choose another path (`overwrite` replaces it)"
         )
     if main and best.exists():
         best.unlink()

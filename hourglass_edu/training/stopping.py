@@ -170,7 +170,7 @@ def divergence_message(step: int, loss: float, norm: float, lr: float, kept: str
         cause = (f"the gradient was still not finite with the fp16 loss scale down to "
                  f"{loss_scale:g} (loss {loss})")
     return (f"training stopped at step {step}: {cause}; the update was not applied and {kept}. "
-            f"Try a lower learning rate (now {lr:.3g}; on resume pass --lr), precision='fp32', "
+            f"Try a lower learning rate (now {lr:.3g}; on resume pass `lr`), `precision` fp32, "
             "or a smaller grad_clip")
 
 
@@ -181,14 +181,14 @@ def out_of_memory_message(error: BaseException, *, config, precision: str, proce
     micro = config.batch_size // processes
     windows = config.batch_size * config.grad_accum
     where = f"{device}" + (f" (each of {processes} processes)" if processes > 1 else "")
-    advice = "lower --block-size, or use a smaller model (--d-model, --structure)"
+    advice = "lower `block_size`, or use a smaller model (`d_model`, `structure`)"
     factor = next((f for f in (2, 3, 4, 5, 8) if micro % f == 0), None)
     if factor is not None:
         advice = (f"keep the global batch of {windows} windows and split it into more, smaller "
-                  f"micro-batches: --batch-size {config.batch_size // factor} --grad-accum "
+                  f"micro-batches: `batch_size` {config.batch_size // factor} `grad_accum` "
                   f"{config.grad_accum * factor} (the same steps and batches, in {factor}x as many "
                   f"forward passes; with "
-                  f"--resume the pair may change as long as their product stays {windows}); "
+                  f"`resume` the pair may change as long as their product stays {windows}); "
                   f"else {advice}")
     return (f"out of memory on {where} with micro-batches of {micro} windows x "
             f"{config.block_size} tokens ({precision}): {advice}. {kept}. "
