@@ -80,9 +80,11 @@ def run_differences(trainer, checkpoint: dict[str, Any]) -> list[str]:
                                  data_fingerprint(trainer.data))
 
 
-def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None:
-    """Load `checkpoint` into `trainer`, or refuse (ValueError, listing every difference, or
-    naming the entry of the file that does not fit)."""
+def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike
+                ) -> tuple[RunState, list[str]]:
+    """Load `checkpoint`'s weights, optimizer, scaler and random states into `trainer`'s own
+    objects, or refuse (ValueError, listing every difference, or naming the entry of the file
+    that does not fit). Returns the saved `RunState` and the changed settings resume accepted."""
     where = "the checkpoint"
     if not isinstance(checkpoint, dict):
         where = str(checkpoint)
@@ -94,12 +96,12 @@ def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None
             + "\n  ".join(differences)
             + "\nResume with the same settings, or start a new run in another directory."
         )
-    trainer.resumed_changes = config_differences(
+    changes = config_differences(
         checkpoint["train_config"], trainer.config.to_dict(), "",
         only=("steps", "minutes", "lr", *BATCH_SPLIT))
     model_config = getattr(trainer.model, "config", None)
     if model_config is not None:
-        trainer.resumed_changes += config_differences(
+        changes += config_differences(
             checkpoint["model_config"], model_config.to_dict(), "", only=RESUMABLE_MODEL_CHANGES)
     check_optimizer_state(checkpoint["optimizer"], trainer.optimizer, where)
     check_random_states(checkpoint["rng"], where)
@@ -114,4 +116,4 @@ def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None
     state.metadata.update(trainer.state.metadata)  # this run's own metadata wins
     with damaged_entry(where, "rng"):
         trainer.random.set_state(checkpoint["rng"], step=state.step)
-    trainer.state = state
+    return state, changes

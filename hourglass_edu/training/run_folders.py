@@ -2,7 +2,8 @@
 
 `check_run_folder` refuses, before any work, a folder that holds anything else (unless forced);
 `run_folder_lock` holds the folder's `.lock` while a run writes, and removes the temporary files
-that killed writes left behind.
+that killed writes left behind; `start_fresh_run` refuses to replace another run's checkpoint
+unless told to, and removes an earlier run's best.pt.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ from filelock import FileLock, Timeout
 
 from hourglass_edu.files import describe_contents, remove_stale_temporaries
 from hourglass_edu.model_folders import is_model_folder
-from hourglass_edu.training.checkpoints import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME
+from hourglass_edu.training.checkpoints import (
+    BEST_CHECKPOINT_NAME,
+    CHECKPOINT_NAME,
+    best_checkpoint_path,
+)
 
-__all__ = ["RUN_FILES", "check_run_folder", "run_folder_lock", "run_folder_state"]
+__all__ = ["RUN_FILES", "check_run_folder", "run_folder_lock", "run_folder_state",
+           "start_fresh_run"]
 
 # The run folders this process holds locked (so that a nested `run_folder_lock` on the same folder,
 # e.g. the command line's around `train`'s own, does not refuse its own process).
@@ -111,3 +117,17 @@ def check_run_folder(folder: str | os.PathLike, *, force: bool = False) -> None:
                      "into an empty folder or one of its own runs: choose another `folder`, or "
                      "pass `force` to write into it (checkpoint.pt, history.json and "
                      "history.png there are replaced, other files left alone)")
+
+
+def start_fresh_run(checkpoint_path: Path, *, overwrite: bool, main: bool) -> None:
+    """A new run into `checkpoint_path`: refuse to replace another run's files unless told to,
+    and remove an earlier run's best.pt (it would otherwise pass for this run's best)."""
+    best = best_checkpoint_path(checkpoint_path)
+    found = [path for path in (checkpoint_path, best) if path.exists()]
+    if found and not overwrite:
+        raise ValueError(
+            f"{found[0]} already holds a checkpoint: resume it (`resume`) "
+            "or choose another path (`overwrite` replaces it)"
+        )
+    if main and best.exists():
+        best.unlink()

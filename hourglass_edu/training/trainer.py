@@ -179,7 +179,7 @@ class Trainer:
         """Continue the run stored in `checkpoint` (a dict or a path); refuses (ValueError) a
         model, data or recipe change. A new budget (steps, minutes), learning rate or split of
         the step's windows into micro-batches is accepted and listed in `resumed_changes`."""
-        restore_run(self, checkpoint)
+        self.state, self.resumed_changes = restore_run(self, checkpoint)
 
     # ----- the step
     def train_step(self) -> StepResult:
