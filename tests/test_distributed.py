@@ -101,7 +101,7 @@ def test_two_processes_refuse_different_settings_and_a_batch_smaller_than_them(t
                                          "different settings")
     assert "train.seed: process 0 has 0, process 1 has 1" in result["mismatch"]
     assert result["batch_too_small"].startswith(
-        "--batch-size 1 (the global batch, in windows) is smaller than the 2 processes")
+        "`batch_size` 1 (the global batch, in windows) is smaller than the 2 processes")
 
 
 def test_only_process_0_writes_and_its_checkpoint_has_no_ddp_names(two_process_run):
