@@ -148,7 +148,10 @@ class Trainer:
 
     @stop_requested.setter
     def stop_requested(self, value: bool) -> None:
-        self.stops.request() if value else self.stops.withdraw()
+        if value:
+            self.stops.request()
+        else:
+            self.stops.withdraw()
 
     @property
     def tokens_per_step(self) -> int:
