@@ -15,7 +15,7 @@ from typing import Any
 
 from hourglass_edu.training.evaluation import History
 
-__all__ = ["RunState", "empty_log_window"]
+__all__ = ["RunState"]
 
 
 def empty_log_window() -> dict[str, Any]:
