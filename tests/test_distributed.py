@@ -102,7 +102,7 @@ def test_two_processes_refuse_different_settings_and_a_batch_smaller_than_them(t
                                          "different settings")
     assert "train.seed: process 0 has 0, process 1 has 1" in result["mismatch"]
     assert result["batch_too_small"].startswith(
-        "--batch-size 1 (the global batch, in windows) is smaller than the 2 processes")
+        "`batch_size` 1 (the global batch, in windows) is smaller than the 2 processes")
 
 
 def test_only_process_0_writes_and_its_checkpoint_has_no_ddp_names(two_process_run):
@@ -144,7 +144,7 @@ def test_accumulation_all_reduces_only_on_the_last_micro_batch(tmp_path):
                     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(
                         lambda future: future.value()[0])
 
-                trainer.data_parallel.register_comm_hook(None, counting_all_reduce)
+                trainer.parallel.ddp.register_comm_hook(None, counting_all_reduce)
                 trainer.run()
                 counts.append(len(calls))
             assert counts[0] == counts[1] > 0, counts

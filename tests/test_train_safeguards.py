@@ -167,7 +167,7 @@ def test_out_of_memory_is_one_line_that_keeps_the_global_batch(toy_data, tmp_pat
         train(model, toy_data, config, checkpoint_path=tmp_path / "checkpoint.pt")
     message = str(error.value)
     assert "\n" not in message
-    assert "--batch-size 2 --grad-accum 4" in message and "8 windows" in message
+    assert "`batch_size` 2 `grad_accum` 4" in message and "8 windows" in message
     assert "step 1) is kept" in message and "Tried to allocate 2.00 GiB" in message
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
 
@@ -290,7 +290,7 @@ def test_precision_follows_the_hardware_and_the_name(asked, device, hardware, ch
 
 
 def test_bf16_on_a_gpu_without_native_bf16_is_refused_with_what_to_use(monkeypatch):
-    with pytest.raises(ValueError, match="no native bf16.*use --precision fp16.*or auto"):
+    with pytest.raises(ValueError, match="no native bf16.*use `precision` fp16.*or auto"):
         choose_precision("bf16", "cuda", native_bf16=False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (7, 5))  # a T4
     with pytest.raises(ValueError, match="no native bf16"):

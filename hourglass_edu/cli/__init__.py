@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 import warnings
 
@@ -121,7 +122,7 @@ def _parse_and_run(argv: list[str] | None) -> int:
             # Library errors already say what to change; a traceback would only hide that. A
             # FileNotFoundError with an errno comes from the system, not from a library message.
             line = (os_error_line(error) if isinstance(error, OSError) and error.errno
-                    else _error_line(error, args.command))
+                    else as_flags(_error_line(error, args.command), args))
             print(f"{_process_prefix()}error: {line}", file=sys.stderr)
             return 2
         except BrokenPipeError:
@@ -189,6 +190,24 @@ def _error_line(error: Exception, command: str) -> str:
     if command == "evaluate":
         return f"{first}; lower --batch-size or --context"
     return f"{first}; use a smaller model, or another --device"
+
+
+# Library arguments a command passes from an option of another name.
+_OPTION_OF_ARGUMENT = {"folder": "out", "overwrite": "force"}
+_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def as_flags(message: str, args: argparse.Namespace) -> str:
+    """A library message in the command line's words, the one place they are translated: the
+    library names its arguments in backquotes (`batch_size`, `folder`), and each one that is
+    an option of this command becomes its flag (--batch-size, --out); the others stay."""
+    options = set(vars(args)) - {"command", "run"}  # the subcommand's name and function
+
+    def flag(match: re.Match) -> str:
+        name = _OPTION_OF_ARGUMENT.get(match[1], match[1])
+        return f"--{name.replace('_', '-')}" if name in options else match[0]
+
+    return _ARGUMENT.sub(flag, message)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -136,6 +136,7 @@ def run_training(args, model, data, config, *, resume, overwrite=False, metadata
     # here, not at the top: torch loads only when the command runs (cli/__init__.py)
     from hourglass_edu.training import CHECKPOINT_NAME, evaluate_bpc, train
     from hourglass_edu.training.distributed import current_ranks
+    from hourglass_edu.training.stopping import RunInterrupted
 
     ranks = current_ranks()
     main = ranks is None or ranks.is_main
@@ -154,9 +155,9 @@ def run_training(args, model, data, config, *, resume, overwrite=False, metadata
     try:
         history = train(model, data, config, checkpoint_path=out / CHECKPOINT_NAME,
                         resume=resume, overwrite=overwrite, metadata=metadata)
-    except KeyboardInterrupt as interrupt:
-        _stop_after_interrupt(out, getattr(interrupt, "stop_signal", None),
-                              can_resume=hasattr(args, "resume"), main=main)
+    except KeyboardInterrupt as interrupt:  # a RunInterrupted knows the signal that stopped it
+        signum = interrupt.stop_signal if isinstance(interrupt, RunInterrupted) else None
+        _stop_after_interrupt(out, signum, can_resume=hasattr(args, "resume"), main=main)
     if not main:
         return history, None
     _write_history_json(out, history)

@@ -9,7 +9,9 @@ One module per concept, in the order a run uses them:
 - `randomness`: the run's own batch and dropout random states;
 - `checkpoints`: save, load and validate, the run-folder lock, best.pt, `load_model`;
 - `distributed`: data parallelism under torchrun (`process_group`, the global batch's split);
-- `stopping`: Ctrl-C / SIGTERM, the processes' stop agreement, divergence and out of memory;
+- `run_state`: `RunState`, where a run stands (step, tokens, clock, history) as checkpoints hold it;
+- `stopping`: stop requests (Ctrl-C / SIGTERM, the processes' agreement), `RunInterrupted`,
+  divergence and out of memory;
 - `resuming`: what a running trainer's checkpoint holds, and how a run continues from one;
 - `trainer`: `Trainer`, whose `train_step` is the step on one screen;
 - `runs`: `train(model, data, config)`, one run from scratch or from its checkpoint;

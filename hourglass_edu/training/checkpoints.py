@@ -144,9 +144,9 @@ def _refuse_model_folder(path: Path) -> None:
     if is_model_folder(folder) and not (path.is_file() and path.suffix == ".pt"):
         raise ValueError(
             f"{path} is a model folder (export writes them: weights, config and card, without "
-            "the optimizer state and history of a training run); sample or evaluate it with "
-            f"--ckpt {folder}, and to fine-tune or resume, pass the run folder it was exported "
-            "from"
+            "the optimizer state and history of a training run); sample or evaluate it as it is "
+            f"(`load_model`, or `ckpt` {folder}), and to fine-tune or resume, pass the run folder "
+            "it was exported from"
         )
 
 

@@ -274,7 +274,7 @@ def device_memory_bytes(device: torch.device) -> int | None:
 def check_batch_fits(model, config: TrainConfig) -> None:
     """Refuse, before any work, a micro-batch whose activations (every linear layer's output,
     `loading.activation_bytes_per_token`: less than a step keeps) pass the memory of the device
-    it would train on, or `MAX_BATCH_ACTIVATIONS` of any device. A typo like --batch-size
+    it would train on, or `MAX_BATCH_ACTIVATIONS` of any device. A typo like batch_size=
     1000000, or a damaged checkpoint's recipe that `finetune` continues, would otherwise end in
     a raw allocator error after gigabytes. `model` may be on `meta`."""
     needed = activation_bytes_per_token(model) * config.batch_size * config.block_size
@@ -285,10 +285,9 @@ def check_batch_fits(model, config: TrainConfig) -> None:
         limit, where = memory, f"the {device} memory ({memory / 2**30:,.0f} GiB)"
     if needed > limit:
         raise ValueError(
-            f"--batch-size {config.batch_size} x --block-size {config.block_size} would need "
+            f"`batch_size` {config.batch_size} x `block_size` {config.block_size} would need "
             f"about {needed / 2**30:,.0f} GiB of activations per micro-batch, more than "
-            f"{where} holds: lower --batch-size (--grad-accum N keeps N micro-batches per step; "
-            "in Python: batch_size, grad_accum)"
+            f"{where} holds: lower `batch_size` (`grad_accum` N keeps N micro-batches per step)"
         )
 
 
@@ -314,8 +313,8 @@ def check_sizes(model, data, config: TrainConfig) -> None:
         if ids.numel() <= config.block_size:
             raise ValueError(
                 f"{split} holds {ids.numel()} tokens, not more than block_size "
-                f"{config.block_size}: lower block_size (--block-size), use more text, or hold "
-                f"out a {fraction} share of the documents (val_fraction, --val-fraction)"
+                f"{config.block_size}: lower `block_size`, use more text, or hold "
+                f"out a {fraction} share of the documents (`val_fraction`)"
             )
 
 

@@ -25,6 +25,8 @@ How a data-parallel run relates to a one-process run with the same settings:
   dropout the resumed run is an equally valid continuation, not the same numbers.
 
 Without torchrun none of this runs: `process_group()` yields None and training is unchanged.
+The trainer asks all of it of one `DataParallel` object, whose every answer alone is the
+one-process one, so the loop never tests where it runs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from hourglass_edu.devices import resolve_device
 
@@ -105,18 +109,18 @@ def rank_device(device: str | torch.device, ranks: Ranks | None) -> torch.device
     if requested not in ("auto", "cuda", "cpu"):
         raise ValueError(
             f"device {requested!r} names one device, but each of the {ranks.world_size} "
-            "processes takes its own (cuda:LOCAL_RANK): pass --device cuda, auto or cpu, and "
+            "processes takes its own (cuda:LOCAL_RANK): pass `device` cuda, auto or cpu, and "
             "choose the GPUs with CUDA_VISIBLE_DEVICES"
         )
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use --device cpu")
+        raise ValueError("device 'cuda' was asked for but torch sees no GPU; use `device` cpu")
     if ranks.local_rank >= torch.cuda.device_count():
         raise ValueError(
             f"process {ranks.rank} needs GPU {ranks.local_rank}, but torch sees "
             f"{torch.cuda.device_count()}: start at most that many processes per machine "
-            "(--nproc_per_node)"
+            "(torchrun's --nproc_per_node)"
         )
     return torch.device("cuda", ranks.local_rank)
 
@@ -161,15 +165,16 @@ def per_process_batch(batch_size: int, ranks: Ranks | None) -> int:
     processes = ranks.world_size
     if batch_size < processes:
         raise ValueError(
-            f"--batch-size {batch_size} (the global batch, in windows) is smaller than the "
-            f"{processes} processes (--nproc_per_node): each process needs at least one window. "
-            f"Raise --batch-size to a multiple of {processes}, or start fewer processes"
+            f"`batch_size` {batch_size} (the global batch, in windows) is smaller than the "
+            f"{processes} processes (torchrun's --nproc_per_node): each process needs at least "
+            f"one window. Raise `batch_size` to a multiple of {processes}, or start fewer "
+            "processes"
         )
     if batch_size % processes:
         lower = batch_size - batch_size % processes
         upper = lower + processes
         raise ValueError(
-            f"--batch-size {batch_size} is the global batch and must split evenly across the "
+            f"`batch_size` {batch_size} is the global batch and must split evenly across the "
             f"{processes} processes: use {lower} or {upper}, or another number of processes"
         )
     return batch_size // processes
@@ -205,6 +210,80 @@ def check_same_settings(settings: dict[str, Any], ranks: Ranks | None) -> None:
         + "\nStart every process with the same command, corpus and model (one torchrun command "
         "per machine, the same files on every machine)"
     )
+
+
+class DataParallel:
+    """What the trainer asks of data parallelism, one call each. `ranks` None (alone): every call
+    gives the one-process answer. `ddp` is the DistributedDataParallel wrapper once `wrap` made
+    it (else None)."""
+
+    def __init__(self, ranks: Ranks | None) -> None:
+        self.ranks = ranks
+        self.ddp: DistributedDataParallel | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.ranks is None or self.ranks.is_main
+
+    @property
+    def rank(self) -> int:
+        return self.ranks.rank if self.ranks is not None else 0
+
+    @property
+    def processes(self) -> int:
+        return self.ranks.world_size if self.ranks is not None else 1
+
+    def check_same_settings(self, settings: dict[str, Any]) -> None:
+        check_same_settings(settings, self.ranks)
+
+    def device(self, requested: str | torch.device) -> torch.device:
+        return rank_device(requested, self.ranks)
+
+    def windows_per_process(self, batch_size: int) -> int:
+        return per_process_batch(batch_size, self.ranks)
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The module a step runs forward: DDP around `model` (it copies process 0's weights to
+        the others, and averages gradients from then on), or alone the model itself."""
+        if self.ranks is None:
+            return model
+        self.ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+        return self.ddp
+
+    def own_rows(self, windows: int, batch_size: int) -> list[slice]:
+        """This process's rows of each micro-batch of `batch_size` windows among `windows`."""
+        share = self.windows_per_process(batch_size)
+        own = self.rank * share
+        return [slice(start + own, start + own + share) for start in range(0, windows, batch_size)]
+
+    def gradient_sync(self, last_micro_batch: bool):
+        """Gradient accumulation: the all-reduce runs only after the last micro-batch's backward
+        pass (DDP's `no_sync` keeps the others local)."""
+        if self.ddp is None or last_micro_batch:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
+
+    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` averaged over the processes, in place (alone: unchanged)."""
+        return self.ranks.mean_(tensor) if self.ranks is not None else tensor
+
+    def any(self, value: int) -> int:
+        """The largest of every process's `value` (alone: `value`)."""
+        return self.ranks.any(value) if self.ranks is not None else value
+
+    def slowest(self, elapsed: float, seconds: float) -> float:
+        """A step's `seconds` on one clock for all processes (the slowest one's), so a time
+        budget ends for all of them at the same step and the schedule stays the same."""
+        if self.ranks is None:
+            return seconds
+        return self.ranks.max(elapsed + seconds) - elapsed
+
+    def summary(self, device: torch.device, batch_size: int, block_size: int) -> str | None:
+        """The line to print when a data-parallel run starts (None alone)."""
+        if self.ranks is None:
+            return None
+        return data_parallel_summary(self.ranks, device, batch_size, block_size)
 
 
 def _differences(first: dict[str, Any], other: dict[str, Any], rank: int,

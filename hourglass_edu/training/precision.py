@@ -61,7 +61,7 @@ def choose_precision(precision: str, device_type: str, *, native_bf16: bool = Fa
     if precision == "bf16" and device_type == "cuda" and not native_bf16:
         raise ValueError(f"precision 'bf16' was asked for, but {device_name} has no native bf16 "
                          "(before compute capability 8.0 it is emulated, many times slower): "
-                         "use --precision fp16 (autocast with loss scaling) or auto")
+                         "use `precision` fp16 (autocast with loss scaling) or auto")
     if precision != "auto":
         return precision
     if device_type == "cuda":

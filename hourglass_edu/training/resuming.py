@@ -1,8 +1,8 @@
 """What a running Trainer's checkpoint holds, and how a Trainer continues the run stored in one.
 
-`run_checkpoint(trainer)` gathers the run's whole state (weights, optimizer, loss scaler,
-schedule position, skipped steps, history, log window, random states) as plain containers and
-tensors; `restore_run(trainer, checkpoint)` puts it back after checking that the run is the same
+`run_checkpoint(trainer)` gathers the run's whole state (weights, optimizer, loss scaler, the
+`RunState` of run_state.py, random states) as plain containers and tensors;
+`restore_run(trainer, checkpoint)` puts it back after checking that the run is the same
 (model, data, recipe), and that its optimizer, scaler and random states fit the run
 (checkpoint_checks.py: one line naming the file and the entry, never torch's raw message).
 Resuming may change what does not change the numbers a run computes (the
@@ -36,18 +36,12 @@ from hourglass_edu.training.checkpoints import (
     load_checkpoint,
     resumable_differences,
 )
-from hourglass_edu.training.evaluation import History
+from hourglass_edu.training.run_state import RunState
 
 __all__: list[str] = []  # no public names: the modules that use these import them by name
 
 # Train settings that may change on resume as long as their product (the windows per step) stays.
 BATCH_SPLIT = ("batch_size", "grad_accum")
-
-
-def empty_log_window() -> dict[str, Any]:
-    """What the next history record averages: loss sum, steps, tokens and seconds since the
-    last record (saved in checkpoints, so a resumed run logs the same means)."""
-    return {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
 
 
 def run_checkpoint(trainer, rng_state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,14 +59,8 @@ def run_checkpoint(trainer, rng_state: dict[str, Any] | None = None) -> dict[str
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scaler": trainer.scaler.state_dict(),
-        "step": trainer.step,
-        "tokens_seen": trainer.tokens_seen,
-        "elapsed": trainer.elapsed,
-        "skipped_steps": trainer.skipped_steps,
-        "log_window": dict(trainer.log_window),
-        "history": trainer.history.to_dict(),
+        **trainer.state.to_dict(),  # step, tokens_seen, elapsed, history, metadata, ...
         "rng": rng_state if rng_state is not None else trainer.random.state(),
-        "metadata": dict(trainer.metadata),
         "torch_version": str(torch.__version__),  # TorchVersion is not a plain str
     }
 
@@ -92,9 +80,11 @@ def run_differences(trainer, checkpoint: dict[str, Any]) -> list[str]:
                                  data_fingerprint(trainer.data))
 
 
-def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None:
-    """Load `checkpoint` into `trainer`, or refuse (ValueError, listing every difference, or
-    naming the entry of the file that does not fit)."""
+def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike
+                ) -> tuple[RunState, list[str]]:
+    """Load `checkpoint`'s weights, optimizer, scaler and random states into `trainer`'s own
+    objects, or refuse (ValueError, listing every difference, or naming the entry of the file
+    that does not fit). Returns the saved `RunState` and the changed settings resume accepted."""
     where = "the checkpoint"
     if not isinstance(checkpoint, dict):
         where = str(checkpoint)
@@ -106,12 +96,12 @@ def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None
             + "\n  ".join(differences)
             + "\nResume with the same settings, or start a new run in another directory."
         )
-    trainer.resumed_changes = config_differences(
+    changes = config_differences(
         checkpoint["train_config"], trainer.config.to_dict(), "",
         only=("steps", "minutes", "lr", *BATCH_SPLIT))
     model_config = getattr(trainer.model, "config", None)
     if model_config is not None:
-        trainer.resumed_changes += config_differences(
+        changes += config_differences(
             checkpoint["model_config"], model_config.to_dict(), "", only=RESUMABLE_MODEL_CHANGES)
     check_optimizer_state(checkpoint["optimizer"], trainer.optimizer, where)
     check_random_states(checkpoint["rng"], where)
@@ -122,13 +112,8 @@ def restore_run(trainer, checkpoint: dict[str, Any] | str | os.PathLike) -> None
     if checkpoint.get("scaler"):
         with damaged_entry(where, "scaler"):
             trainer.scaler.load_state_dict(checkpoint["scaler"])
-    trainer.step = checkpoint["step"]
-    trainer.tokens_seen = checkpoint["tokens_seen"]
-    trainer.elapsed = checkpoint["elapsed"]
-    trainer.skipped_steps = checkpoint.get("skipped_steps", 0)
-    trainer.log_window = {**empty_log_window(), **checkpoint.get("log_window", {})}
-    trainer.history = History.from_dict(checkpoint["history"])
-    trainer.metadata = {**checkpoint.get("metadata", {}), **trainer.metadata}
+    state = RunState.from_dict(checkpoint)
+    state.metadata.update(trainer.state.metadata)  # this run's own metadata wins
     with damaged_entry(where, "rng"):
-        trainer.random.set_state(checkpoint["rng"], step=trainer.step)
-    trainer.last_checkpoint_step = trainer.step
+        trainer.random.set_state(checkpoint["rng"], step=state.step)
+    return state, changes

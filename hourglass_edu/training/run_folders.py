@@ -2,7 +2,8 @@
 
 `check_run_folder` refuses, before any work, a folder that holds anything else (unless forced);
 `run_folder_lock` holds the folder's `.lock` while a run writes, and removes the temporary files
-that killed writes left behind.
+that killed writes left behind; `start_fresh_run` refuses to replace another run's checkpoint
+unless told to, and removes an earlier run's best.pt.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from filelock import FileLock, Timeout
 
 from hourglass_edu.files import describe_contents, remove_stale_temporaries
 from hourglass_edu.model_folders import is_model_folder
-from hourglass_edu.training.checkpoints import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME
+from hourglass_edu.training.checkpoints import (
+    BEST_CHECKPOINT_NAME,
+    CHECKPOINT_NAME,
+    best_checkpoint_path,
+)
 
 __all__ = ["check_run_folder", "run_folder_lock"]
 
@@ -36,7 +41,7 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"the run folder {folder} is a file: choose another --out")
+        raise ValueError(f"the run folder {folder} is a file: choose another `folder`")
     key = folder.resolve()
     if key in _HELD_FOLDERS:
         yield folder
@@ -48,14 +53,14 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     except Timeout:
         if not (folder / ".lock").exists():  # so no one holds it: the folder is not writable
             raise ValueError(f"cannot write into the run folder {folder}: choose another "
-                             "--out") from None
+                             "`folder`") from None
         raise ValueError(
             f"another run is training into {folder} right now: wait for it to finish and continue "
-            "it with --resume, or choose another --out"
+            "it with `resume`, or choose another `folder`"
         ) from None
     except OSError as error:
         raise ValueError(f"cannot write into the run folder {folder} ({error.strerror or error}): "
-                         "choose another --out") from None
+                         "choose another `folder`") from None
     _HELD_FOLDERS.add(key)
     try:
         _report_stale_temporaries(folder)
@@ -98,16 +103,30 @@ def check_run_folder(folder: str | os.PathLike, *, force: bool = False) -> None:
     of this library (whether to resume or replace it is the trainer's rule); with `force` any
     folder (the run's files replace those of the same names, the others stay)."""
     if not os.fspath(folder).strip():  # Path("") would be the current folder
-        raise ValueError("--out is empty: name the run folder (e.g. runs/NAME)")
+        raise ValueError("`folder` is empty: name the run folder (e.g. runs/NAME)")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"the run folder {folder} is a file: choose another --out")
+        raise ValueError(f"the run folder {folder} is a file: choose another `folder`")
     if force or run_folder_state(folder) != "other":
         return
     kind = "a model folder" if is_model_folder(folder) else "files that are not a run of ours"
     if (folder / "history.json").exists() and not (folder / CHECKPOINT_NAME).exists():
         kind = "a history.json without a checkpoint (not a run of hourglass_edu)"
     raise ValueError(f"{folder} holds {kind} ({describe_contents(folder)}); a run writes only "
-                     "into an empty folder or one of its own runs: choose another --out, or "
-                     "pass --force to write into it (checkpoint.pt, history.json and "
+                     "into an empty folder or one of its own runs: choose another `folder`, or "
+                     "pass `force` to write into it (checkpoint.pt, history.json and "
                      "history.png there are replaced, other files left alone)")
+
+
+def start_fresh_run(checkpoint_path: Path, *, overwrite: bool, main: bool) -> None:
+    """A new run into `checkpoint_path`: refuse to replace another run's files unless told to,
+    and remove an earlier run's best.pt (it would otherwise pass for this run's best)."""
+    best = best_checkpoint_path(checkpoint_path)
+    found = [path for path in (checkpoint_path, best) if path.exists()]
+    if found and not overwrite:
+        raise ValueError(
+            f"{found[0]} already holds a checkpoint: resume it (`resume`) "
+            "or choose another path (`overwrite` replaces it)"
+        )
+    if main and best.exists():
+        best.unlink()

@@ -1,9 +1,10 @@
 """`train(model, data, config)`: one training run, from scratch or from its checkpoint.
 
-It locks the run folder for the whole run (a second run into it is refused), starts fresh or
+It locks the run folder for the whole run (a second run into it is refused), starts fresh
+(run_folders.py: an earlier run's best.pt is removed, so it never passes for this run's) or
 resumes (resuming.py says what may change), and runs a `Trainer` (trainer.py) to the end of its
 budget. Beside the run's checkpoint it keeps `best.pt`, the weights of the best validation so
-far; a fresh run removes an earlier run's best.pt, so it never passes for this run's.
+far.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from typing import Any
 from torch import nn
 
 from hourglass_edu.loading import record_tokenizer
-from hourglass_edu.training.checkpoints import best_checkpoint_path
 from hourglass_edu.training.config import TrainConfig, check_training_inputs
 from hourglass_edu.training.distributed import current_ranks
 from hourglass_edu.training.evaluation import History
-from hourglass_edu.training.run_folders import run_folder_lock
+from hourglass_edu.training.run_folders import run_folder_lock, start_fresh_run
 from hourglass_edu.training.trainer import Trainer
 
 __all__ = ["train"]
@@ -44,8 +44,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *,
 
     Returns the `History`. Raises `TrainingDiverged` if the loss stops being finite and
     `TrainingOutOfMemory` (saying which settings fit) if a step does not fit in memory. After
-    Ctrl-C or SIGTERM it saves the checkpoint and raises KeyboardInterrupt, whose `stop_signal`
-    is the signal's number (None when the interrupt came from elsewhere).
+    Ctrl-C or SIGTERM it saves the checkpoint and raises `stopping.RunInterrupted` (a
+    KeyboardInterrupt), whose `stop_signal` is the signal's number (None when no signal asked).
 
     Data-parallel (called inside `distributed.process_group()` on every process torchrun
     started): `config.batch_size` is the global batch, split evenly across the processes; only
@@ -71,19 +71,5 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *,
             for change in trainer.resumed_changes if main else ():
                 print(f"resuming with a changed setting: {change}")
         else:
-            _start_fresh(Path(checkpoint_path), overwrite=overwrite, main=main)
+            start_fresh_run(Path(checkpoint_path), overwrite=overwrite, main=main)
         return trainer.run()
-
-
-def _start_fresh(checkpoint_path: Path, *, overwrite: bool, main: bool) -> None:
-    """A new run into `checkpoint_path`: refuse to replace another run's files unless told to,
-    and remove an earlier run's best.pt (it would otherwise pass for this run's best)."""
-    best = best_checkpoint_path(checkpoint_path)
-    found = [path for path in (checkpoint_path, best) if path.exists()]
-    if found and not overwrite:
-        raise ValueError(
-            f"{found[0]} already holds a checkpoint: resume it (resume=True / --resume) "
-            "or choose another path (overwrite=True replaces it)"
-        )
-    if main and best.exists():
-        best.unlink()

@@ -23,7 +23,6 @@ how such a run relates to a one-process run).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -34,7 +33,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from hourglass_edu.data import sample_batch
 from hourglass_edu.training.checkpoints import (
@@ -43,13 +41,7 @@ from hourglass_edu.training.checkpoints import (
     save_checkpoint,
 )
 from hourglass_edu.training.config import TrainConfig, check_sizes, check_training_inputs
-from hourglass_edu.training.distributed import (
-    check_same_settings,
-    current_ranks,
-    data_parallel_summary,
-    per_process_batch,
-    rank_device,
-)
+from hourglass_edu.training.distributed import DataParallel, current_ranks
 from hourglass_edu.training.evaluation import LN2, History, evaluate_bpc, language_model_loss
 from hourglass_edu.training.optimization import build_optimizer, learning_rate
 from hourglass_edu.training.precision import (
@@ -59,22 +51,18 @@ from hourglass_edu.training.precision import (
     resolve_precision,
 )
 from hourglass_edu.training.randomness import RandomStates
-from hourglass_edu.training.resuming import (
-    empty_log_window,
-    restore_run,
-    run_checkpoint,
-    run_differences,
-)
+from hourglass_edu.training.resuming import restore_run, run_checkpoint, run_differences
+from hourglass_edu.training.run_state import RunState, empty_log_window
 from hourglass_edu.training.stopping import (
     OUT_OF_MEMORY,
+    RunInterrupted,
     StepUnderWay,
+    StopRequests,
     TrainingDiverged,
     TrainingOutOfMemory,
-    agree_to_stop,
     divergence_message,
     out_of_memory_message,
     save_after_interrupt,
-    stop_signals_finish_step,
 )
 
 __all__: list[str] = []  # no public names: the modules that use these import them by name
@@ -95,14 +83,17 @@ class StepResult:
 
 
 class Trainer:
-    """Owns the state of one run: model, optimizer, schedule position, history, random states.
+    """Runs one run: model, optimizer, scaler and random states, and the `RunState` (`state`:
+    step, tokens, clock, history, ...) that checkpoints save and resuming loads.
 
     `train(...)` is the usual entry point; use a Trainer directly to step through a run or inspect
     its optimizer. `callbacks` are called as `callback(trainer)` after every step (under fp16 a
     skipped one too: `trainer.skipped_steps` counts those); one may set
-    `trainer.stop_requested = True` to stop the run as Ctrl-C would.
+    `trainer.stop_requested = True` (or call `trainer.stops.request()`) to stop the run as Ctrl-C
+    would.
     Inside a process group (`distributed.process_group()`, torchrun) it trains data-parallel:
-    `ranks` says where this process stands and `data_parallel` is the DDP wrapper (else None).
+    `parallel` (a `distributed.DataParallel`) says where this process stands, and holds the DDP
+    wrapper (`parallel.ddp`, else None).
     """
 
     def __init__(self, model: nn.Module, data, config: TrainConfig | None = None, *,
@@ -113,36 +104,25 @@ class Trainer:
         self.config = config = config if config is not None else TrainConfig()
         config.validate()
         self.data, self.tokenizer = data, data.tokenizer
-        self.ranks = current_ranks()
-        self.is_main = self.ranks is None or self.ranks.is_main
+        self.parallel = DataParallel(current_ranks())
+        self.is_main = self.parallel.is_main
         # Before anything else can fail on one process only: all agree, or all refuse together.
-        check_same_settings(self._settings(model), self.ranks)
-        self.windows_per_process = per_process_batch(config.batch_size, self.ranks)
-        self.device = rank_device(config.device, self.ranks)
+        self.parallel.check_same_settings(self._settings(model))
+        self.parallel.windows_per_process(config.batch_size)  # refused here if it cannot split
+        self.device = self.parallel.device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.model = model.to(self.device)
         check_sizes(self.model, data, config)
-        self.data_parallel: DistributedDataParallel | None = None
-        if self.ranks is not None:
-            # Copies process 0's weights to the others, and averages gradients from then on.
-            self.data_parallel = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        forward = self.data_parallel if self.data_parallel is not None else self.model
+        forward = self.parallel.wrap(self.model, self.device)
         self.forward = torch.compile(forward) if config.compile else forward
         self.optimizer = build_optimizer(self.model, config, self.device.type)
         self.scaler = gradient_scaler(self.precision, self.device)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.callbacks = list(callbacks)
-        self.metadata = dict(metadata or {})
-        self.history = History()
-        self.step, self.tokens_seen, self.elapsed, self.skipped_steps = 0, 0, 0.0, 0
-        self.log_window = empty_log_window()
-        self.last_checkpoint_step: int | None = None
+        self.state = RunState(metadata=dict(metadata or {}))
         self.resumed_changes: list[str] = []  # budget / lr / batch split changes resume accepted
-        self.stop_requested = False
-        self.stop_signal: int | None = None
-        self.random = RandomStates(config.seed, self.device,
-                                   rank=self.ranks.rank if self.ranks is not None else 0)
+        self.stops = StopRequests()
+        self.random = RandomStates(config.seed, self.device, rank=self.parallel.rank)
         self.under_way = StepUnderWay()
 
     def _settings(self, model: nn.Module) -> dict[str, Any]:
@@ -152,6 +132,26 @@ class Trainer:
                 "model": model_config.to_dict() if model_config is not None else {},
                 "train": self.config.to_dict(), "tokenizer": self.tokenizer.to_dict(),
                 "data": data_fingerprint(self.data)}
+
+    # The run's state, read where callbacks and callers look for it (`state` owns it).
+    step = property(lambda self: self.state.step, doc="optimizer steps taken")
+    tokens_seen = property(lambda self: self.state.tokens_seen, doc="tokens trained on")
+    elapsed = property(lambda self: self.state.elapsed, doc="seconds of training")
+    skipped_steps = property(lambda self: self.state.skipped_steps,
+                             doc="fp16 updates the scaler skipped")
+    history = property(lambda self: self.state.history, doc="the run's `History`")
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the run stops after this step (set it True to stop as Ctrl-C would)."""
+        return self.stops.requested
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        if value:
+            self.stops.request()
+        else:
+            self.stops.withdraw()
 
     @property
     def tokens_per_step(self) -> int:
@@ -171,7 +171,7 @@ class Trainer:
             raise ValueError("no checkpoint path: pass one to save() or to the Trainer")
         if self.is_main:
             save_checkpoint(path, self.checkpoint(rng_state))
-        self.last_checkpoint_step = self.step
+        self.state.last_checkpoint_step = self.state.step
         return path
 
     def differences(self, checkpoint: dict[str, Any]) -> list[str]:
@@ -182,7 +182,7 @@ class Trainer:
         """Continue the run stored in `checkpoint` (a dict or a path); refuses (ValueError) a
         model, data or recipe change. A new budget (steps, minutes), learning rate or split of
         the step's windows into micro-batches is accepted and listed in `resumed_changes`."""
-        restore_run(self, checkpoint)
+        self.state, self.resumed_changes = restore_run(self, checkpoint)
 
     # ----- the step
     def train_step(self) -> StepResult:
@@ -194,14 +194,13 @@ class Trainer:
         loss = torch.zeros((), device=self.device)
         with self.random.dropout():
             for index, (inputs, targets) in enumerate(micro_batches):
-                with self._gradient_sync(last_micro_batch=index == len(micro_batches) - 1):
+                with self.parallel.gradient_sync(index == len(micro_batches) - 1):
                     with autocast_context(self.precision, self.device):
                         logits = self.forward(inputs)
                     micro_loss = language_model_loss(logits, targets) / len(micro_batches)
                     self.scaler.scale(micro_loss).backward()
                 loss += micro_loss.detach()
-        if self.ranks is not None:
-            self.ranks.mean_(loss)  # the global batch's loss: a NaN anywhere stops every process
+        self.parallel.mean_(loss)  # the global batch's loss: a NaN anywhere stops every process
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self._max_norm)
         # One host-device sync per step: both numbers are checked before the update is applied.
@@ -212,10 +211,9 @@ class Trainer:
             self.scaler.update()
             self.random.commit_dropout()
             if overflowed:
-                self.skipped_steps += 1
+                self.state.skipped_steps += 1
             else:
-                self.step += 1
-                self.tokens_seen += self.tokens_per_step
+                self.state.count_step(self.tokens_per_step)
         return StepResult(loss=loss_value, lr=lr, skipped=overflowed)
 
     @property
@@ -235,18 +233,9 @@ class Trainer:
         config = self.config
         inputs, targets = sample_batch(self.data.train_ids, config.batch_size * config.grad_accum,
                                        config.block_size, self.random.batches)
-        own = self.ranks.rank * self.windows_per_process if self.ranks is not None else 0
-        rows = [slice(start + own, start + own + self.windows_per_process)
-                for start in range(0, len(inputs), config.batch_size)]
         return [(inputs[row].to(self.device, non_blocking=True),
-                 targets[row].to(self.device, non_blocking=True)) for row in rows]
-
-    def _gradient_sync(self, last_micro_batch: bool):
-        """Data-parallel gradient accumulation: the all-reduce only runs after the last
-        micro-batch's backward pass (DDP's `no_sync` keeps the others local)."""
-        if self.data_parallel is None or last_micro_batch:
-            return contextlib.nullcontext()
-        return self.data_parallel.no_sync()
+                 targets[row].to(self.device, non_blocking=True))
+                for row in self.parallel.own_rows(len(inputs), config.batch_size)]
 
     def _gradient_overflowed(self, loss: float, norm: float, lr: float) -> bool:
         """True when the fp16 scaler will skip this update (an overflowed gradient); raises
@@ -256,9 +245,9 @@ class Trainer:
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         if math.isfinite(loss) and scale is not None and scale >= MIN_LOSS_SCALE:
             return True
-        kept = (f"the last good checkpoint ({self.checkpoint_path}, step "
-                f"{self.last_checkpoint_step}) is kept unchanged"
-                if self.last_checkpoint_step is not None else "no checkpoint had been written yet")
+        saved = self.state.last_checkpoint_step
+        kept = (f"the last good checkpoint ({self.checkpoint_path}, step {saved}) is kept "
+                "unchanged" if saved is not None else "no checkpoint had been written yet")
         raise TrainingDiverged(divergence_message(
             self.step + 1, loss, norm, lr, kept,
             loss_scale=scale if math.isfinite(loss) else None))
@@ -282,22 +271,23 @@ class Trainer:
         self._announce_data_parallel()
         bar = self._progress_bar()
         try:
-            with stop_signals_finish_step(self), fast_fp32_matmuls(self.device):
+            with self.stops.signals_finish_step(announce=self.is_main), \
+                    fast_fp32_matmuls(self.device):
                 while not self.finished():
                     self._step_that_fits(bar)
                     for callback in self.callbacks:
                         callback(self)
-                    stop, self.stop_signal = agree_to_stop(self.ranks, self.stop_requested,
-                                                           self.stop_signal)
-                    if stop:
-                        self.stop_requested = True
-                        raise KeyboardInterrupt
-                if self.checkpoint_path is not None and self.last_checkpoint_step != self.step:
+                    if self.stops.agree(self.parallel):
+                        raise self.stops.interrupted()
+                if (self.checkpoint_path is not None
+                        and self.state.last_checkpoint_step != self.step):
                     self.save()
         except KeyboardInterrupt as interrupt:
-            interrupt.stop_signal = self.stop_signal  # so a caller can tell SIGTERM from Ctrl-C
             save_after_interrupt(self)
-            raise
+            if isinstance(interrupt, RunInterrupted):
+                raise
+            # From elsewhere (a notebook's interrupt, another handler): say which signal asked.
+            raise self.stops.interrupted().with_traceback(interrupt.__traceback__) from None
         finally:
             bar.close()
         return self.history
@@ -309,12 +299,12 @@ class Trainer:
             self._timed_step(bar)
             return
         except OUT_OF_MEMORY as error:
-            kept = (f"The last checkpoint ({self.checkpoint_path}, step "
-                    f"{self.last_checkpoint_step}) is kept"
-                    if self.last_checkpoint_step is not None else "No checkpoint was written yet")
+            saved = self.state.last_checkpoint_step
+            kept = (f"The last checkpoint ({self.checkpoint_path}, step {saved}) is kept"
+                    if saved is not None else "No checkpoint was written yet")
             message = out_of_memory_message(
                 error, config=self.config, precision=self.precision, device=self.device,
-                processes=self.ranks.world_size if self.ranks is not None else 1, kept=kept)
+                processes=self.parallel.processes, kept=kept)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         raise TrainingOutOfMemory(message)
@@ -327,12 +317,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        if self.ranks is not None:
-            # One clock for all processes (the slowest one's), so a time budget ends for all of
-            # them at the same step and the learning rate follows the same schedule.
-            seconds = self.ranks.max(self.elapsed + seconds) - self.elapsed
-        self.elapsed += seconds
-        window = self.log_window
+        seconds = self.parallel.slowest(self.elapsed, seconds)  # one clock for all processes
+        self.state.elapsed += seconds
+        window = self.state.log_window
         window["seconds"] += seconds
         if not result.skipped:  # a skipped update is no step: nothing to count or average
             window["loss"] += result.loss
@@ -349,7 +336,7 @@ class Trainer:
             self._record(result.lr, evaluate, bar)
 
     def _record(self, lr: float, evaluate: bool, bar) -> None:
-        window = self.log_window
+        window = self.state.log_window
         mean_loss = window["loss"] / window["steps"]
         best_so_far = self.history.best_val_bpc
         val_bpc = self.evaluate() if evaluate and self.is_main else None
@@ -363,7 +350,7 @@ class Trainer:
         if self.skipped_steps:
             postfix["skipped"] = str(self.skipped_steps)
         bar.set_postfix(postfix, refresh=False)
-        self.log_window = empty_log_window()
+        self.state.log_window = empty_log_window()
         if self._should_checkpoint(evaluate):
             self.save()
         if val_bpc is not None and (best_so_far is None or val_bpc < best_so_far):
@@ -382,9 +369,10 @@ class Trainer:
         return self.step % self.config.checkpoint_every == 0
 
     def _announce_data_parallel(self) -> None:
-        if self.ranks is not None and self.is_main:
-            print(data_parallel_summary(self.ranks, self.device, self.config.batch_size,
-                                        self.config.block_size), flush=True)
+        summary = self.parallel.summary(self.device, self.config.batch_size,
+                                        self.config.block_size)
+        if summary is not None and self.is_main:
+            print(summary, flush=True)
 
     def _progress_bar(self):
         from tqdm.auto import tqdm  # here: tqdm.auto imports IPython where it is installed
